@@ -1,0 +1,1 @@
+"""How the fleet adapts: scaling policy, rollout controller, gates."""

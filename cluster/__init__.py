@@ -1,0 +1,1 @@
+"""Where things run: fleet spec, model and GPU catalogs, parallelism planner, placement, KubeRay manifests."""

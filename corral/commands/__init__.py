@@ -1,0 +1,1 @@
+"""CLI command groups. Every public module here has `register(subparsers)`."""

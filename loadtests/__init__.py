@@ -1,0 +1,1 @@
+"""Measuring a fleet from outside, over HTTP only (locust, capacity planner). Imports no other corral package."""

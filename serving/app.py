@@ -1,0 +1,122 @@
+"""Fleet spec -> Ray Serve LLM application.
+
+Each arm becomes one Ray Serve LLM deployment (`LLMConfig` + vLLM engine). The whole fleet
+is one Serve application behind Ray Serve LLM's OpenAI-compatible ingress.
+
+The translation is a pure function of the spec (and where demo models live), so the same
+code produces the local `serve.run` app and the `serveConfigV2` that the Helm chart
+and the KubeRay actuator write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from corral.cluster.models import demo_model_dir
+from corral.cluster.spec import Arm, FleetSpec
+
+# Environment every vLLM engine process gets. HF_HUB_OFFLINE: weights are local or
+# pre-pulled; never let a replica hang on an unreachable hub.
+BASE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
+
+def model_source(arm: Arm, home: Path | None = None) -> str:
+    """The path or hub id vLLM loads for an arm."""
+    src = arm.model
+    if src.demo:
+        return str(demo_model_dir(src.demo, home))
+    if src.path:
+        return str(Path(src.path).expanduser())
+    return str(src.hf)
+
+
+def cpu_thread_binds(fleet: FleetSpec) -> list[str]:
+    """One `VLLM_CPU_OMP_THREADS_BIND` value per arm on device=cpu.
+
+    Arms share the machine's cores; each TP worker gets one core, handed out round-robin,
+    so a TP=2 engine gets `0|1` and two TP=1 engines get `0` and `1`.
+    """
+    cores = fleet.cluster.devices_per_node
+    binds, next_core = [], 0
+    for arm in fleet.arms:
+        workers = []
+        for _ in range(arm.engine.tensor_parallel_size):
+            workers.append(str(next_core % cores))
+            next_core += 1
+        binds.append("|".join(workers))
+    return binds
+
+
+def llm_config_dict(arm: Arm, fleet: FleetSpec, home: Path | None = None, cpu_bind: str | None = None) -> dict[str, Any]:
+    """The Ray Serve LLM `LLMConfig` (as a plain dict, YAML-able for serveConfigV2) for one arm."""
+    engine = arm.engine.to_vllm()
+    if engine["enforce_eager"] is None:
+        engine["enforce_eager"] = fleet.cluster.device == "cpu"
+    env = dict(BASE_ENV)
+    tp, pp = arm.engine.tensor_parallel_size, arm.engine.pipeline_parallel_size
+    workers = tp * pp
+    if fleet.cluster.device == "cpu":
+        # vLLM's CPU backend: no GPU memory knob, KV cache sized in GiB, one OpenMP thread
+        # group per TP worker pinned to its own core(s).
+        engine.pop("gpu_memory_utilization", None)
+        env["VLLM_CPU_KVCACHE_SPACE"] = _gib(fleet.cluster.cpu_kvcache_gib)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind or "auto"
+        bundle = {"CPU": arm.placement.cpus_per_worker}
+    else:
+        bundle = {"CPU": arm.placement.cpus_per_worker, "GPU": 1}
+    autoscaling = arm.autoscaling
+    cfg: dict[str, Any] = {
+        "model_loading_config": {"model_id": arm.name, "model_source": model_source(arm, home)},
+        "engine_kwargs": engine,
+        "runtime_env": {"env_vars": env},
+        "placement_group_config": {"bundles": [dict(bundle) for _ in range(workers)], "strategy": arm.placement.strategy},
+        "deployment_config": {
+            "autoscaling_config": {
+                "min_replicas": arm.replicas.min,
+                "initial_replicas": arm.replicas.start,
+                "max_replicas": arm.replicas.max,
+                "target_ongoing_requests": autoscaling.target_ongoing_requests,
+                "upscale_delay_s": autoscaling.upscale_delay_s,
+                "downscale_delay_s": autoscaling.downscale_delay_s,
+                "metrics_interval_s": autoscaling.metrics_interval_s,
+                "look_back_period_s": autoscaling.look_back_period_s,
+            },
+            # Admit more than one batch so vLLM's scheduler, not Serve, does the batching.
+            "max_ongoing_requests": max(2 * arm.engine.max_num_seqs, 8),
+        },
+        "log_engine_metrics": True,
+    }
+    if fleet.cluster.device == "cpu":
+        cfg["accelerator_config"] = {"kind": "cpu"}
+    elif arm.placement.accelerator_type:
+        cfg["accelerator_type"] = arm.placement.accelerator_type
+    return cfg
+
+
+def _gib(value: float) -> str:
+    # VLLM_CPU_KVCACHE_SPACE takes whole GiB.
+    return str(max(1, round(value)))
+
+
+def llm_config_dicts(fleet: FleetSpec, home: Path | None = None) -> list[dict[str, Any]]:
+    binds = cpu_thread_binds(fleet) if fleet.cluster.device == "cpu" else [None] * len(fleet.arms)
+    return [llm_config_dict(arm, fleet, home, bind) for arm, bind in zip(fleet.arms, binds)]
+
+
+def serve_app_config(fleet: FleetSpec, home: Path | None = None) -> dict[str, Any]:
+    """One entry of a Serve config's `applications` list (also serveConfigV2 on KubeRay)."""
+    return {
+        "name": fleet.name,
+        "route_prefix": "/",
+        "import_path": "ray.serve.llm:build_openai_app",
+        "args": {"llm_configs": llm_config_dicts(fleet, home)},
+    }
+
+
+def build_app(fleet: FleetSpec, home: Path | None = None):
+    """The Serve application object for `serve.run` (imports Ray lazily)."""
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    configs = [LLMConfig(**d) for d in llm_config_dicts(fleet, home)]
+    return build_openai_app({"llm_configs": configs})
