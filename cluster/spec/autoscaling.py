@@ -1,8 +1,18 @@
-"""Per-arm autoscaling settings (consumed by corral.autoscaler's Ray Serve policy)."""
+"""Per-arm autoscaling settings (consumed by corral.autoscaler's Ray Serve policy).
+
+The policy itself lives in `corral.autoscaler.policy`; this module only holds its settings and
+the translation into a Ray Serve `autoscaling_config` dict. The policy is named by its import
+path (a string), so `corral.serving` can build the dict without importing the autoscaler layer.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Ray Serve imports this in its controller (`AutoscalingPolicy.policy_function`).
+POLICY_IMPORT_PATH = "corral.autoscaler.policy:CorralAutoscalingPolicy"
 
 
 class AutoscalingSpec(BaseModel):
@@ -10,17 +20,87 @@ class AutoscalingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    target_ongoing_requests: float = Field(8.0, gt=0)
+    policy: str = "corral"
+    """`corral` (SLO- and batch-aware policy of corral.autoscaler) or `serve-default`
+    (Ray Serve's target-ongoing-requests policy with the same target and delays)."""
+    target_ongoing_requests: float = 8.0
     """Requests in flight per replica the policy aims for (≈ the running batch).
     `corral plan capacity` sets it to the knee of latency vs batch size."""
-    upscale_delay_s: float = Field(10.0, ge=0)
-    """Load must stay above target this long before adding replicas."""
-    downscale_delay_s: float = Field(120.0, ge=0)
-    """Load must stay below target this long before removing replicas."""
-    metrics_interval_s: float = Field(2.0, gt=0)
+    upscale_delay_s: float = 10.0
+    """Load must stay above target this long before adding replicas. An SLO breach or a
+    growing queue skips this delay (corral policy only)."""
+    downscale_delay_s: float = 120.0
+    """Load must stay below target (less the hysteresis) this long before removing replicas."""
+    metrics_interval_s: float = 2.0
     """How often replicas report their load to the Serve controller."""
-    look_back_period_s: float = Field(20.0, gt=0)
+    look_back_period_s: float = 20.0
     """Window over which reported load is averaged."""
+    ttft_p95_s: float = 2.0
+    """SLO: 95th percentile of time to first token (queueing + prefill), seconds."""
+    itl_p95_s: float = 0.1
+    """SLO: 95th percentile over requests of the mean inter-token latency, seconds."""
+    downscale_hysteresis: float = 0.25
+    """A replica is removed only if the others would then run at most
+    `(1 - downscale_hysteresis) x target_ongoing_requests` each. 0 = no dead band."""
+    queue_per_replica_trigger: float = 1.0
+    """Waiting requests (admitted nowhere yet, or beyond a replica's `max_num_seqs`) per
+    replica that count as a growing queue and add replicas without waiting `upscale_delay_s`."""
+    kv_cache_high: float = 0.9
+    """KV cache use (0-1, mean over replicas) treated as saturation, like an SLO breach."""
+    breach_upscale_fraction: float = 0.25
+    """Replicas added on an SLO breach, as a share of the current target (at least 1)."""
+    cold_start_s: float = 60.0
+    """Seconds from asking for a replica to it serving (placement, weights, engine warm-up).
+    After a breach-driven scale-up the policy waits this long before another one, so it does
+    not keep adding replicas for a breach the starting ones will fix."""
+    replica_floor: int = 0
+    """Fewest replicas while this arm is mid-rollout, written by the rollout controller
+    (0 = no floor). Raised above `replicas.min`, clamped to `replicas.max`."""
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        if v not in ("corral", "serve-default"):
+            raise ValueError(f"policy {v!r} is unknown; use 'corral' or 'serve-default'")
+        return v
+
+    @field_validator(
+        "target_ongoing_requests", "metrics_interval_s", "look_back_period_s", "ttft_p95_s", "itl_p95_s",
+        "breach_upscale_fraction",
+    )
+    @classmethod
+    def _positive(cls, v: float, info) -> float:
+        if not v > 0:
+            raise ValueError(f"{info.field_name} must be > 0, got {v!r}")
+        return v
+
+    @field_validator("upscale_delay_s", "downscale_delay_s", "cold_start_s", "queue_per_replica_trigger")
+    @classmethod
+    def _non_negative(cls, v: float, info) -> float:
+        if not v >= 0:
+            raise ValueError(f"{info.field_name} must be >= 0, got {v!r}")
+        return v
+
+    @field_validator("downscale_hysteresis")
+    @classmethod
+    def _hysteresis(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"downscale_hysteresis must lie in [0, 1), got {v!r}")
+        return v
+
+    @field_validator("kv_cache_high")
+    @classmethod
+    def _kv(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"kv_cache_high is a share of the KV cache, in (0, 1]; got {v!r}")
+        return v
+
+    @field_validator("replica_floor")
+    @classmethod
+    def _floor(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"replica_floor must be >= 0, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _window(self) -> AutoscalingSpec:
@@ -30,3 +110,61 @@ class AutoscalingSpec(BaseModel):
                 f"metrics_interval_s ({self.metrics_interval_s}): the window would hold no sample"
             )
         return self
+
+
+def check_against_arm(spec: AutoscalingSpec, max_num_seqs: int, min_replicas: int, max_replicas: int) -> None:
+    """Cross-checks that need the arm's engine and replica bounds. Raises ValueError."""
+    if spec.target_ongoing_requests > 2 * max_num_seqs:
+        raise ValueError(
+            f"target_ongoing_requests ({spec.target_ongoing_requests}) is more than twice "
+            f"engine.max_num_seqs ({max_num_seqs}): replicas would queue before ever scaling out"
+        )
+    if spec.replica_floor > max_replicas:
+        raise ValueError(
+            f"replica_floor ({spec.replica_floor}) is larger than replicas.max ({max_replicas})"
+        )
+    if min_replicas > max_replicas:
+        raise ValueError(f"replicas.min ({min_replicas}) is larger than replicas.max ({max_replicas})")
+
+
+def serve_autoscaling_config(
+    spec: AutoscalingSpec,
+    *,
+    arm: str,
+    min_replicas: int,
+    max_replicas: int,
+    initial_replicas: int,
+    max_num_seqs: int,
+) -> dict[str, Any]:
+    """The Ray Serve `autoscaling_config` dict (also valid in serveConfigV2 YAML) for one arm.
+
+    With the corral policy, Serve's own delays are set to 0: the policy applies
+    `upscale_delay_s`/`downscale_delay_s` itself (one place for guardrails), and Serve's
+    wrapper would otherwise delay every decision a second time.
+    """
+    check_against_arm(spec, max_num_seqs, min_replicas, max_replicas)
+    cfg: dict[str, Any] = {
+        "min_replicas": min_replicas,
+        "initial_replicas": initial_replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": spec.target_ongoing_requests,
+        "upscale_delay_s": spec.upscale_delay_s,
+        "downscale_delay_s": spec.downscale_delay_s,
+        "metrics_interval_s": spec.metrics_interval_s,
+        "look_back_period_s": spec.look_back_period_s,
+    }
+    if spec.policy == "corral":
+        cfg["upscale_delay_s"] = 0.0
+        cfg["downscale_delay_s"] = 0.0
+        cfg["policy"] = {"policy_function": POLICY_IMPORT_PATH, "policy_kwargs": policy_kwargs(
+            spec, arm=arm, min_replicas=min_replicas, max_replicas=max_replicas, max_num_seqs=max_num_seqs)}
+    return cfg
+
+
+def policy_kwargs(
+    spec: AutoscalingSpec, *, arm: str, min_replicas: int, max_replicas: int, max_num_seqs: int
+) -> dict[str, Any]:
+    """JSON-able kwargs for `CorralAutoscalingPolicy(**kwargs)` (Serve's `policy_kwargs`)."""
+    out = spec.model_dump(exclude={"policy", "metrics_interval_s"})
+    out.update(arm=arm, min_replicas=min_replicas, max_replicas=max_replicas, max_num_seqs=max_num_seqs)
+    return out

@@ -1,0 +1,300 @@
+"""corral's autoscaling policy: a pure decision function plus the thin Ray Serve adapter.
+
+Layout (read top to bottom):
+
+* `PolicyConfig`  one arm's settings (the fleet's `AutoscalingSpec` + replica bounds + batch size).
+* `Signals`       one snapshot of what the arm looks like now (load, queue, latency, KV cache).
+* `assess`        what the load asks for, ignoring time: replicas for the batch target, and
+                  whether the arm is in trouble (SLO breach, growing queue, KV cache full).
+* `guard`         the one wrapper with every guardrail: bounds, rollout floor, delays,
+                  hysteresis, cold start. Turns an assessment into a `Decision`.
+* `decide`        `guard(assess(...))`: pure function of (signals, config, state, now).
+* `CorralAutoscalingPolicy`  what Ray Serve calls (`AutoscalingConfig.policy`): reads the
+                  `AutoscalingContext`, calls `decide`, returns (replicas, policy_state).
+
+Serve calls the policy from its controller every control-loop tick; there is no second
+loop. The policy keeps its memory (delay windows, last scale-up) in Serve's `policy_state`.
+
+Replica-side signals (optional): a replica that implements Serve's
+`record_autoscaling_stats()` and returns any of `METRIC_TTFT_P95`, `METRIC_ITL_P95`,
+`METRIC_KV_CACHE` (floats) has them reach the policy through `ctx.aggregated_metrics`.
+Without them the policy works from ongoing and queued requests alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from corral.cluster.spec.autoscaling import AutoscalingSpec
+
+# Custom metric names a replica may report via `record_autoscaling_stats()`.
+METRIC_TTFT_P95 = "corral_ttft_p95_s"
+METRIC_ITL_P95 = "corral_itl_p95_s"
+METRIC_KV_CACHE = "corral_kv_cache_usage"
+# Key of this policy's memory inside Serve's policy_state (Serve keeps its own keys there too).
+STATE_KEY = "corral"
+LAST_DECISION_KEY = "corral_last_decision"
+
+Operator = Literal["scale_up", "scale_down", "hold"]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Everything the policy needs to know about one arm, fixed between fleet-spec changes."""
+
+    spec: AutoscalingSpec = field(default_factory=AutoscalingSpec)
+    """The arm's autoscaling settings (targets, SLOs, delays, rollout floor)."""
+    min_replicas: int = 1
+    """`arm.replicas.min`."""
+    max_replicas: int = 1
+    """`arm.replicas.max`."""
+    max_num_seqs: int = 16
+    """`arm.engine.max_num_seqs`: requests beyond this per replica wait in the engine."""
+    arm: str = ""
+    """Arm name, for reasons and logs."""
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0:
+            raise ValueError(f"min_replicas must be >= 0, got {self.min_replicas}")
+        if self.max_replicas < 1 or self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= 1 and >= min_replicas ({self.min_replicas})"
+            )
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> PolicyConfig:
+        """Build from Serve's `policy_kwargs` (see `cluster.spec.autoscaling.policy_kwargs`).
+        Unknown keys are refused by the spec, naming the field."""
+        kw = dict(kwargs)
+        bounds = {k: kw.pop(k) for k in ("min_replicas", "max_replicas", "max_num_seqs", "arm") if k in kw}
+        return cls(spec=AutoscalingSpec(**kw), **bounds)
+
+    @property
+    def lower_bound(self) -> int:
+        """Fewest replicas allowed now: min, raised to the rollout floor, never above max."""
+        return min(max(self.min_replicas, self.spec.replica_floor), self.max_replicas)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One snapshot of an arm, as Serve's controller sees it."""
+
+    running_replicas: int
+    """Replicas serving now."""
+    target_replicas: int
+    """Replicas asked for last time (running + still starting)."""
+    ongoing_requests: float
+    """Requests in the system for this arm: running in a batch, waiting in an engine, or
+    queued at a handle (Serve's `total_num_requests`, averaged over the look-back window)."""
+    queued_requests: float = 0.0
+    """Of those, requests queued at handles that no replica has admitted yet."""
+    ttft_p95_s: float | None = None
+    """Recent p95 time to first token, if replicas report it."""
+    itl_p95_s: float | None = None
+    """Recent p95 inter-token latency, if replicas report it."""
+    kv_cache_usage: float | None = None
+    """Mean KV cache use over replicas (0-1), if reported."""
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the load asks for, before any guardrail."""
+
+    load_replicas: int
+    """Replicas that run `target_ongoing_requests` each."""
+    down_replicas: int
+    """Fewest replicas that stay below the target less the hysteresis band."""
+    breach: str | None
+    """Why the arm is in trouble now (SLO breach, queue, KV cache), or None."""
+    urgent_replicas: int
+    """Replicas wanted right away because of `breach` (0 when there is none)."""
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """The policy's memory between ticks (stored in Serve's `policy_state`)."""
+
+    above_since_s: float | None = None
+    """When load first asked for more replicas in the current streak."""
+    below_since_s: float | None = None
+    """When load first allowed fewer replicas in the current streak."""
+    below_peak: int = 0
+    """Most replicas load asked for during the current scale-down streak."""
+    last_scale_up_s: float | None = None
+    """When the policy last added replicas (cold-start guard)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> PolicyState:
+        if not data:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A typed scaling decision: what to do, to how many replicas, and why."""
+
+    operator: Operator
+    replicas: int
+    reason: str
+
+
+def assess(signals: Signals, config: PolicyConfig) -> Assessment:
+    """Replicas the load needs (batch target) and whether latency is at risk. No time, no bounds."""
+    spec = config.spec
+    target = spec.target_ongoing_requests
+    ongoing = max(0.0, signals.ongoing_requests)
+    load = math.ceil(ongoing / target - 1e-9)
+    down = math.ceil(ongoing / (target * (1.0 - spec.downscale_hysteresis)) - 1e-9)
+
+    running = max(signals.running_replicas, 0)
+    queued = max(0.0, signals.queued_requests)
+    # Requests admitted by replicas beyond their running batch wait inside the engine.
+    engine_waiting = max(0.0, ongoing - queued - running * config.max_num_seqs)
+    waiting_per_replica = (queued + engine_waiting) / max(running, 1)
+
+    breach = None
+    if signals.ttft_p95_s is not None and signals.ttft_p95_s > spec.ttft_p95_s:
+        breach = f"ttft p95 {signals.ttft_p95_s:.3g}s > SLO {spec.ttft_p95_s:g}s"
+    elif signals.itl_p95_s is not None and signals.itl_p95_s > spec.itl_p95_s:
+        breach = f"itl p95 {signals.itl_p95_s:.3g}s > SLO {spec.itl_p95_s:g}s"
+    elif signals.kv_cache_usage is not None and signals.kv_cache_usage >= spec.kv_cache_high:
+        breach = f"kv cache {signals.kv_cache_usage:.0%} >= {spec.kv_cache_high:.0%}"
+    elif running > 0 and waiting_per_replica > spec.queue_per_replica_trigger:
+        breach = (f"{waiting_per_replica:.3g} waiting requests per replica > "
+                  f"{spec.queue_per_replica_trigger:g}")
+
+    urgent = 0
+    if breach is not None:
+        current = signals.target_replicas
+        step = max(1, math.ceil(current * spec.breach_upscale_fraction))
+        urgent = max(load, current + step)
+    return Assessment(load_replicas=load, down_replicas=down, breach=breach, urgent_replicas=urgent)
+
+
+def guard(
+    assessment: Assessment, signals: Signals, config: PolicyConfig, state: PolicyState, now: float
+) -> tuple[Decision, PolicyState]:
+    """Every guardrail in one place: bounds and rollout floor, upscale delay (skipped on a
+    breach), cold start, downscale delay with hysteresis. Always returns replicas within
+    [config.lower_bound, config.max_replicas]."""
+    spec = config.spec
+    lower, upper = config.lower_bound, config.max_replicas
+    current = signals.target_replicas
+
+    def clamp(n: int) -> int:
+        return min(max(n, lower), upper)
+
+    def out(n: int, why: str, new_state: PolicyState) -> tuple[Decision, PolicyState]:
+        n = clamp(n)
+        op: Operator = "scale_up" if n > current else "scale_down" if n < current else "hold"
+        if op == "scale_up":
+            new_state = PolicyState(last_scale_up_s=now)
+        elif op == "scale_down":
+            new_state = PolicyState(last_scale_up_s=new_state.last_scale_up_s)
+        return Decision(op, n, why), new_state
+
+    if current < lower:
+        return out(lower, f"below lower bound {lower} (min {config.min_replicas}, "
+                          f"rollout floor {spec.replica_floor})", state)
+    if current > upper:
+        return out(upper, f"above max_replicas {upper}", state)
+
+    in_cold_start = state.last_scale_up_s is not None and now - state.last_scale_up_s < spec.cold_start_s
+
+    wanted_up = max(assessment.load_replicas, assessment.urgent_replicas)
+    if wanted_up > current and current < upper:
+        if assessment.breach is not None:
+            # Replicas asked for within cold_start_s have not had a chance to help yet; add
+            # more only if the load itself (not just the breach) needs them.
+            if in_cold_start and assessment.load_replicas <= current:
+                return out(current, f"{assessment.breach}; waiting for starting replicas", PolicyState(
+                    last_scale_up_s=state.last_scale_up_s))
+            return out(wanted_up, assessment.breach, state)
+        since = state.above_since_s if state.above_since_s is not None else now
+        if now - since + 1e-6 >= spec.upscale_delay_s:
+            return out(wanted_up, f"load {signals.ongoing_requests:.3g} needs {wanted_up} replicas "
+                                  f"at {spec.target_ongoing_requests:g} each", state)
+        return out(current, f"load above target for {now - since:.0f}s of {spec.upscale_delay_s:g}s",
+                   PolicyState(above_since_s=since, last_scale_up_s=state.last_scale_up_s))
+
+    want_down = clamp(assessment.down_replicas)
+    if want_down < current and assessment.breach is None and not in_cold_start:
+        since = state.below_since_s if state.below_since_s is not None else now
+        peak = max(state.below_peak, want_down) if state.below_since_s is not None else want_down
+        if now - since + 1e-6 >= spec.downscale_delay_s:
+            return out(peak, f"load {signals.ongoing_requests:.3g} fits {peak} replicas for "
+                             f"{spec.downscale_delay_s:g}s", state)
+        return out(current, f"load below target for {now - since:.0f}s of {spec.downscale_delay_s:g}s",
+                   PolicyState(below_since_s=since, below_peak=peak, last_scale_up_s=state.last_scale_up_s))
+
+    if assessment.breach:
+        why = f"{assessment.breach} (at max_replicas {upper})"
+    elif want_down < current and in_cold_start:
+        why = f"load fits {want_down} but replicas added {now - state.last_scale_up_s:.0f}s ago are still starting"
+    else:
+        why = "load on target"
+    return out(current, why, PolicyState(last_scale_up_s=state.last_scale_up_s))
+
+
+def decide(
+    signals: Signals, config: PolicyConfig, state: PolicyState, now: float
+) -> tuple[Decision, PolicyState]:
+    """The policy: a pure function of one snapshot, the arm's config and the policy's memory."""
+    return guard(assess(signals, config), signals, config, state, now)
+
+
+def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str, reduce=max) -> float | None:
+    values = [v for v in ((metrics or {}).get(name) or {}).values() if v is not None and math.isfinite(v)]
+    return reduce(values) if values else None
+
+
+def signals_from_context(ctx: Any) -> Signals:
+    """Read a Ray Serve `AutoscalingContext` into `Signals`. Latency takes the worst replica
+    (one slow replica already breaks the SLO for its users); KV cache the mean."""
+    try:
+        custom = ctx.aggregated_metrics
+    except Exception:  # noqa: BLE001 - a replica's broken metric must not stop autoscaling
+        custom = None
+    queued = ctx.total_queued_requests
+    return Signals(
+        running_replicas=ctx.current_num_replicas,
+        target_replicas=ctx.target_num_replicas,
+        ongoing_requests=float(ctx.total_num_requests or 0.0),
+        queued_requests=float(queued or 0.0),
+        ttft_p95_s=_mean_metric(custom, METRIC_TTFT_P95),
+        itl_p95_s=_mean_metric(custom, METRIC_ITL_P95),
+        kv_cache_usage=_mean_metric(custom, METRIC_KV_CACHE, reduce=lambda v: sum(v) / len(v)),
+    )
+
+
+class CorralAutoscalingPolicy:
+    """Ray Serve custom autoscaling policy (`AutoscalingConfig.policy.policy_function`).
+
+    Serve instantiates the class once per deployment with `policy_kwargs` (built by
+    `corral.cluster.spec.autoscaling.policy_kwargs`) and calls it with an
+    `AutoscalingContext` every tick. The instance holds only the immutable config; all
+    memory travels in `ctx.policy_state`, so a re-created instance continues seamlessly.
+    """
+
+    def __init__(self, **policy_kwargs: Any):
+        self.config = PolicyConfig.from_kwargs(policy_kwargs)
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        policy_state = dict(ctx.policy_state or {})
+        state = PolicyState.from_dict(policy_state.get(STATE_KEY))
+        now = ctx.current_time if ctx.current_time is not None else time.time()
+        decision, new_state = decide(signals_from_context(ctx), self.config, state, now)
+        policy_state[STATE_KEY] = new_state.to_dict()
+        policy_state[LAST_DECISION_KEY] = {"operator": decision.operator, "replicas": decision.replicas,
+                                           "reason": decision.reason, "time": now}
+        return decision.replicas, policy_state
