@@ -1,0 +1,225 @@
+"""Properties of corral's autoscaling policy (pure: no Ray cluster is started)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from corral.autoscaler.policy import (
+    STATE_KEY,
+    CorralAutoscalingPolicy,
+    PolicyConfig,
+    PolicyState,
+    Signals,
+    decide,
+)
+from corral.cluster.spec import parse_fleet
+from corral.cluster.spec.autoscaling import (
+    POLICY_IMPORT_PATH,
+    AutoscalingSpec,
+    check_against_arm,
+    serve_autoscaling_config,
+)
+
+opt_latency = st.one_of(st.none(), st.floats(0, 30, allow_nan=False))
+
+
+@st.composite
+def configs(draw):
+    lo = draw(st.integers(0, 8))
+    hi = draw(st.integers(max(lo, 1), 16))
+    spec = AutoscalingSpec(
+        target_ongoing_requests=draw(st.floats(0.5, 64)),
+        upscale_delay_s=draw(st.floats(0, 60)),
+        downscale_delay_s=draw(st.floats(0, 600)),
+        downscale_hysteresis=draw(st.floats(0, 0.9)),
+        cold_start_s=draw(st.floats(0, 300)),
+        breach_upscale_fraction=draw(st.floats(0.01, 2)),
+        replica_floor=draw(st.integers(0, 20)),
+    )
+    return PolicyConfig(spec=spec, min_replicas=lo, max_replicas=hi, max_num_seqs=draw(st.integers(1, 256)))
+
+
+@st.composite
+def signals(draw, max_target=24):
+    return Signals(
+        running_replicas=draw(st.integers(0, max_target)),
+        target_replicas=draw(st.integers(0, max_target)),
+        ongoing_requests=draw(st.floats(0, 5000, allow_nan=False)),
+        queued_requests=draw(st.floats(0, 1000, allow_nan=False)),
+        ttft_p95_s=draw(opt_latency),
+        itl_p95_s=draw(opt_latency),
+        kv_cache_usage=draw(st.one_of(st.none(), st.floats(0, 1))),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=configs(), sigs=st.lists(signals(), min_size=1, max_size=12), dt=st.floats(0.1, 120))
+def test_never_outside_bounds_nor_below_rollout_floor(cfg, sigs, dt):
+    state, now = PolicyState(), 1000.0
+    lower = min(max(cfg.min_replicas, cfg.spec.replica_floor), cfg.max_replicas)
+    for s in sigs:
+        decision, state = decide(s, cfg, state, now)
+        assert cfg.min_replicas <= decision.replicas <= cfg.max_replicas
+        # Mid-rollout (floor > 0) the arm never goes below its floor (the floor yields only to max).
+        assert decision.replicas >= lower
+        assert decision.operator == ("scale_up" if decision.replicas > s.target_replicas else
+                                     "scale_down" if decision.replicas < s.target_replicas else "hold")
+        assert decision.reason
+        now += dt
+
+
+@settings(max_examples=200, deadline=None)
+@given(cfg=configs(), s=signals())
+def test_breach_never_scales_down(cfg, s):
+    s = Signals(**{**s.__dict__, "ttft_p95_s": cfg.spec.ttft_p95_s * 2})
+    decision, _ = decide(s, cfg, PolicyState(), 0.0)
+    assert decision.replicas >= min(s.target_replicas, cfg.max_replicas)
+
+
+def test_scales_up_fast_on_slo_breach_and_down_slowly():
+    spec = AutoscalingSpec(target_ongoing_requests=10, upscale_delay_s=30, downscale_delay_s=120,
+                           cold_start_s=60, downscale_hysteresis=0.2)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=10, max_num_seqs=32)
+    # Load on target but TTFT over the SLO: add replicas at once, no upscale delay.
+    breach = Signals(running_replicas=4, target_replicas=4, ongoing_requests=40, ttft_p95_s=5.0)
+    d, state = decide(breach, cfg, PolicyState(), 0.0)
+    assert (d.operator, d.replicas) == ("scale_up", 5) and "ttft" in d.reason
+    # Same breach 10 s later: the new replica is still cold; hold.
+    d, state = decide(Signals(4, 5, 40, ttft_p95_s=5.0), cfg, state, 10.0)
+    assert d.operator == "hold" and "starting" in d.reason
+    # Load drops to 12: 2 replicas suffice, but only after downscale_delay_s of low load.
+    low = Signals(running_replicas=5, target_replicas=5, ongoing_requests=12)
+    t = 100.0
+    d, state = decide(low, cfg, state, t)
+    assert d.operator == "hold"
+    d, state = decide(low, cfg, state, t + 119)
+    assert d.operator == "hold"
+    d, state = decide(low, cfg, state, t + 120)
+    assert (d.operator, d.replicas) == ("scale_down", 2)
+
+
+def test_hysteresis_keeps_replicas_just_below_target():
+    spec = AutoscalingSpec(target_ongoing_requests=10, downscale_delay_s=0, downscale_hysteresis=0.25)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=10, max_num_seqs=32)
+    # 25 requests on 3 replicas: 2 would run 12.5 each, above 7.5 = 10 x (1 - 0.25): keep 3.
+    d, _ = decide(Signals(3, 3, 25), cfg, PolicyState(), 0.0)
+    assert d.operator == "hold"
+    d, _ = decide(Signals(3, 3, 14), cfg, PolicyState(), 0.0)
+    assert (d.operator, d.replicas) == ("scale_down", 2)
+
+
+def test_upscale_waits_for_delay_without_breach():
+    spec = AutoscalingSpec(target_ongoing_requests=10, upscale_delay_s=10)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=10, max_num_seqs=32)
+    s = Signals(2, 2, 30)  # 15 per replica, under max_num_seqs: no queue, no breach
+    d, state = decide(s, cfg, PolicyState(), 0.0)
+    assert d.operator == "hold"
+    d, state = decide(s, cfg, state, 10.0)
+    assert (d.operator, d.replicas) == ("scale_up", 3)
+
+
+def test_rollout_floor_lifts_replicas_immediately():
+    spec = AutoscalingSpec(replica_floor=4)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=6, max_num_seqs=16)
+    d, _ = decide(Signals(1, 1, 0.0), cfg, PolicyState(), 0.0)
+    assert (d.operator, d.replicas) == ("scale_up", 4) and "floor" in d.reason
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("target_ongoing_requests", 0),
+        ("ttft_p95_s", -1),
+        ("itl_p95_s", 0),
+        ("downscale_hysteresis", 1.0),
+        ("kv_cache_high", 1.5),
+        ("upscale_delay_s", -5),
+        ("cold_start_s", -1),
+        ("replica_floor", -1),
+        ("policy", "fastest"),
+    ],
+)
+def test_bad_settings_refused_naming_the_field(field, value):
+    with pytest.raises(ValidationError) as exc:
+        AutoscalingSpec(**{field: value})
+    text = str(exc.value)
+    assert field in text and repr(value) in text
+
+
+def test_bad_setting_in_fleet_file_names_the_path():
+    from corral.cluster.spec import SpecError
+
+    doc = {"arms": [{"name": "a", "model": {"demo": "tiny-llama2-random"},
+                     "autoscaling": {"downscale_hysteresis": 2}}]}
+    with pytest.raises(SpecError) as exc:
+        parse_fleet(doc)
+    assert "arms[a].autoscaling.downscale_hysteresis" in str(exc.value)
+    assert "2" in str(exc.value)
+
+
+def test_cross_checks_name_both_fields():
+    with pytest.raises(ValueError, match=r"replica_floor \(9\).*replicas.max \(4\)"):
+        check_against_arm(AutoscalingSpec(replica_floor=9), max_num_seqs=16, min_replicas=1, max_replicas=4)
+    with pytest.raises(ValueError, match=r"target_ongoing_requests \(100.0\).*max_num_seqs \(16\)"):
+        check_against_arm(AutoscalingSpec(target_ongoing_requests=100), max_num_seqs=16, min_replicas=1,
+                          max_replicas=4)
+
+
+def test_policy_kwargs_round_trip_and_unknown_key_refused():
+    cfg = serve_autoscaling_config(AutoscalingSpec(replica_floor=2), arm="a", min_replicas=1, max_replicas=5,
+                                   initial_replicas=1, max_num_seqs=16)
+    assert cfg["policy"]["policy_function"] == POLICY_IMPORT_PATH
+    # Serve must not delay decisions a second time on top of the policy's own delays.
+    assert cfg["upscale_delay_s"] == cfg["downscale_delay_s"] == 0.0
+    pol = CorralAutoscalingPolicy(**cfg["policy"]["policy_kwargs"])
+    assert pol.config.lower_bound == 2 and pol.config.max_replicas == 5
+    with pytest.raises(ValidationError, match="bogus"):
+        CorralAutoscalingPolicy(**cfg["policy"]["policy_kwargs"], bogus=1)
+    plain = serve_autoscaling_config(AutoscalingSpec(policy="serve-default", upscale_delay_s=7), arm="a",
+                                     min_replicas=1, max_replicas=5, initial_replicas=1, max_num_seqs=16)
+    assert "policy" not in plain and plain["upscale_delay_s"] == 7
+
+
+class _Ctx:
+    """The attributes of Ray Serve's AutoscalingContext the adapter reads."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def test_adapter_reads_context_and_keeps_state_in_policy_state():
+    spec = AutoscalingSpec(target_ongoing_requests=8, ttft_p95_s=1.0, upscale_delay_s=30)
+    pol = CorralAutoscalingPolicy(**spec.model_dump(exclude={"policy", "metrics_interval_s"}),
+                                  min_replicas=1, max_replicas=8, max_num_seqs=16, arm="a")
+    ctx = _Ctx(current_num_replicas=2, target_num_replicas=2, total_num_requests=16.0, total_queued_requests=0.0,
+               aggregated_metrics={"corral_ttft_p95_s": {"r1": 0.5, "r2": 3.0}}, current_time=50.0,
+               policy_state={"serve_internal": 1})
+    n, state = pol(ctx)
+    assert n == 3  # the slow replica's TTFT breaches the SLO
+    assert state["serve_internal"] == 1 and state[STATE_KEY]["last_scale_up_s"] == 50.0
+    assert "ttft" in state["corral_last_decision"]["reason"]
+
+
+def test_adapter_through_ray_serve_wrapper():
+    """The adapter as Serve's controller runs it: resolved from the import path, wrapped."""
+    pytest.importorskip("ray.serve")
+    from ray.serve._private.autoscaling_state import _resolve_policy_callable
+    from ray.serve.autoscaling_policy import _apply_autoscaling_config
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+    cfg = AutoscalingConfig(**serve_autoscaling_config(
+        AutoscalingSpec(target_ongoing_requests=8), arm="a", min_replicas=1, max_replicas=6,
+        initial_replicas=1, max_num_seqs=16))
+    policy = _apply_autoscaling_config(_resolve_policy_callable(cfg.policy))
+    ctx = AutoscalingContext(
+        deployment_id=None, deployment_name="a", app_name="corral", current_num_replicas=2,
+        target_num_replicas=2, running_replicas=[], total_num_requests=80.0, total_queued_requests=30.0,
+        aggregated_metrics={}, raw_metrics={}, capacity_adjusted_min_replicas=1,
+        capacity_adjusted_max_replicas=6, policy_state={}, last_scale_up_time=None,
+        last_scale_down_time=None, current_time=10.0, config=cfg)
+    n, state = policy(ctx)
+    assert n == 6  # 80 requests / 8 per replica = 10, capped at max_replicas
+    assert state["corral_last_decision"]["operator"] == "scale_up"
