@@ -1,0 +1,442 @@
+"""The staged-rollout state machine: `decide(snapshot, spec, state, now)`.
+
+Pure: no I/O, no clock. The controller (autoscaler/controller.py) gathers a `Snapshot`
+(observed weights and readiness, metric readings when `needs()` asks for an analysis,
+golden-set scores when it asks for a quality run, operator commands), calls `decide`,
+persists the new state and then makes the world match the state's *intent*
+(`desired_weights`, `replica_floors`). Because intent is absolute and persisted before
+actuation, a restarted controller re-applies the same values (a no-op when they already
+hold): no step is repeated or skipped and no weight changes twice.
+
+Phases (Argo Rollouts / Flagger semantics):
+
+    Pending -> Progressing(step, stage) -> Succeeded
+                 |  ^         |
+      (error)    v  | (ok)    +--> RolledBack   (gate failed past failure_limit, quality failed, abort)
+               Error --------> Paused           (error_limit exceeded, too little evidence,
+                                                 warm-up timeout, operator pause; resume continues)
+
+Within Progressing each step goes through stages: capacity (raise the candidate's replica
+floor and wait for warm replicas) -> quality (golden set, when required) -> shifting (new
+weights written, waiting to see them in effect) -> baking (analyses every
+`analysis_interval_s`; promotion once `bake_s` has passed, the latest analysis passed and
+each arm with traffic served `min_requests`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.autoscaler.gates import GateResult, MetricReadings, Verdict, evaluate_gate
+from corral.cluster.spec.rollout import RolloutSpec, needed_replicas
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    ERROR = "Error"
+    PAUSED = "Paused"
+    SUCCEEDED = "Succeeded"
+    ROLLED_BACK = "RolledBack"
+
+
+TERMINAL = (Phase.SUCCEEDED, Phase.ROLLED_BACK)
+ACTIVE = (Phase.PROGRESSING, Phase.ERROR)
+
+
+class Stage(str, Enum):
+    CAPACITY = "capacity"
+    QUALITY = "quality"
+    SHIFTING = "shifting"
+    BAKING = "baking"
+
+
+class Operator(str, Enum):
+    HOLD = "hold"
+    START = "start"
+    SCALE = "scale"            # replica floor raised for the next share
+    RUN_QUALITY = "run_quality"
+    SET_WEIGHTS = "set_weights"
+    ANALYSIS = "analysis"      # an analysis ran (result in the decision's gates)
+    PROMOTE = "promote"        # next step
+    PAUSE = "pause"
+    RESUME = "resume"
+    ERROR = "error"
+    ROLLBACK = "rollback"
+    SUCCEED = "succeed"
+
+
+CommandOp = Literal["pause", "resume", "promote", "abort"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """An operator request queued in the store (by `corral rollout pause` etc.)."""
+
+    seq: int
+    op: CommandOp
+    full: bool = False
+    """For promote: go straight to the last step."""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class QualityScores:
+    """Golden-set scores per arm in [0, 1], or why the run could not happen."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the controller observed this tick."""
+
+    weights: dict[str, int] | None
+    """The route's weights in effect (None: the actuator could not read them)."""
+    ready_replicas: dict[str, int]
+    """Ready (warm, health-checked) replicas per arm."""
+    max_replicas: dict[str, int]
+    """Each arm's `replicas.max` from the fleet spec."""
+    metrics: MetricReadings | None = None
+    """Set when `needs().metrics` was true and the source answered."""
+    metrics_error: str | None = None
+    """Set when `needs().metrics` was true and the source failed."""
+    quality: QualityScores | None = None
+    """Set when `needs().quality` was true."""
+    commands: tuple[Command, ...] = ()
+
+
+class RolloutState(BaseModel):
+    """Everything the rollout remembers; persisted after every decision (JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Phase = Phase.PENDING
+    step: int = 0
+    """Index into spec.steps."""
+    stage: Stage = Stage.CAPACITY
+    stage_since: float | None = None
+    """When the current stage began (warm-up timeout)."""
+    started_at: float | None = None
+    step_started_at: float | None = None
+    """When the current step's weights were observed in effect (bake time counts from here)."""
+    original_weights: dict[str, int] = Field(default_factory=dict)
+    desired_weights: dict[str, int] = Field(default_factory=dict)
+    """Intent: the route weights the actuator must make true."""
+    replica_floors: dict[str, int] = Field(default_factory=dict)
+    """Intent: minimum replicas per arm the autoscaler must keep (empty = fleet's own min)."""
+    baseline_replicas: int = 0
+    """Baseline's ready replicas when the rollout started (sizes the candidate's floor)."""
+    last_analysis_at: float | None = None
+    passed_in_step: bool = False
+    """The latest analysis of this step passed with enough evidence."""
+    failures: int = 0
+    inconclusive: int = 0
+    errors: int = 0
+    quality_passed_steps: list[int] = Field(default_factory=list)
+    quality_scores: dict[str, float] = Field(default_factory=dict)
+    baseline_reference: dict[str, float] = Field(default_factory=dict)
+    """Last baseline value per gate, used at 100% when the baseline has no traffic."""
+    last_gates: list[dict] = Field(default_factory=list)
+    last_command_seq: int = 0
+    pause_reason: str | None = None
+    reason: str = ""
+    """Why the latest decision was taken."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+
+@dataclass(frozen=True)
+class Decision:
+    operator: Operator
+    reason: str
+    gates: tuple[GateResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the controller must measure before calling `decide` this tick."""
+
+    metrics: bool
+    quality: bool
+    window_s: float
+    """PromQL range for gates: this step's age, clamped to [min_window_s, analysis_window_s]."""
+    elapsed_s: float
+    """Time since this step's weights took effect (for request counts)."""
+
+
+def needs(state: RolloutState, spec: RolloutSpec, now: float) -> Needs:
+    active = state.phase in ACTIVE
+    elapsed = max(0.0, now - state.step_started_at) if state.step_started_at is not None else 0.0
+    window = min(max(elapsed, spec.min_window_s), spec.analysis_window_s)
+    due = False
+    if active and state.stage == Stage.BAKING and state.step_started_at is not None:
+        last = state.last_analysis_at if state.last_analysis_at is not None else state.step_started_at
+        due = now - last >= spec.analysis_interval_s
+    return Needs(metrics=due, quality=active and state.stage == Stage.QUALITY,
+                 window_s=window, elapsed_s=max(elapsed, 1.0))
+
+
+def step_weights(spec: RolloutSpec, weight: int) -> dict[str, int]:
+    return {spec.baseline: 100 - weight, spec.candidate: weight}
+
+
+def decide(snapshot: Snapshot, spec: RolloutSpec, state: RolloutState, now: float) -> tuple[Decision, RolloutState]:
+    """One step of the state machine. Never mutates `state`."""
+    s = state.model_copy(deep=True)
+    decision = _commands(snapshot, spec, s, now)
+    if decision is None:
+        decision = _advance(snapshot, spec, s, now)
+    s.reason = decision.reason
+    return decision, s
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _commands(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Decision | None:
+    decision = None
+    for cmd in sorted(snap.commands, key=lambda c: c.seq):
+        if cmd.seq <= s.last_command_seq:
+            continue  # already handled before a restart
+        s.last_command_seq = cmd.seq
+        why = f" ({cmd.reason})" if cmd.reason else ""
+        if s.terminal:
+            decision = Decision(Operator.HOLD, f"ignored {cmd.op}: rollout already {s.phase.value}")
+        elif cmd.op == "abort":
+            decision = _rollback(spec, s, f"aborted by operator{why}")
+        elif cmd.op == "pause":
+            if s.phase == Phase.PAUSED:
+                decision = Decision(Operator.HOLD, "already paused")
+            else:
+                decision = _pause(s, f"paused by operator{why}")
+        elif cmd.op == "resume":
+            if s.phase != Phase.PAUSED:
+                decision = Decision(Operator.HOLD, f"ignored resume: rollout is {s.phase.value}, not Paused")
+            else:
+                s.phase = Phase.PROGRESSING if s.started_at is not None else Phase.PENDING
+                s.pause_reason = None
+                s.inconclusive = s.errors = 0
+                s.stage_since = now  # a fresh warm-up timeout if we were waiting for capacity
+                decision = Decision(Operator.RESUME, f"resumed by operator{why}")
+        elif cmd.op == "promote":
+            if s.phase == Phase.PENDING:
+                decision = Decision(Operator.HOLD, "ignored promote: rollout has not started")
+            else:
+                target = len(spec.steps) - 1 if cmd.full else s.step + 1
+                s.phase, s.pause_reason = Phase.PROGRESSING, None
+                if target >= len(spec.steps) or (cmd.full and s.step == target and s.stage == Stage.BAKING):
+                    decision = _succeed(spec, s, f"promoted to completion by operator{why}")
+                else:
+                    _enter_step(s, target, now)
+                    decision = Decision(Operator.PROMOTE, f"promoted by operator to step {target + 1} "
+                                                          f"(weight {spec.steps[target].weight}){why}")
+    return decision
+
+
+# -- the main progression ------------------------------------------------------------------
+
+
+def _advance(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Decision:
+    if s.terminal:
+        return Decision(Operator.HOLD, s.reason or f"rollout {s.phase.value}")
+    if s.phase == Phase.PAUSED:
+        return Decision(Operator.HOLD, f"paused: {s.pause_reason}")
+    start = None
+    if s.phase == Phase.PENDING:
+        if snap.weights is None:
+            return Decision(Operator.HOLD, "waiting to read the route's current weights")
+        s.phase, s.started_at = Phase.PROGRESSING, now
+        s.original_weights = dict(snap.weights)
+        s.desired_weights = dict(snap.weights)
+        s.baseline_replicas = snap.ready_replicas.get(spec.baseline, 0)
+        _enter_step(s, 0, now)
+        start = Decision(Operator.START, f"rollout started: {spec.baseline} -> {spec.candidate} on route {spec.route}")
+    decision = _progress(snap, spec, s, now)
+    if start is not None:
+        return Decision(Operator.START, f"{start.reason}; {decision.reason}", decision.gates)
+    return decision
+
+
+def _progress(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Decision:
+    step = spec.steps[s.step]
+    if s.stage == Stage.CAPACITY:
+        need = needed_replicas(spec.capacity, step.weight, s.baseline_replicas,
+                               snap.max_replicas.get(spec.candidate, 1))
+        raised = s.replica_floors.get(spec.candidate) != need
+        s.replica_floors = {**s.replica_floors, spec.candidate: need}
+        ready = snap.ready_replicas.get(spec.candidate, 0)
+        if ready < need:
+            waited = now - (s.stage_since if s.stage_since is not None else now)
+            if waited > spec.capacity.warmup_timeout_s:
+                return _pause(s, f"candidate {spec.candidate!r} has {ready} of {need} ready replicas after "
+                                 f"{waited:.0f}s (warmup_timeout_s={spec.capacity.warmup_timeout_s:g}); weights unchanged")
+            op = Operator.SCALE if raised else Operator.HOLD
+            return Decision(op, f"waiting for {need} warm replica(s) of {spec.candidate!r} before "
+                                f"{step.weight}% ({ready} ready)")
+        if spec.quality.enabled and s.step not in s.quality_passed_steps and (s.step == 0 or spec.quality.every_step):
+            s.stage, s.stage_since = Stage.QUALITY, now
+            return Decision(Operator.RUN_QUALITY, f"{ready} replica(s) of {spec.candidate!r} ready; running golden set")
+        return _shift(spec, s, now, f"{ready} replica(s) of {spec.candidate!r} ready")
+
+    if s.stage == Stage.QUALITY:
+        q = snap.quality
+        if q is None:
+            return Decision(Operator.HOLD, "waiting for the golden-set run")
+        if q.error is not None:
+            return _error(spec, s, f"golden set could not run: {q.error}")
+        s.phase, s.errors = Phase.PROGRESSING, 0
+        s.quality_scores = dict(q.scores)
+        cand, base = q.scores.get(spec.candidate), q.scores.get(spec.baseline)
+        if cand is None or base is None:
+            return _error(spec, s, f"golden set returned no score for {'candidate' if cand is None else 'baseline'}")
+        scores = f"quality {spec.candidate}={cand:.2f}, {spec.baseline}={base:.2f}"
+        if cand < spec.quality.min_score:
+            return _rollback(spec, s, f"{scores}: candidate below min_score {spec.quality.min_score}")
+        if cand < base - spec.quality.max_drop:
+            return _rollback(spec, s, f"{scores}: candidate dropped more than max_drop {spec.quality.max_drop}")
+        s.quality_passed_steps = sorted({*s.quality_passed_steps, s.step})
+        return _shift(spec, s, now, f"{scores} passed")
+
+    if s.stage == Stage.SHIFTING:
+        if snap.weights == s.desired_weights:
+            s.stage, s.stage_since, s.step_started_at = Stage.BAKING, now, now
+            s.last_analysis_at, s.passed_in_step, s.inconclusive = None, False, 0
+            return Decision(Operator.HOLD, f"weights {_fmt(s.desired_weights)} in effect; baking step {s.step + 1}")
+        return Decision(Operator.HOLD, f"waiting for weights {_fmt(s.desired_weights)} to take effect "
+                                       f"(seen {_fmt(snap.weights) if snap.weights else 'unknown'})")
+
+    return _bake(snap, spec, s, now)
+
+
+def _bake(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Decision:
+    step = spec.steps[s.step]
+    analysis: Decision | None = None
+    if snap.metrics_error is not None:
+        s.last_analysis_at = now
+        return _error(spec, s, f"metric source unavailable: {snap.metrics_error}")
+    if snap.metrics is not None:
+        s.last_analysis_at, s.errors, s.phase = now, 0, Phase.PROGRESSING
+        analysis = _analyse(snap.metrics, spec, s, now)
+        if s.phase != Phase.PROGRESSING:
+            return analysis  # rolled back or paused
+    baked = s.step_started_at is not None and now - s.step_started_at >= step.bake_s
+    if baked and s.passed_in_step:
+        if s.step + 1 >= len(spec.steps):
+            return _succeed(spec, s, f"final step baked {step.bake_s:g}s with all gates passing")
+        nxt = s.step + 1
+        _enter_step(s, nxt, now)
+        decision = _progress(snap, spec, s, now)  # start capacity for the next share right away
+        return Decision(Operator.PROMOTE, f"step {nxt} ({step.weight}%) passed; moving to step {nxt + 1} "
+                                          f"({spec.steps[nxt].weight}%): {decision.reason}")
+    if analysis is not None:
+        return analysis
+    left = step.bake_s - (now - s.step_started_at) if s.step_started_at is not None else step.bake_s
+    return Decision(Operator.HOLD, f"baking step {s.step + 1} ({step.weight}%): "
+                                   f"{max(0.0, left):.0f}s of bake left, latest analysis "
+                                   f"{'passed' if s.passed_in_step else 'pending'}")
+
+
+def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) -> Decision:
+    step = spec.steps[s.step]
+    baseline_live = s.desired_weights.get(spec.baseline, 0) > 0
+    results = []
+    for gate in spec.gates:
+        values = m.values.get(gate.name, {})
+        cand = values.get(spec.candidate)
+        base = values.get(spec.baseline) if baseline_live else s.baseline_reference.get(gate.name)
+        results.append(evaluate_gate(gate, cand, base))
+    s.last_gates = [r.to_dict() for r in results]
+    live = [a for a in (spec.baseline, spec.candidate) if s.desired_weights.get(a, 0) > 0]
+    served = {a: m.requests.get(a, 0.0) for a in live}
+    sample_ok = all(v >= spec.min_sample_requests for v in served.values())
+    evidence_ok = all(v >= step.min_requests for v in served.values())
+    failed = [r for r in results if r.verdict == Verdict.FAIL]
+    counts = ", ".join(f"{a}={v:.0f}" for a, v in served.items())
+    gates = tuple(results)
+
+    if failed and sample_ok:
+        s.failures += 1
+        s.passed_in_step = False
+        why = "; ".join(f"{r.gate}: {r.message}" for r in failed)
+        if s.failures > spec.failure_limit:
+            return _rollback(spec, s, f"gate failed ({s.failures} failures > failure_limit {spec.failure_limit}): {why}", gates)
+        return Decision(Operator.ANALYSIS, f"gate failed ({s.failures} of {spec.failure_limit} tolerated): {why}", gates)
+
+    if failed or not evidence_ok or any(r.verdict == Verdict.INCONCLUSIVE for r in results):
+        s.passed_in_step = False
+        missing = [r.gate for r in results if r.verdict != Verdict.PASS]
+        why = (f"requests this step {counts} (need {step.min_requests}" +
+               (f", {spec.min_sample_requests} to judge gates" if failed else "") + ")")
+        if missing:
+            why += f"; not conclusive: {missing}"
+        baked = s.step_started_at is not None and now - s.step_started_at >= step.bake_s
+        if baked:
+            s.inconclusive += 1
+            if s.inconclusive > spec.inconclusive_limit:
+                return _pause(s, f"not enough evidence after {s.inconclusive} analyses past the bake time: {why}", gates)
+        return Decision(Operator.ANALYSIS, f"inconclusive: {why}", gates)
+
+    s.passed_in_step, s.inconclusive = True, 0
+    if baseline_live:
+        for r in results:
+            if r.baseline is not None:
+                s.baseline_reference[r.gate] = r.baseline
+    return Decision(Operator.ANALYSIS, f"all gates passed (requests {counts})", gates)
+
+
+# -- transitions ----------------------------------------------------------------------------
+
+
+def _enter_step(s: RolloutState, index: int, now: float) -> None:
+    s.step, s.stage, s.stage_since = index, Stage.CAPACITY, now
+    s.step_started_at = s.last_analysis_at = None
+    s.passed_in_step, s.inconclusive = False, 0
+
+
+def _shift(spec: RolloutSpec, s: RolloutState, now: float, why: str) -> Decision:
+    weights = step_weights(spec, spec.steps[s.step].weight)
+    s.desired_weights = weights
+    s.stage, s.stage_since = Stage.SHIFTING, now
+    return Decision(Operator.SET_WEIGHTS, f"{why}; setting weights {_fmt(weights)}")
+
+
+def _pause(s: RolloutState, why: str, gates: tuple[GateResult, ...] = ()) -> Decision:
+    s.phase, s.pause_reason = Phase.PAUSED, why
+    return Decision(Operator.PAUSE, why, gates)
+
+
+def _error(spec: RolloutSpec, s: RolloutState, why: str) -> Decision:
+    s.errors += 1
+    s.passed_in_step = False  # never promote on stale evidence
+    if s.errors > spec.error_limit:
+        return _pause(s, f"{why} ({s.errors} consecutive errors > error_limit {spec.error_limit})")
+    s.phase = Phase.ERROR
+    return Decision(Operator.ERROR, f"{why} ({s.errors} of {spec.error_limit} tolerated); weights held")
+
+
+def _rollback(spec: RolloutSpec, s: RolloutState, why: str, gates: tuple[GateResult, ...] = ()) -> Decision:
+    s.phase = Phase.ROLLED_BACK
+    s.desired_weights = {spec.baseline: 100, spec.candidate: 0}
+    s.replica_floors = {}
+    s.pause_reason = None
+    return Decision(Operator.ROLLBACK, f"rolled back: {why}", gates)
+
+
+def _succeed(spec: RolloutSpec, s: RolloutState, why: str) -> Decision:
+    s.phase = Phase.SUCCEEDED
+    s.step = len(spec.steps) - 1
+    s.desired_weights = {spec.baseline: 0, spec.candidate: 100}
+    s.replica_floors = {}
+    return Decision(Operator.SUCCEED, f"succeeded: {why}")
+
+
+def _fmt(weights: dict[str, int] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((weights or {}).items()))
