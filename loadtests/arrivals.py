@@ -1,0 +1,201 @@
+"""Arrival processes: when requests are sent and how long their prompts and answers are.
+
+Pure functions producing schedules (lists of Arrival) for the runner. Closed loop has no
+schedule (each of N users sends its next request when its previous one ends); open loop sends
+at scheduled times whatever the server does: constant rate, Poisson, or a replayed trace.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+# Relative to the repository root (the shared folder sits beside the checkout).
+DEFAULT_TRACE = Path("..") / "shared" / "traces" / "azure_llm_conv_2023.csv"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One request to send."""
+
+    at_s: float
+    """Scheduled send time, seconds after the stage start."""
+    input_tokens: int
+    """Prompt length to synthesize, in tokens."""
+    output_tokens: int
+    """Answer length to ask for, in tokens."""
+
+
+def _check_rate(rate_rps: float, duration_s: float) -> None:
+    if not rate_rps > 0:
+        raise ValueError(f"rate_rps={rate_rps} must be > 0")
+    if not duration_s > 0:
+        raise ValueError(f"duration_s={duration_s} must be > 0")
+
+
+def constant_schedule(rate_rps: float, duration_s: float, input_tokens: int, output_tokens: int) -> list[Arrival]:
+    """Evenly spaced sends at rate_rps for duration_s."""
+    _check_rate(rate_rps, duration_s)
+    n = int(rate_rps * duration_s + 1e-9)
+    return [Arrival(i / rate_rps, input_tokens, output_tokens) for i in range(n)]
+
+
+def poisson_schedule(rate_rps: float, duration_s: float, input_tokens: int, output_tokens: int,
+                     seed: int = 0) -> list[Arrival]:
+    """Exponential gaps with mean 1/rate_rps (a Poisson process), reproducible from seed."""
+    _check_rate(rate_rps, duration_s)
+    rng = random.Random(seed)
+    out, t = [], rng.expovariate(rate_rps)
+    while t < duration_s:
+        out.append(Arrival(t, input_tokens, output_tokens))
+        t += rng.expovariate(rate_rps)
+    return out
+
+
+@dataclass(frozen=True)
+class TraceRow:
+    t_s: float
+    """Seconds after the trace's first request."""
+    context_tokens: int
+    generated_tokens: int
+
+
+def load_trace(path: str | Path) -> list[TraceRow]:
+    """Read an Azure LLM inference trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)."""
+    p = Path(path)
+    rows: list[TraceRow] = []
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{p}: trace lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
+        t0 = None
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                # Azure writes 7 fractional digits; datetime takes at most 6.
+                stamp = datetime.fromisoformat(row["TIMESTAMP"][:26])
+                ctx, gen = int(row["ContextTokens"]), int(row["GeneratedTokens"])
+            except ValueError as exc:
+                raise ValueError(f"{p}:{line_no}: bad trace row {row}: {exc}") from None
+            t = stamp.timestamp()
+            t0 = t if t0 is None else t0
+            rows.append(TraceRow(t - t0, ctx, gen))
+    rows.sort(key=lambda r: r.t_s)
+    return rows
+
+
+@dataclass(frozen=True)
+class TraceSlice:
+    arrivals: list[Arrival]
+    clipped: int
+    """Requests whose lengths were cut to fit max_total_tokens."""
+    trace_span_s: float
+    """Trace time covered (before compression)."""
+
+
+def trace_schedule(rows: list[TraceRow], start_s: float = 0.0, duration_s: float | None = None,
+                   speedup: float = 1.0, max_requests: int | None = None,
+                   max_total_tokens: int | None = None, min_output_tokens: int = 1) -> TraceSlice:
+    """Replay trace rows from start_s (trace time) for duration_s (wall time after compression).
+
+    `speedup` compresses time: 10 sends an hour of trace in 6 minutes, 10x the rate, with the
+    same burstiness. `max_total_tokens` (the engine's max_model_len) clips long requests: the
+    prompt is shortened first, keeping the answer length, since decode dominates latency.
+    """
+    if speedup <= 0:
+        raise ValueError(f"speedup={speedup} must be > 0")
+    if duration_s is not None and duration_s <= 0:
+        raise ValueError(f"duration_s={duration_s} must be > 0")
+    out: list[Arrival] = []
+    clipped = 0
+    last_t = start_s
+    for row in rows:
+        if row.t_s < start_s:
+            continue
+        at = (row.t_s - start_s) / speedup
+        if duration_s is not None and at >= duration_s:
+            break
+        if max_requests is not None and len(out) >= max_requests:
+            break
+        ctx, gen = max(1, row.context_tokens), max(min_output_tokens, row.generated_tokens)
+        if max_total_tokens is not None and ctx + gen > max_total_tokens:
+            clipped += 1
+            gen = min(gen, max_total_tokens // 2)
+            ctx = max(1, max_total_tokens - gen)
+        out.append(Arrival(at, ctx, gen))
+        last_t = row.t_s
+    return TraceSlice(out, clipped, last_t - start_s)
+
+
+def sweep_rates(start_rps: float, step_rps: float, max_rps: float) -> list[float]:
+    """start, start+step, ... up to max_rps (inclusive): the rates a sweep tries in order."""
+    if start_rps <= 0 or step_rps <= 0 or max_rps < start_rps:
+        raise ValueError(f"sweep needs 0 < start ({start_rps}) <= max ({max_rps}) and step ({step_rps}) > 0")
+    n = int((max_rps - start_rps) / step_rps + 1e-9) + 1
+    return [round(start_rps + i * step_rps, 6) for i in range(n)]
+
+
+# ----------------------------------------------------------------------- prompt synthesis
+
+# Common English words that Llama-family and SmolLM BPE vocabularies encode as one token each
+# (with their leading space), so N words give close to N prompt tokens.
+_WORDS = (
+    "the of and to in is was for that on as with by at from his an were are which this be "
+    "or has had not but one their all there can been if more when will would who so no time "
+    "new some these two may other first any then now made only over such years into most "
+    "after also many well where did could much before way state must because each just those "
+    "people day world own work part small good end year still high same city under never large"
+).split()
+
+
+@dataclass(frozen=True)
+class TokenCalibration:
+    """prompt_tokens = overhead + tokens_per_word * words, fitted from the server's usage."""
+
+    overhead: float = 0.0
+    tokens_per_word: float = 1.0
+
+    def words_for(self, tokens: int) -> int:
+        return max(1, round((tokens - self.overhead) / self.tokens_per_word))
+
+    @classmethod
+    def fit(cls, samples: list[tuple[int, int]]) -> TokenCalibration:
+        """From (words sent, prompt_tokens reported) pairs with at least two word counts."""
+        xs = [w for w, _ in samples]
+        if len(set(xs)) < 2:
+            raise ValueError(f"calibration needs two different word counts, got {sorted(set(xs))}")
+        n = len(samples)
+        mx, my = sum(xs) / n, sum(t for _, t in samples) / n
+        slope = sum((w - mx) * (t - my) for w, t in samples) / sum((w - mx) ** 2 for w in xs)
+        if slope <= 0:
+            raise ValueError(f"prompt tokens do not grow with words: {samples}")
+        return cls(overhead=my - slope * mx, tokens_per_word=slope)
+
+
+def synthesize_prompt(words: int, salt: int = 0) -> str:
+    """A prompt of `words` words. `salt` rotates the text so prompts do not share a prefix
+    (a shared prefix would let the engine's prefix cache skip prefill and flatter TTFT)."""
+    if words < 1:
+        raise ValueError(f"words={words} must be >= 1")
+    rng = random.Random(salt)
+    return " ".join(rng.choice(_WORDS) for _ in range(words))
+
+
+def request_body(model: str, prompt: str, output_tokens: int, chat: bool = False, force_output: bool = True,
+                 stream: bool = True) -> dict:
+    """OpenAI request body. force_output asks vLLM for exactly output_tokens (ignore_eos +
+    min_tokens, vLLM's extra sampling fields); usage is requested in the stream."""
+    body: dict = {"model": model, "max_tokens": output_tokens, "temperature": 0.0, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if chat:
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    if force_output:
+        body["ignore_eos"] = True
+        body["min_tokens"] = output_tokens
+    return body
