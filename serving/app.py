@@ -104,19 +104,51 @@ def llm_config_dicts(fleet: FleetSpec, home: Path | None = None) -> list[dict[st
     return [llm_config_dict(arm, fleet, home, bind) for arm, bind in zip(fleet.arms, binds)]
 
 
-def serve_app_config(fleet: FleetSpec, home: Path | None = None) -> dict[str, Any]:
-    """One entry of a Serve config's `applications` list (also serveConfigV2 on KubeRay)."""
-    return {
-        "name": fleet.name,
-        "route_prefix": "/",
-        "import_path": "ray.serve.llm:build_openai_app",
-        "args": {"llm_configs": llm_config_dicts(fleet, home)},
-    }
+def router_user_config(fleet: FleetSpec) -> dict[str, Any]:
+    """What the ingress receives through Serve's user_config (lightweight, in-place updates)."""
+    return {"routes": {r.name: r.weights() for r in fleet.routes}}
 
 
-def build_app(fleet: FleetSpec, home: Path | None = None):
-    """The Serve application object for `serve.run` (imports Ray lazily)."""
-    from ray.serve.llm import LLMConfig, build_openai_app
+def app_builder(args: dict[str, Any]):
+    """Serve application builder: `import_path: corral.serving.app:app_builder`, `args: {fleet: ...}`.
 
+    Used by `corral up` locally and by serveConfigV2 on KubeRay, so both deploy the same
+    graph from the same fleet document. The fleet is validated again here: an invalid spec
+    fails the deploy before any replica starts.
+    """
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.serve.llm import LLMConfig, build_llm_deployment
+    from ray.serve.llm.ingress import make_fastapi_ingress
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+
+    from corral.cluster.spec import parse_fleet
+    from corral.serving.router import CorralIngress
+
+    fleet = parse_fleet(args.get("fleet"), source="serve args.fleet")
+    home = Path(args["corral_home"]) if args.get("corral_home") else None
     configs = [LLMConfig(**d) for d in llm_config_dicts(fleet, home)]
-    return build_openai_app({"llm_configs": configs})
+    deployments = {c.model_id: build_llm_deployment(c) for c in configs}
+    cards = {c.model_id: to_model_metadata(c.model_id, c) for c in configs}
+    endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda app: app.post("/v1/feedback")}
+    ingress = make_fastapi_ingress(CorralIngress, endpoint_map=endpoints)
+    options = CorralIngress.get_deployment_options(configs)
+    options["user_config"] = router_user_config(fleet)
+    return serve.deployment(ingress, name="CorralIngress", **options).bind(
+        llm_deployments=deployments, model_cards=cards
+    )
+
+
+def serve_config(fleet: FleetSpec, home: Path | None = None) -> dict[str, Any]:
+    """A complete Serve config (what `serve deploy` / the REST API / serveConfigV2 take)."""
+    args: dict[str, Any] = {"fleet": fleet.model_dump(mode="json", exclude_none=True)}
+    if home is not None:
+        args["corral_home"] = str(home)
+    return {
+        "applications": [{
+            "name": fleet.name,
+            "route_prefix": "/",
+            "import_path": "corral.serving.app:app_builder",
+            "args": args,
+        }]
+    }

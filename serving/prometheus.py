@@ -1,0 +1,98 @@
+"""A local Prometheus that scrapes Ray's metrics (the Debian `prometheus` package).
+
+Ray writes the metrics endpoints of every node into a file-based service discovery file;
+the generated config points Prometheus at it, so per-arm series recorded by the router and
+vLLM's engine metrics are scraped without further setup.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+RAY_SD_FILE = "/tmp/ray/prom_metrics_service_discovery.json"
+
+
+def config_text(scrape_interval_s: float = 5.0, sd_file: str = RAY_SD_FILE) -> str:
+    return (
+        "global:\n"
+        f"  scrape_interval: {scrape_interval_s:g}s\n"
+        f"  evaluation_interval: {scrape_interval_s:g}s\n"
+        "scrape_configs:\n"
+        "  - job_name: ray\n"
+        "    file_sd_configs:\n"
+        f"      - files: ['{sd_file}']\n"
+        "        refresh_interval: 5s\n"
+    )
+
+
+@dataclass
+class LocalPrometheus:
+    """A Prometheus process owned by corral, with its config and data under `workdir`."""
+
+    workdir: Path
+    port: int = 9090
+    scrape_interval_s: float = 5.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "prometheus.pid"
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("prometheus")
+
+    def running(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def start(self, timeout_s: float = 30) -> None:
+        binary = self.binary()
+        if binary is None:
+            raise FileNotFoundError("prometheus is not installed (Debian package `prometheus`; scripts/setup.sh installs it)")
+        if self.running():
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "prometheus.yml"
+        config.write_text(config_text(self.scrape_interval_s))
+        log = (self.workdir / "prometheus.log").open("ab")
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # outlives `corral up`
+        )
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout_s
+        while not self.running():
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with code {proc.returncode}; see {self.workdir / 'prometheus.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus did not become ready in {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if not self.pid_file.exists():
+            return
+        try:
+            os.kill(int(self.pid_file.read_text()), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+        self.pid_file.unlink(missing_ok=True)
+
+    def query(self, promql: str) -> list[dict]:
+        r = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]["result"]
