@@ -1,0 +1,253 @@
+"""KubeRayActuator and the annotation store against a stub Kubernetes API server.
+
+No API server can run here, so the stub below speaks the real HTTP protocol for one
+custom resource (GET and PATCH /apis/ray.io/v1/namespaces/{ns}/rayservices/{name} with
+application/merge-patch+json and application/json-patch+json, resourceVersion
+preconditions answered with 409) and the official `kubernetes` client talks to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+kubernetes = pytest.importorskip("kubernetes")
+from kubernetes import client  # noqa: E402
+
+from corral.autoscaler.actuators import FLOOR_ANNOTATION, ActuatorError, KubeRayActuator  # noqa: E402
+from corral.autoscaler.controller import enqueue_command, start_rollout  # noqa: E402
+from corral.autoscaler.rollout_store import RayServiceAnnotationStore  # noqa: E402
+from corral.cluster.spec.rollout import RolloutSpec, RolloutStep  # noqa: E402
+
+PATH = "/apis/ray.io/v1/namespaces/{ns}/rayservices/{name}"
+
+
+def merge_patch(target, patch):
+    """RFC 7386."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def json_patch(doc, ops):
+    """RFC 6902 (add, replace, remove, test)."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        parent = doc
+        for p in parts[:-1]:
+            parent = parent[int(p)] if isinstance(parent, list) else parent[p]
+        key = parts[-1]
+        if op["op"] == "test":
+            if parent.get(key) != op["value"]:
+                raise ValueError(f"test failed at {op['path']}")
+        elif op["op"] in ("add", "replace"):
+            parent[key] = op["value"]
+        elif op["op"] == "remove":
+            del parent[key]
+        else:
+            raise ValueError(op["op"])
+    return doc
+
+
+class StubApiServer:
+    def __init__(self, obj):
+        self.obj, self.version, self.requests = obj, 1, []
+        self.obj["metadata"]["resourceVersion"] = "1"
+        self.conflict_next = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _status(self, code, reason, message):
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "reason": reason, "message": message, "code": code})
+
+            def _target(self):
+                m = stub.obj["metadata"]
+                return PATH.format(ns=m["namespace"], name=m["name"])
+
+            def do_GET(self):
+                stub.requests.append(("GET", self.path, None))
+                if self.path.split("?")[0] != self._target():
+                    return self._status(404, "NotFound", f"{self.path} not found")
+                self._send(200, stub.obj)
+
+            def do_PATCH(self):
+                ctype = self.headers.get("Content-Type", "")
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append(("PATCH", self.path, ctype))
+                if self.path.split("?")[0] != self._target():
+                    return self._status(404, "NotFound", f"{self.path} not found")
+                try:
+                    if ctype == "application/merge-patch+json":
+                        rv = (body.get("metadata") or {}).get("resourceVersion")
+                        if stub.conflict_next:
+                            stub.conflict_next -= 1
+                            stub._bump()  # someone else wrote meanwhile
+                        if rv is not None and rv != stub.obj["metadata"]["resourceVersion"]:
+                            return self._status(409, "Conflict", "the object has been modified; "
+                                                "please apply your changes to the latest version and try again")
+                        new = merge_patch(stub.obj, body)
+                    elif ctype == "application/json-patch+json":
+                        new = json_patch(stub.obj, body)
+                    else:
+                        return self._status(415, "UnsupportedMediaType", f"unsupported patch type {ctype}")
+                except (ValueError, KeyError) as exc:
+                    return self._status(422, "Invalid", str(exc))
+                stub.obj = new
+                stub._bump()
+                self._send(200, stub.obj)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _bump(self):
+        self.version += 1
+        self.obj["metadata"]["resourceVersion"] = str(self.version)
+
+    def fleet(self):
+        return yaml.safe_load(self.obj["spec"]["serveConfigV2"])["applications"][0]["args"]["fleet"]
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+FLEET = {
+    "name": "demo",
+    "arms": [{"name": "llama2", "model": {"demo": "tiny-llama2-random"}, "replicas": {"min": 1, "max": 3}},
+             {"name": "llama3", "model": {"demo": "smollm2-135m-instruct"}, "replicas": {"min": 0, "max": 3}}],
+    "routes": [{"name": "chat", "arms": [{"arm": "llama2", "weight": 100}, {"arm": "llama3", "weight": 0}]}],
+}
+
+
+def rayservice():
+    serve = {"applications": [{"name": "demo", "route_prefix": "/", "import_path": "corral.serving.app:app_builder",
+                               "args": {"fleet": FLEET}}]}
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayService",
+        "metadata": {"name": "corral", "namespace": "llm", "annotations": {"keep": "me"}},
+        "spec": {"serveConfigV2": yaml.safe_dump(serve)},
+        "status": {"activeServiceStatus": {"applicationStatuses": {"demo": {
+            "status": "RUNNING",
+            "serveDeploymentStatuses": {"LLMServer:llama2": {"status": "HEALTHY"},
+                                        "LLMServer:llama3": {"status": "UPDATING"}}}}}},
+    }
+
+
+@pytest.fixture
+def stub():
+    s = StubApiServer(rayservice())
+    s.thread.start()
+    yield s
+    s.server.shutdown()
+    s.server.server_close()
+
+
+@pytest.fixture
+def api(stub):
+    cfg = client.Configuration()
+    cfg.host = stub.url
+    cfg.api_key = {"BearerToken": "t"}
+    return client.CustomObjectsApi(client.ApiClient(cfg))
+
+
+def test_get_and_set_weights_patches_serve_config(stub, api):
+    act = KubeRayActuator("corral", "llm", app_name="demo", api=api)
+    assert act.get_weights("chat") == {"llama2": 100, "llama3": 0}
+    assert act.set_weights("chat", {"llama2": 50, "llama3": 50}) is True
+    assert {a["arm"]: a["weight"] for a in stub.fleet()["routes"][0]["arms"]} == {"llama2": 50, "llama3": 50}
+    assert act.get_weights("chat") == {"llama2": 50, "llama3": 50}
+    patches = [r for r in stub.requests if r[0] == "PATCH"]
+    assert patches == [("PATCH", PATH.format(ns="llm", name="corral"), "application/merge-patch+json")]
+    # idempotent: same weights -> no PATCH at all
+    assert act.set_weights("chat", {"llama2": 50, "llama3": 50}) is False
+    assert len([r for r in stub.requests if r[0] == "PATCH"]) == 1
+    assert stub.obj["metadata"]["annotations"]["keep"] == "me"
+    assert stub.obj["spec"]["serveConfigV2"].startswith("applications:")
+
+
+def test_conflict_is_retried_on_fresh_read(stub, api):
+    act = KubeRayActuator("corral", "llm", api=api)
+    stub.conflict_next = 1
+    assert act.set_weights("chat", {"llama2": 30, "llama3": 70}) is True
+    codes = [r for r in stub.requests if r[0] == "PATCH"]
+    assert len(codes) == 2
+    assert act.get_weights("chat") == {"llama2": 30, "llama3": 70}
+
+
+def test_bad_weights_and_missing_objects_are_actuator_errors(stub, api):
+    act = KubeRayActuator("corral", "llm", api=api)
+    with pytest.raises(ActuatorError, match="sum to 100"):
+        act.set_weights("chat", {"llama2": 50, "llama3": 40})
+    with pytest.raises(ActuatorError, match="unknown arm"):
+        act.set_weights("chat", {"llama2": 50, "gpt": 50})
+    with pytest.raises(ActuatorError, match="no route"):
+        act.get_weights("nope")
+    with pytest.raises(ActuatorError, match="HTTP 404"):
+        KubeRayActuator("missing", "llm", api=api).get_weights("chat")
+
+
+def test_replica_floor_raised_then_restored(stub, api):
+    act = KubeRayActuator("corral", "llm", api=api)
+    assert act.set_replica_floor("llama3", 2) is True
+    arm = stub.fleet()["arms"][1]
+    assert arm["replicas"]["min"] == 2 and arm["replicas"]["max"] == 3
+    assert json.loads(stub.obj["metadata"]["annotations"][FLOOR_ANNOTATION]) == {"llama3": 0}
+    assert act.set_replica_floor("llama3", 2) is False
+    assert act.set_replica_floor("llama3", 3) is True
+    assert act.set_replica_floor("llama3", None) is True
+    assert stub.fleet()["arms"][1]["replicas"]["min"] == 0  # the fleet's own min, not the last floor
+    assert act.set_replica_floor("llama3", None) is False
+    assert act.set_replica_floor("llama2", 1) is False  # floor below the spec min changes nothing
+
+
+def test_readiness_from_rayservice_status(stub, api):
+    act = KubeRayActuator("corral", "llm", api=api)
+    assert act.ready_replicas(["llama2", "llama3"]) == {"llama2": 1, "llama3": 0}
+    stub.obj["status"]["activeServiceStatus"]["applicationStatuses"]["demo"]["serveDeploymentStatuses"][
+        "LLMServer:llama3"]["status"] = "HEALTHY"
+    act.set_replica_floor("llama3", 2)
+    assert act.ready_replicas(["llama3"]) == {"llama3": 2}
+
+
+def test_annotation_store_round_trip_and_json_patch_path(stub, api):
+    store = RayServiceAnnotationStore("corral", "llm", api=api)
+    assert store.load() is None
+    spec = RolloutSpec(route="chat", baseline="llama2", candidate="llama3",
+                       steps=[RolloutStep(weight=50, bake_s=1), RolloutStep(weight=100, bake_s=1)])
+    doc = start_rollout(store, spec, 5.0)
+    stub.conflict_next = 1  # a concurrent writer: the store retries
+    enqueue_command(store, "pause", 6.0, reason="hold on")
+    loaded = store.load()
+    assert loaded.id == doc.id and [c.op for c in loaded.commands] == ["pause"]
+    assert stub.obj["metadata"]["annotations"]["keep"] == "me"
+    # Another writer using a JSON patch (e.g. kubectl patch --type=json) is understood by the stub too.
+    api.patch_namespaced_custom_object(
+        "ray.io", "v1", "llm", "rayservices", "corral",
+        [{"op": "add", "path": "/metadata/annotations/other~1key", "value": "x"}],
+        _content_type="application/json-patch+json")
+    assert stub.obj["metadata"]["annotations"]["other/key"] == "x"
+    assert store.load().id == doc.id
