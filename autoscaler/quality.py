@@ -1,0 +1,110 @@
+"""The quality gate: a golden prompt set run against arms over the OpenAI HTTP API, and scoring.
+
+A golden set is a JSONL file, one prompt per line:
+    {"id": "...", "prompt": "...", "answers": ["Paris"], "match": "contains"}
+`match` is the scoring rule: `contains` (case-insensitive substring), `exact`
+(case-insensitive, surrounding whitespace/punctuation ignored), `regex` (Python `re.search`,
+case-insensitive) or `number` (the first number in the reply equals an answer). A prompt
+scores 1 if any answer matches, else 0; an arm's score is the mean. Requests pin the arm
+with `model: <arm name>` at temperature 0, so both arms see identical prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from corral.autoscaler.rollout import QualityScores
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+Match = Literal["contains", "exact", "regex", "number"]
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class GoldenPrompt:
+    id: str
+    prompt: str
+    answers: tuple[str, ...]
+    match: Match = "contains"
+    max_tokens: int = 16
+
+
+def resolve_golden_path(name: str, base_dir: Path | None = None) -> Path:
+    """`builtin:<name>` -> the shipped file; a relative path is taken from `base_dir` (the fleet file's folder)."""
+    if name.startswith("builtin:"):
+        return GOLDEN_DIR / f"{name.removeprefix('builtin:')}.jsonl"
+    p = Path(name).expanduser()
+    return p if p.is_absolute() or base_dir is None else base_dir / p
+
+
+def load_golden(path: Path) -> list[GoldenPrompt]:
+    prompts = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            d = json.loads(line)
+            p = GoldenPrompt(id=str(d["id"]), prompt=str(d["prompt"]), answers=tuple(map(str, d["answers"])),
+                             match=d.get("match", "contains"), max_tokens=int(d.get("max_tokens", 16)))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{lineno}: bad golden prompt ({exc!r}): {line[:80]}") from None
+        if p.match not in ("contains", "exact", "regex", "number") or not p.answers:
+            raise ValueError(f"{path}:{lineno}: match {p.match!r} unknown or no answers")
+        prompts.append(p)
+    if not prompts:
+        raise ValueError(f"{path}: no golden prompts")
+    return prompts
+
+
+def score(prompt: GoldenPrompt, reply: str) -> float:
+    text = reply.strip()
+    if prompt.match == "number":
+        found = _NUMBER.search(text.replace(",", ""))
+        return float(bool(found) and any(float(found.group()) == float(a) for a in prompt.answers))
+    if prompt.match == "regex":
+        return float(any(re.search(a, text, re.IGNORECASE) for a in prompt.answers))
+    if prompt.match == "exact":
+        norm = re.sub(r"^\W+|\W+$", "", text).lower()
+        return float(any(norm == a.lower() for a in prompt.answers))
+    return float(any(a.lower() in text.lower() for a in prompt.answers))
+
+
+class GoldenSetRunner:
+    """Runs a golden set against arms through the fleet's OpenAI-compatible endpoint."""
+
+    def __init__(self, base_url: str, prompts: list[GoldenPrompt], timeout_s: float = 60.0, session=None,
+                 api_key: str = "corral"):
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        self.prompts, self.timeout_s = prompts, timeout_s
+        self.session = session or requests.Session()
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.last_replies: dict[str, dict[str, str]] = {}
+
+    def ask(self, arm: str, prompt: GoldenPrompt) -> str:
+        resp = self.session.post(
+            f"{self.base_url}/v1/chat/completions", headers=self.headers, timeout=self.timeout_s,
+            json={"model": arm, "messages": [{"role": "user", "content": prompt.prompt}],
+                  "temperature": 0, "max_tokens": prompt.max_tokens})
+        if resp.status_code >= 500:
+            return ""  # the arm failed this prompt: scored 0, not an infrastructure error
+        resp.raise_for_status()
+        return resp.json()["choices"][0]["message"]["content"] or ""
+
+    def run(self, arms: list[str]) -> QualityScores:
+        import requests
+
+        scores = {}
+        try:
+            for arm in arms:
+                replies = {p.id: self.ask(arm, p) for p in self.prompts}
+                self.last_replies[arm] = replies
+                scores[arm] = sum(score(p, replies[p.id]) for p in self.prompts) / len(self.prompts)
+        except (requests.RequestException, KeyError, ValueError) as exc:
+            return QualityScores(error=f"golden set against {self.base_url}: {exc}")
+        return QualityScores(scores)

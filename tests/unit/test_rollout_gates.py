@@ -1,0 +1,188 @@
+"""Gate rendering/evaluation, the Prometheus client against a stub HTTP API, the golden set."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from corral.autoscaler.gates import (
+    MetricSourceError, PrometheusClient, PrometheusMetricSource, Verdict, evaluate_gate, render,
+)
+from corral.autoscaler.quality import GoldenPrompt, GoldenSetRunner, load_golden, resolve_golden_path, score
+from corral.cluster.spec.rollout import MetricGate, RolloutSpec, default_gates
+from corral.serving import metric_names as mn
+
+
+def test_default_gates_render_with_exported_metric_names():
+    rendered = {g.name: render(g.query, "chat", "llama3", 60) for g in default_gates()}
+    req = mn.exported(mn.REQUESTS)
+    assert rendered["error_rate"] == (
+        f'(sum(rate({req}{{route="chat",arm="llama3",status=~"5.."}}[60s])) or vector(0))'
+        f' / sum(rate({req}{{route="chat",arm="llama3"}}[60s]))')
+    assert f"{mn.exported(mn.TTFT)}_bucket{{route=\"chat\",arm=\"llama3\"}}[60s]" in rendered["ttft_p95"]
+    assert f"{mn.exported(mn.ITL)}_bucket" in rendered["itl_p95"]
+    assert 'le=~"10|10\\\\.0"' in rendered["goodput"]
+    assert all("$" not in q for q in rendered.values())
+
+
+def test_unknown_placeholder_is_rejected_with_its_name():
+    with pytest.raises(ValueError, match="latnecy"):
+        MetricGate(name="x", query="$latnecy", max=1, floor=0.1)
+    with pytest.raises(ValueError, match="neither max nor min"):
+        MetricGate(name="x", query="$ttft")
+    with pytest.raises(ValueError, match="floor"):
+        MetricGate(name="x", query="$ttft", max=1.2)
+
+
+@pytest.mark.parametrize("cand,base,verdict", [
+    (0.0, 0.0, Verdict.PASS),        # both under the floor -> ratio 1
+    (0.015, 0.0, Verdict.PASS),      # 1.5% vs floor 1% -> 1.5
+    (0.05, 0.0, Verdict.FAIL),       # 5x the floor
+    (0.05, 0.03, Verdict.PASS),
+    (None, 0.01, Verdict.INCONCLUSIVE),
+    (0.01, float("nan"), Verdict.INCONCLUSIVE),
+])
+def test_ratio_gate(cand, base, verdict):
+    gate = MetricGate(name="error_rate", query="$requests", compare="ratio", max=2.0, floor=0.01)
+    assert evaluate_gate(gate, cand, base).verdict == verdict
+
+
+def test_min_and_absolute_gates():
+    goodput = MetricGate(name="goodput", query="$requests", compare="ratio", min=0.9, floor=0.01)
+    assert evaluate_gate(goodput, 0.8, 1.0).verdict == Verdict.FAIL
+    assert evaluate_gate(goodput, 0.95, 1.0).verdict == Verdict.PASS
+    ttft = MetricGate(name="ttft", query="$ttft", compare="absolute", max=2.0)
+    r = evaluate_gate(ttft, 2.5, None)
+    assert r.verdict == Verdict.FAIL and "> max 2.0" in r.message
+
+
+class PromStub:
+    def __init__(self, answer):
+        self.answer, self.queries = answer, []
+        stub = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                u = urlparse(self.path)
+                q = parse_qs(u.query)["query"][0]
+                stub.queries.append(q)
+                code, body = stub.answer(q)
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def vec(*values):
+    return 200, {"status": "success", "data": {"resultType": "vector",
+                                               "result": [{"metric": {}, "value": [1.0, str(v)]} for v in values]}}
+
+
+def test_prometheus_source_collects_every_gate_for_both_arms():
+    def answer(q):
+        if "increase" in q:
+            return vec(120)
+        return vec(0.2 if 'arm="llama3"' in q else 0.1)
+
+    stub = PromStub(answer)
+    try:
+        spec = RolloutSpec(route="chat", baseline="llama2", candidate="llama3")
+        m = PrometheusMetricSource(PrometheusClient(stub.url)).collect(spec, 60, 45)
+        assert m.values["ttft_p95"] == {"llama2": 0.1, "llama3": 0.2}
+        assert m.requests == {"llama2": 120.0, "llama3": 120.0}
+        assert len(stub.queries) == 2 * len(spec.gates) + 2
+        assert any("[45s]" in q for q in stub.queries)
+    finally:
+        stub.close()
+
+
+def test_prometheus_client_edge_cases():
+    answers = iter([vec(), vec("NaN"), vec(1, 2),
+                    (400, {"status": "error", "errorType": "bad_data", "error": "parse error"})])
+    stub = PromStub(lambda q: next(answers))
+    try:
+        c = PrometheusClient(stub.url)
+        assert c.query("a") is None
+        assert c.query("b") is None
+        with pytest.raises(MetricSourceError, match="2 series"):
+            c.query("c")
+        with pytest.raises(MetricSourceError, match="parse error"):
+            c.query("d")
+    finally:
+        stub.close()
+    with pytest.raises(MetricSourceError, match="unreachable"):
+        PrometheusClient(stub.url, timeout_s=0.5).query("up")
+
+
+def test_builtin_golden_set_loads_and_is_scorable():
+    prompts = load_golden(resolve_golden_path("builtin:llama_basic"))
+    assert len(prompts) >= 15 and len({p.id for p in prompts}) == len(prompts)
+    for p in prompts:
+        assert score(p, p.answers[0].strip("^$\\W*")) == 1.0 or p.match == "regex"
+        assert score(p, "I don't know") == 0.0
+
+
+@pytest.mark.parametrize("match,answers,reply,expected", [
+    ("contains", ("Paris",), "The capital is paris.", 1.0),
+    ("exact", ("Paris",), " Paris. ", 1.0),
+    ("exact", ("Paris",), "Paris, France", 0.0),
+    ("number", ("4",), "2 + 2 = 4", 0.0),   # the first number is 2
+    ("number", ("4",), "4.", 1.0),
+    ("number", ("20",), "It is 20.0", 1.0),
+    ("regex", (r"^\W*hello\W*$",), "Hello!", 1.0),
+])
+def test_scoring_rules(match, answers, reply, expected):
+    assert score(GoldenPrompt("x", "q", answers, match), reply) == expected
+
+
+def test_golden_runner_over_openai_http():
+    from http.server import BaseHTTPRequestHandler
+
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            if body["model"] == "broken":
+                self.send_response(500)
+                self.end_headers()
+                return
+            text = "Paris" if body["model"] == "good" else "zxq"
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        prompts = [GoldenPrompt("fr", "Capital of France?", ("Paris",)), GoldenPrompt("de", "Capital?", ("Berlin",))]
+        r = GoldenSetRunner(f"http://127.0.0.1:{srv.server_address[1]}", prompts).run(["good", "bad", "broken"])
+        assert r.error is None and r.scores == {"good": 0.5, "bad": 0.0, "broken": 0.0}
+        assert all(b["temperature"] == 0 for b in seen) and {b["model"] for b in seen} == {"good", "bad", "broken"}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    down = GoldenSetRunner(f"http://127.0.0.1:{srv.server_address[1]}", prompts, timeout_s=0.5).run(["good"])
+    assert down.error and "golden set" in down.error
