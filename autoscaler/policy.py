@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from corral.cluster.spec.autoscaling import AutoscalingSpec
@@ -127,6 +127,10 @@ class PolicyState:
     """Most replicas load asked for during the current scale-down streak."""
     last_scale_up_s: float | None = None
     """When the policy last added replicas (cold-start guard)."""
+    load_ref: tuple[float, float] | None = None
+    """(time, ongoing requests) at the previous call, for the load trend."""
+    trend_per_s: float = 0.0
+    """Growth of ongoing requests per second, smoothed over `look_back_period_s`."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +140,10 @@ class PolicyState:
         if not data:
             return cls()
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        kw = {k: v for k, v in data.items() if k in known}
+        if kw.get("load_ref") is not None:
+            kw["load_ref"] = tuple(kw["load_ref"])
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -148,12 +155,14 @@ class Decision:
     reason: str
 
 
-def assess(signals: Signals, config: PolicyConfig) -> Assessment:
-    """Replicas the load needs (batch target) and whether latency is at risk. No time, no bounds."""
+def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) -> Assessment:
+    """Replicas the load needs (batch target) and whether latency is at risk. No bounds.
+    `rising_per_s` is the recent growth of ongoing requests (0 when flat or falling)."""
     spec = config.spec
     target = spec.target_ongoing_requests
     ongoing = max(0.0, signals.ongoing_requests)
-    load = math.ceil(ongoing / target - 1e-9)
+    expected = ongoing + max(0.0, rising_per_s) * spec.trend_horizon_s
+    load = math.ceil(expected / target - 1e-9)
     down = math.ceil(ongoing / (target * (1.0 - spec.downscale_hysteresis)) - 1e-9)
 
     running = max(signals.running_replicas, 0)
@@ -201,7 +210,7 @@ def guard(
             new_state = PolicyState(last_scale_up_s=now)
         elif op == "scale_down":
             new_state = PolicyState(last_scale_up_s=new_state.last_scale_up_s)
-        return Decision(op, n, why), new_state
+        return Decision(op, n, why), replace(new_state, load_ref=state.load_ref, trend_per_s=state.trend_per_s)
 
     if current < lower:
         return out(lower, f"below lower bound {lower} (min {config.min_replicas}, "
@@ -232,6 +241,7 @@ def guard(
         since = state.below_since_s if state.below_since_s is not None else now
         peak = max(state.below_peak, want_down) if state.below_since_s is not None else want_down
         if now - since + 1e-6 >= spec.downscale_delay_s:
+            peak = max(peak, current - max(1, math.floor(current * spec.downscale_max_fraction)))
             return out(peak, f"load {signals.ongoing_requests:.3g} fits {peak} replicas for "
                              f"{spec.downscale_delay_s:g}s", state)
         return out(current, f"load below target for {now - since:.0f}s of {spec.downscale_delay_s:g}s",
@@ -250,7 +260,14 @@ def decide(
     signals: Signals, config: PolicyConfig, state: PolicyState, now: float
 ) -> tuple[Decision, PolicyState]:
     """The policy: a pure function of one snapshot, the arm's config and the policy's memory."""
-    return guard(assess(signals, config), signals, config, state, now)
+    # Smoothed load trend (exponential average over look_back_period_s of the growth rate).
+    trend, ref = state.trend_per_s, state.load_ref
+    if ref is not None and now > ref[0]:
+        dt = now - ref[0]
+        instant = (signals.ongoing_requests - ref[1]) / dt
+        trend += (instant - trend) * min(1.0, dt / config.spec.look_back_period_s)
+    state = replace(state, load_ref=(now, signals.ongoing_requests), trend_per_s=trend)
+    return guard(assess(signals, config, trend), signals, config, state, now)
 
 
 def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str, reduce=max) -> float | None:

@@ -47,6 +47,12 @@ class AutoscalingSpec(BaseModel):
     replica that count as a growing queue and add replicas without waiting `upscale_delay_s`."""
     kv_cache_high: float = 0.9
     """KV cache use (0-1, mean over replicas) treated as saturation, like an SLO breach."""
+    downscale_max_fraction: float = 0.25
+    """Most replicas removed in one step, as a share of the current target (at least 1);
+    each further step waits `downscale_delay_s` again, so a fleet shrinks gradually."""
+    trend_horizon_s: float = 30.0
+    """When adding replicas, provision for the load expected this far ahead along the
+    recent rising trend (load grows while new replicas start). 0 = react to current load only."""
     breach_upscale_fraction: float = 0.25
     """Replicas added on an SLO breach, as a share of the current target (at least 1)."""
     cold_start_s: float = 60.0
@@ -66,7 +72,7 @@ class AutoscalingSpec(BaseModel):
 
     @field_validator(
         "target_ongoing_requests", "metrics_interval_s", "look_back_period_s", "ttft_p95_s", "itl_p95_s",
-        "breach_upscale_fraction",
+        "breach_upscale_fraction", "downscale_max_fraction",
     )
     @classmethod
     def _positive(cls, v: float, info) -> float:
@@ -74,7 +80,8 @@ class AutoscalingSpec(BaseModel):
             raise ValueError(f"{info.field_name} must be > 0, got {v!r}")
         return v
 
-    @field_validator("upscale_delay_s", "downscale_delay_s", "cold_start_s", "queue_per_replica_trigger")
+    @field_validator("upscale_delay_s", "downscale_delay_s", "cold_start_s", "queue_per_replica_trigger",
+                     "trend_horizon_s")
     @classmethod
     def _non_negative(cls, v: float, info) -> float:
         if not v >= 0:

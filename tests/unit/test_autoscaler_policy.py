@@ -98,7 +98,14 @@ def test_scales_up_fast_on_slo_breach_and_down_slowly():
     d, state = decide(low, cfg, state, t + 119)
     assert d.operator == "hold"
     d, state = decide(low, cfg, state, t + 120)
-    assert (d.operator, d.replicas) == ("scale_down", 2)
+    # Removed slowly: at most downscale_max_fraction (25%, at least 1) per step, each step
+    # waiting downscale_delay_s again.
+    assert (d.operator, d.replicas) == ("scale_down", 4)
+    low = Signals(running_replicas=4, target_replicas=4, ongoing_requests=12)
+    d, state = decide(low, cfg, state, t + 121)
+    assert d.operator == "hold"
+    d, state = decide(low, cfg, state, t + 241)
+    assert (d.operator, d.replicas) == ("scale_down", 3)
 
 
 def test_hysteresis_keeps_replicas_just_below_target():
