@@ -1,0 +1,225 @@
+"""`corral rollout start|run|status|pause|resume|promote|abort|history`.
+
+The rollout's state lives in a store (a local JSON file, or an annotation on the RayService
+with --kube); pause/resume/promote/abort queue a command there and the running controller
+(`corral rollout run`, or `start --run`) picks it up on its next tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from corral.commands._common import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, CliError, add_fleet_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rollout", help="staged canary rollouts with metric and quality gates")
+    rs = p.add_subparsers(dest="rollout_cmd", metavar="ACTION", required=True)
+
+    def common(sp, fleet=True):
+        if fleet:
+            add_fleet_arg(sp)
+        sp.add_argument("--store", default=None, help="state file (default .corral/rollout-<fleet>.json)")
+        sp.add_argument("--kube", metavar="RAYSERVICE", default=None,
+                        help="keep state on this RayService (annotation) and actuate through KubeRay")
+        sp.add_argument("--namespace", default="default", help="Kubernetes namespace of --kube")
+
+    sp = rs.add_parser("start", help="start the rollout declared in the fleet's `rollout:` section")
+    common(sp)
+    sp.add_argument("--force", action="store_true", help="replace an active rollout")
+    sp.add_argument("--run", action="store_true", help="also run the controller here, with a live view")
+    _run_args(sp)
+    sp.set_defaults(func=cmd_start)
+    sp = rs.add_parser("run", help="run (or resume) the controller of the stored rollout")
+    common(sp)
+    _run_args(sp)
+    sp.set_defaults(func=cmd_run)
+    sp = rs.add_parser("status", help="phase, step, weights, latest gates")
+    common(sp)
+    sp.add_argument("--watch", action="store_true", help="refresh until the rollout ends")
+    sp.set_defaults(func=cmd_status)
+    for op, helptext in (("pause", "hold the current weights"), ("resume", "continue a paused rollout"),
+                         ("promote", "skip to the next step"), ("abort", "roll back to the baseline now")):
+        sp = rs.add_parser(op, help=helptext)
+        common(sp)
+        sp.add_argument("--reason", default="", help="recorded in the history")
+        if op == "promote":
+            sp.add_argument("--full", action="store_true", help="go straight to 100%%")
+        sp.set_defaults(func=cmd_command, op=op)
+    sp = rs.add_parser("history", help="the rollout's events")
+    common(sp)
+    sp.set_defaults(func=cmd_history)
+
+
+def _run_args(sp):
+    sp.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
+    sp.add_argument("--endpoint", default=None, help="OpenAI endpoint for the golden set (default: the fleet's)")
+    sp.add_argument("--tick-s", type=float, default=None, help="seconds between controller ticks")
+
+
+def _rollout_spec(fleet_path: str | None):
+    """The fleet's RolloutSpec (from FleetSpec.rollout once the fleet model has it, else the raw YAML)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from corral.cluster.spec import default_fleet_path
+    from corral.cluster.spec.rollout import RolloutSpec
+    from corral.commands._common import load_fleet_or_exit
+
+    fleet = load_fleet_or_exit(fleet_path, check_paths=False)
+    spec = getattr(fleet, "rollout", None)
+    if spec is None:
+        raw = yaml.safe_load(Path(fleet_path or default_fleet_path()).read_text()).get("rollout")
+        if raw is None:
+            raise CliError(f"{fleet_path or 'demo fleet'}: no `rollout:` section", EXIT_BAD_INPUT)
+        try:
+            spec = RolloutSpec.model_validate(raw)
+            spec.check_against([a.name for a in fleet.arms], {r.name: [a.arm for a in r.arms] for r in fleet.routes})
+        except (ValidationError, ValueError) as exc:
+            raise CliError(f"rollout: {exc}", EXIT_BAD_INPUT) from None
+    return fleet, spec
+
+
+def _store(args, fleet_name: str):
+    from corral.autoscaler.rollout_store import FileStore, RayServiceAnnotationStore
+
+    if args.kube:
+        try:
+            return RayServiceAnnotationStore(args.kube, args.namespace)
+        except Exception as exc:  # kubeconfig missing, etc.
+            raise CliError(f"cannot reach Kubernetes: {exc}", EXIT_ENVIRONMENT) from None
+    return FileStore(args.store or Path(".corral") / f"rollout-{fleet_name}.json")
+
+
+def _load(args):
+    from corral.commands._common import load_fleet_or_exit
+
+    fleet = load_fleet_or_exit(args.fleet, check_paths=False)
+    store = _store(args, fleet.name)
+    doc = store.load()
+    if doc is None:
+        raise CliError("no rollout found; start one with `corral rollout start FLEET`", EXIT_BAD_INPUT)
+    return fleet, store, doc
+
+
+def cmd_start(args) -> int:
+    from corral.autoscaler.controller import RolloutConflict, start_rollout
+
+    fleet, spec = _rollout_spec(args.fleet)
+    store = _store(args, fleet.name)
+    try:
+        doc = start_rollout(store, spec, time.time(), force=args.force)
+    except RolloutConflict as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    print(f"rollout {doc.id}: route {spec.route}: {spec.baseline} -> {spec.candidate}, steps "
+          f"{[s.weight for s in spec.steps]}")
+    return _run_controller(args, fleet, spec, store) if args.run else 0
+
+
+def cmd_run(args) -> int:
+    from corral.cluster.spec.rollout import RolloutSpec
+
+    fleet, store, doc = _load(args)
+    return _run_controller(args, fleet, RolloutSpec.model_validate(doc.spec), store)
+
+
+def _actuator(args, fleet):
+    from corral.autoscaler import actuators
+
+    if args.kube:
+        return actuators.KubeRayActuator(args.kube, args.namespace, app_name=fleet.name)
+    local = getattr(actuators, "LocalServeActuator", None)
+    if local is None:
+        raise CliError("the local Ray actuator is not available yet; use --kube RAYSERVICE", EXIT_ENVIRONMENT)
+    return local(fleet)
+
+
+def _run_controller(args, fleet, spec, store) -> int:
+    from rich.live import Live
+
+    from corral.autoscaler.controller import Controller
+    from corral.autoscaler.gates import PrometheusClient, PrometheusMetricSource
+    from corral.autoscaler.quality import GoldenSetRunner, load_golden, resolve_golden_path
+
+    base_dir = Path(args.fleet).resolve().parent if args.fleet else None
+    runner = None
+    if spec.quality.enabled:
+        endpoint = args.endpoint or f"http://{fleet.server.host}:{fleet.server.port}"
+        prompts = load_golden(resolve_golden_path(spec.quality.golden_set, base_dir))
+        runner = GoldenSetRunner(endpoint, prompts, timeout_s=spec.quality.request_timeout_s)
+    ctl = Controller(spec, {a.name: a.replicas.max for a in fleet.arms},
+                     PrometheusMetricSource(PrometheusClient(args.prometheus)), _actuator(args, fleet), store,
+                     quality_runner=runner)
+    with Live(status_view(store.load()), refresh_per_second=2) as live:
+        ctl.on_decision = lambda d, s: live.update(status_view(store.load()))
+        state = ctl.run(tick_s=args.tick_s)
+    print(f"rollout {state.phase.value}: {state.reason}")
+    return 0 if state.phase.value == "Succeeded" else 1
+
+
+def status_view(doc):
+    from rich.table import Table
+
+    from corral.cluster.spec.rollout import RolloutSpec
+
+    spec = RolloutSpec.model_validate(doc.spec)
+    s = doc.state
+    t = Table(title=f"rollout {doc.id}: {spec.route}  {spec.baseline} -> {spec.candidate}", show_header=False)
+    t.add_row("phase", s.phase.value + (f" ({s.pause_reason})" if s.pause_reason else ""))
+    bar = "".join("#" if i <= s.step else "." for i in range(len(spec.steps)))
+    t.add_row("step", f"{s.step + 1}/{len(spec.steps)} [{bar}] {spec.steps[s.step].weight}%  stage {s.stage.value}")
+    t.add_row("weights", ", ".join(f"{k}={v}" for k, v in s.desired_weights.items()) or "-")
+    if s.step_started_at is not None and s.stage.value == "baking":
+        left = max(0.0, spec.steps[s.step].bake_s - (time.time() - s.step_started_at))
+        t.add_row("bake left", f"{left:.0f}s")
+    t.add_row("failures", f"{s.failures}/{spec.failure_limit} tolerated; inconclusive {s.inconclusive}; errors {s.errors}")
+    if s.quality_scores:
+        t.add_row("quality", ", ".join(f"{k}={v:.2f}" for k, v in s.quality_scores.items()))
+    for g in s.last_gates:
+        t.add_row(f"gate {g['gate']}", f"{g['verdict']}: {g['message']}")
+    t.add_row("last", s.reason)
+    return t
+
+
+def cmd_status(args) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    fleet, store, doc = _load(args)
+    if not args.watch:
+        Console().print(status_view(doc))
+        return 0
+    with Live(status_view(doc), refresh_per_second=1) as live:
+        while not doc.state.terminal:
+            time.sleep(1)
+            doc = store.load()
+            live.update(status_view(doc))
+    return 0
+
+
+def cmd_command(args) -> int:
+    from corral.autoscaler.controller import enqueue_command
+
+    fleet, store, doc = _load(args)
+    if doc.state.terminal:
+        raise CliError(f"rollout {doc.id} already {doc.state.phase.value}", EXIT_BAD_INPUT)
+    seq = enqueue_command(store, args.op, time.time(), full=getattr(args, "full", False), reason=args.reason)
+    print(f"queued {args.op} (#{seq}) for rollout {doc.id}; the controller applies it on its next tick")
+    return 0
+
+
+def cmd_history(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    fleet, store, doc = _load(args)
+    t = Table(title=f"rollout {doc.id}")
+    for col in ("time", "event", "phase", "step", "weights", "reason"):
+        t.add_column(col)
+    for e in doc.events:
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(e.at)), e.operator, e.phase, str(e.step + 1),
+                  ", ".join(f"{k}={v}" for k, v in e.weights.items()), e.reason)
+    Console(width=200).print(t)
+    return 0
