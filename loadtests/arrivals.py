@@ -80,9 +80,8 @@ def load_trace(path: str | Path) -> list[TraceRow]:
                 ctx, gen = int(row["ContextTokens"]), int(row["GeneratedTokens"])
             except ValueError as exc:
                 raise ValueError(f"{p}:{line_no}: bad trace row {row}: {exc}") from None
-            t = stamp.timestamp()
-            t0 = t if t0 is None else t0
-            rows.append(TraceRow(t - t0, ctx, gen))
+            t0 = stamp if t0 is None else t0
+            rows.append(TraceRow((stamp - t0).total_seconds(), ctx, gen))
     rows.sort(key=lambda r: r.t_s)
     return rows
 

@@ -1,0 +1,111 @@
+"""Arrival processes, trace replay, prompt synthesis and load-test config validation."""
+
+from pathlib import Path
+
+import pytest
+
+from corral.loadtests.arrivals import (
+    TokenCalibration,
+    constant_schedule,
+    load_trace,
+    poisson_schedule,
+    request_body,
+    sweep_rates,
+    synthesize_prompt,
+    trace_schedule,
+)
+from corral.loadtests.config import LoadConfig, stages
+
+TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure_llm_conv_2023.csv"
+
+
+def test_constant_schedule_is_evenly_spaced():
+    s = constant_schedule(4.0, 2.5, 10, 5)
+    assert [a.at_s for a in s] == pytest.approx([i * 0.25 for i in range(10)])
+    assert all(a.input_tokens == 10 and a.output_tokens == 5 for a in s)
+
+
+def test_poisson_schedule_rate_and_reproducibility():
+    s = poisson_schedule(20.0, 200.0, 10, 5, seed=3)
+    assert len(s) == pytest.approx(4000, rel=0.05)
+    gaps = [b.at_s - a.at_s for a, b in zip(s, s[1:])]
+    mean = sum(gaps) / len(gaps)
+    cv = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
+    assert mean == pytest.approx(0.05, rel=0.05)
+    assert cv == pytest.approx(1.0, abs=0.05)  # exponential gaps: coefficient of variation 1
+    assert poisson_schedule(20.0, 5.0, 1, 1, seed=3) == poisson_schedule(20.0, 5.0, 1, 1, seed=3)
+    with pytest.raises(ValueError, match="rate_rps"):
+        poisson_schedule(0, 1, 1, 1)
+
+
+@pytest.mark.skipif(not TRACE.is_file(), reason="shared Azure trace not present")
+def test_azure_trace_replay_compression_and_clipping():
+    rows = load_trace(TRACE)
+    assert len(rows) == 19366
+    assert rows[0].t_s == 0.0 and rows[0].context_tokens == 374 and rows[0].generated_tokens == 44
+    assert rows[1].t_s == pytest.approx(4.314579, abs=1e-6)
+    normal = trace_schedule(rows, start_s=0, duration_s=60)
+    fast = trace_schedule(rows, start_s=0, duration_s=6, speedup=10)
+    assert len(fast.arrivals) == len(normal.arrivals)
+    assert [a.at_s * 10 for a in fast.arrivals] == pytest.approx([a.at_s for a in normal.arrivals])
+    clipped = trace_schedule(rows, duration_s=600, max_total_tokens=512)
+    assert clipped.clipped > 0
+    assert all(a.input_tokens + a.output_tokens <= 512 for a in clipped.arrivals)
+    assert len(trace_schedule(rows, max_requests=7).arrivals) == 7
+
+
+def test_trace_rejects_bad_files(tmp_path):
+    bad = tmp_path / "t.csv"
+    bad.write_text("TIMESTAMP,Tokens\n2023-11-16 18:15:46.68,3\n")
+    with pytest.raises(ValueError, match="lacks column"):
+        load_trace(bad)
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nnot-a-time,1,2\n")
+    with pytest.raises(ValueError, match=":2: bad trace row"):
+        load_trace(bad)
+
+
+def test_sweep_rates():
+    assert sweep_rates(0.5, 0.5, 2.0) == [0.5, 1.0, 1.5, 2.0]
+    with pytest.raises(ValueError):
+        sweep_rates(2, 1, 1)
+
+
+def test_prompt_synthesis_and_calibration():
+    p = synthesize_prompt(50, salt=1)
+    assert len(p.split()) == 50
+    assert synthesize_prompt(50, salt=2) != p and synthesize_prompt(50, salt=1) == p
+    cal = TokenCalibration.fit([(16, 17), (128, 129)])  # e.g. a BOS token
+    assert cal.overhead == pytest.approx(1) and cal.tokens_per_word == pytest.approx(1)
+    assert cal.words_for(100) == 99
+    with pytest.raises(ValueError, match="two different"):
+        TokenCalibration.fit([(16, 17), (16, 17)])
+
+
+def test_request_body_forces_output_length():
+    b = request_body("llama", "hi there", 32)
+    assert b["max_tokens"] == b["min_tokens"] == 32 and b["ignore_eos"] is True
+    assert b["stream_options"] == {"include_usage": True} and b["prompt"] == "hi there"
+    c = request_body("llama", "hi", 8, chat=True, force_output=False)
+    assert "ignore_eos" not in c and c["messages"][0]["content"] == "hi"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"mode": "burst"}, "mode"), ({"rate_rps": 0}, "rate_rps"), ({"concurrency": 0}, "concurrency"),
+    ({"base_url": "http://example.com"}, "base_url"), ({"mode": "sweep"}, "slo"),
+    ({"slo": "ttft=1"}, "ttft=1"), ({"warmup_s": -1}, "warmup_s"),
+    ({"mode": "trace", "trace_path": "/nonexistent.csv"}, "trace_path"),
+])
+def test_config_errors_name_the_field(change, field):
+    with pytest.raises(ValueError, match=field):
+        LoadConfig(**change).validate()
+
+
+def test_stages_for_each_mode():
+    closed = stages(LoadConfig(mode="closed", concurrency=3))
+    assert len(closed) == 1 and closed[0].concurrency == 3 and closed[0].schedule is None
+    const = stages(LoadConfig(mode="constant", rate_rps=2, duration_s=10, warmup_s=5))
+    assert len(const[0].schedule) == 30  # warm-up arrivals are scheduled too (and excluded later)
+    capped = stages(LoadConfig(mode="poisson", rate_rps=50, duration_s=10, max_requests=20))
+    assert len(capped[0].schedule) == 20
+    sweep = stages(LoadConfig(mode="sweep", slo="ttft_p95=1", sweep_start_rps=1, sweep_step_rps=1, sweep_max_rps=3))
+    assert [s.rate_rps for s in sweep] == [1, 2, 3]

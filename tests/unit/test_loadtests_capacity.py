@@ -1,0 +1,161 @@
+"""The capacity planner on synthetic measurements from a known engine model."""
+
+import argparse
+import json
+import math
+
+import pytest
+import yaml
+
+from corral.loadtests.capacity import Measured, Planner, erlang_c, plan_capacity, stage_points
+from corral.loadtests.metrics import RequestRecord
+from corral.loadtests.report import summarize, write_results
+from corral.loadtests.slo import parse_slo
+
+# Known engine: t_iter(B) = A + B_PER_SEQ * B, TTFT0 at light load, OUT tokens per answer.
+A, B_PER_SEQ, TTFT0, OUT = 0.010, 0.002, 0.05, 32
+SLO = "ttft_p95=1.0,itl_p95=0.03"
+RATES = [2, 4, 6, 8, 10, 12]
+
+
+def batch(rate):
+    n = OUT - 1
+    return rate * (TTFT0 + n * A) / (1 - rate * n * B_PER_SEQ)
+
+
+def stage_records(rate, name, n=40):
+    t = A + B_PER_SEQ * batch(rate)
+    return [RequestRecord(i, stage=name, ttft_s=TTFT0, itl_s=[t] * (OUT - 1), e2e_s=TTFT0 + (OUT - 1) * t,
+                          tpot_s=t, input_tokens=64, output_tokens=OUT, arm="arm-a") for i in range(n)]
+
+
+def make_stages():
+    return [(f"rate={r}", float(r), 10.0, stage_records(r, f"rate={r}")) for r in RATES]
+
+
+@pytest.fixture
+def stages():
+    return make_stages()
+
+
+@pytest.fixture
+def planner(stages):
+    clauses = parse_slo(SLO)
+    return Planner.fit(Measured("arm-a", 1, 32), clauses, stage_points(stages, clauses, replicas=1))
+
+
+def test_fit_recovers_the_engine(planner):
+    m = planner.model
+    assert m.iter_base_s == pytest.approx(A, rel=0.01)
+    assert m.iter_per_seq_s == pytest.approx(B_PER_SEQ, rel=0.01)
+    assert m.ttft0_s == TTFT0 and m.output_tokens == OUT
+    # The ITL bound: A + B*batch = 0.03 at batch 10.
+    assert m.max_batch_for_latency(planner.clauses) == pytest.approx(10, rel=0.01)
+
+
+def test_measured_lambda_star_is_bracketed(planner):
+    assert planner.lam.bracketed and planner.lam.last_met == "rate=10" and planner.lam.first_missed == "rate=12"
+    assert 10 <= planner.lam.per_replica_rps < 12
+    # The analytic λ at which the batch reaches 10: the calibration is close to 1.
+    assert planner.calibration == pytest.approx(1.0, abs=0.05)
+
+
+def test_predictions(planner):
+    two = planner.predict(replicas=2)
+    assert two.lambda_star_rps == pytest.approx(2 * planner.lam.per_replica_rps)
+    assert any("linearly" in w for w in two.warnings)
+    small = planner.predict(max_num_seqs=4)
+    # 4 slots with service time S(4): capacity 4/S(4); the TTFT percentile caps the rate below it.
+    cap = 4 / (TTFT0 + (OUT - 1) * (A + 4 * B_PER_SEQ))
+    assert small.lambda_star_rps < cap < planner.lam.per_replica_rps
+    assert small.lambda_star_rps > 0.6 * cap
+    big = planner.predict(max_num_seqs=64)
+    assert any("above the measured" in w for w in big.warnings)
+
+
+def test_erlang_c_known_values():
+    assert erlang_c(1, 0.5) == pytest.approx(0.5)
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c(3, 3.5) == 1.0
+
+
+def test_plan_sizes_costs_and_overlay(planner):
+    plan = plan_capacity(planner, target_rps=30, gpu_hourly_usd=2.5, utilization=0.8, slo_text=SLO)
+    per = plan.lambda_star_per_replica_rps
+    assert plan.max_num_seqs == 10
+    assert plan.replicas == math.ceil(30 / (per * 0.8))
+    assert plan.gpus == plan.replicas and plan.usd_per_hour == pytest.approx(2.5 * plan.gpus)
+    assert plan.usd_per_million_output_tokens == pytest.approx(plan.usd_per_hour / (30 * OUT * 3600) * 1e6)
+    assert 1 <= plan.target_ongoing_requests <= plan.max_num_seqs
+    assert any("linearly" in w for w in plan.warnings)
+    assert plan.overlay() == {"arms": [{
+        "name": "arm-a", "engine": {"max_num_seqs": 10},
+        "replicas": {"min": 1, "max": plan.replicas, "initial": plan.replicas},
+        "autoscaling": {"target_ongoing_requests": plan.target_ongoing_requests}}]}
+    with pytest.raises(ValueError, match="target_rps"):
+        plan_capacity(planner, target_rps=0)
+
+
+def test_unbracketed_and_failing_measurements(stages):
+    clauses = parse_slo(SLO)
+    only_met = stage_points(stages[:3], clauses, 1)
+    p = Planner.fit(Measured("arm-a", 1, 32), clauses, only_met)
+    assert not p.lam.bracketed
+    assert any("lower bound" in w for w in p.predict().warnings)
+    with pytest.raises(ValueError, match="lowest measured rate"):
+        Planner.fit(Measured("arm-a", 1, 32), clauses, stage_points(stages[-1:], clauses, 1))
+
+
+def _cli(argv):
+    from corral.commands import _plan_capacity
+
+    parser = argparse.ArgumentParser()
+    _plan_capacity.register(parser.add_subparsers())
+    args = parser.parse_args(["capacity", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    # Module scope: writing the HTML report (matplotlib) once is enough.
+    tmp_path, stages = tmp_path_factory.mktemp("results"), make_stages()
+    meta = {"config": {"model": "llama", "mode": "sweep"},
+            "deployment": {"arms": {"smollm2-135m": {"weight": 100, "replicas": 1, "max_num_seqs": 32,
+                                                      "devices_per_replica": 1}}}}
+    for _, _, _, recs in stages:
+        for r in recs:
+            r.arm = "smollm2-135m"
+    summary = summarize(meta, [({"name": n, "duration_s": d, "rate_rps": r}, recs) for n, r, d, recs in stages],
+                        SLO, 0.05)
+    write_results(tmp_path, summary, [r for *_, recs in stages for r in recs])
+    return tmp_path
+
+
+def test_cli_writes_an_overlay_the_demo_fleet_accepts(results_dir, capsys):
+    from corral.cluster.spec.loader import default_fleet_path
+
+    assert _cli(["--results", str(results_dir), "--slo", SLO, "--target-rps", "25", "--gpu-price", "3",
+                 "--fleet", str(default_fleet_path()), "--predict-replicas", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "replicas" in out and "predicted λ* with 2 replica(s)" in out
+    overlay = yaml.safe_load((results_dir / "capacity-overlay.yaml").read_text())
+    assert overlay["arms"][0]["name"] == "smollm2-135m"
+    plan = json.loads((results_dir / "capacity-plan.json").read_text())
+    assert plan["replicas"] == overlay["arms"][0]["replicas"]["max"]
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--slo", "ttft=1"], "--slo"),
+    (["--target-rps", "-1"], "target_rps"),
+    (["--arm", "nope"], "--replicas"),
+])
+def test_cli_bad_input_exits_2(results_dir, argv, field):
+    from corral.commands._common import CliError
+
+    base = {"--slo": SLO, "--target-rps": "10"}
+    for k, v in zip(argv[::2], argv[1::2]):
+        base[k] = v
+    flat = [x for kv in base.items() for x in kv]
+    with pytest.raises(CliError) as err:
+        _cli(["--results", str(results_dir), *flat])
+    assert err.value.code == 2 and field in str(err.value)
