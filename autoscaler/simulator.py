@@ -35,7 +35,7 @@ import csv
 import json
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -203,9 +203,10 @@ class SimResult:
     decisions: list[tuple[float, int, str]]
 
     def summary(self) -> dict[str, Any]:
-        return {"slo_attainment": round(self.slo_attainment, 5), "replica_seconds": round(self.replica_seconds, 1),
+        return {"slo_attainment": round(float(self.slo_attainment), 5),
+                "replica_seconds": round(float(self.replica_seconds), 1),
                 "scale_events": self.scale_events, "ttft_p95_s": round(self.ttft_p95_s, 3),
-                "itl_p95_s": round(self.itl_p95_s, 4), "mean_replicas": round(self.mean_replicas, 2),
+                "itl_p95_s": round(self.itl_p95_s, 4), "mean_replicas": round(float(self.mean_replicas), 2),
                 "requests": self.requests}
 
 
@@ -456,10 +457,11 @@ class OraclePolicy:
     load arrives and leave as soon as it passes. Run with Serve delays 0."""
 
     def __init__(self, requests: list[Request], curve: LatencyCurve, target_ongoing: float, cold_start_s: float,
-                 window_s: float = 10.0, step_s: float = 1.0):
+                 window_s: float = 10.0, step_s: float = 1.0, headroom: float = 1.0):
         end = max((r.arrival_s for r in requests), default=0.0) + 600
         conc = ideal_concurrency(requests, curve, int(round(target_ongoing)), step_s, end)
-        need = np.ceil(conc / target_ongoing)
+        need = np.ceil(conc * headroom / target_ongoing - 1e-9)
+        self.headroom = headroom
         ahead = int((cold_start_s + window_s) / step_s)
         # Running max over [i, i + ahead]: replicas must be asked for cold_start_s early.
         self.plan = np.array([need[i: i + ahead + 1].max() for i in range(len(need))])
@@ -471,6 +473,31 @@ class OraclePolicy:
 
     def initial(self) -> int:
         return int(self.plan[0])
+
+
+def run_oracle(requests: list[Request], curve: LatencyCurve, sim: SimConfig, target_ongoing: float,
+               headroom: float) -> SimResult:
+    oracle = OraclePolicy(requests, curve, target_ongoing, sim.cold_start_s, headroom=headroom)
+    init = min(max(oracle.initial(), sim.min_replicas), sim.max_replicas)
+    cfg = serve_config(sim.min_replicas, sim.max_replicas, init, target_ongoing, 0.0, 0.0, sim.look_back_period_s)
+    return simulate(requests, oracle, cfg, replace(sim, initial_replicas=init), curve, f"oracle(x{headroom:.3g})")
+
+
+def calibrated_oracle(requests: list[Request], curve: LatencyCurve, sim: SimConfig, target_ongoing: float,
+                      goal: float = 0.99, lo: float = 0.5, hi: float = 4.0, steps: int = 6) -> SimResult:
+    """The cheapest oracle plan that meets `goal` SLO attainment: bisect the headroom factor
+    on the ideal in-service count (the ideal count ignores queueing and prefill stalls, so
+    the bare plan, x1, under-provisions). Returns the cheapest run that met the goal (or
+    the most generous one tried, if none did)."""
+    best = run_oracle(requests, curve, sim, target_ongoing, hi)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        res = run_oracle(requests, curve, sim, target_ongoing, mid)
+        if res.slo_attainment >= goal:
+            best, hi = res, mid
+        else:
+            lo = mid
+    return best
 
 
 def serve_config(min_replicas: int, max_replicas: int, initial: int, target: float, upscale_delay_s: float,
@@ -497,5 +524,5 @@ def replicas_at(timeline: dict[str, list[float]], t: float) -> float:
 
 __all__ = [
     "LatencyCurve", "Request", "SimConfig", "SimResult", "OraclePolicy", "load_trace", "simulate",
-    "serve_controller_step", "ray_default_policy", "serve_config", "ideal_concurrency",
+    "serve_controller_step", "ray_default_policy", "serve_config", "ideal_concurrency", "run_oracle", "calibrated_oracle",
 ]
