@@ -1,0 +1,90 @@
+"""The fleet simulator: service model, cold start, and the policies it drives (no Ray cluster)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from corral.autoscaler import simulator as S
+from corral.autoscaler.policy import CorralAutoscalingPolicy
+from corral.cluster.spec.autoscaling import AutoscalingSpec, serve_autoscaling_config
+
+pytest.importorskip("ray.serve.config")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+FLAT = S.LatencyCurve(batch=(1, 64), itl_s=(0.01, 0.01), prefill_s_per_token=0.0, prefill_base_s=0.1)
+
+
+def _fixed(n):
+    return lambda ctx: (n, {})
+
+
+def test_single_request_latency_matches_the_curve():
+    reqs = [S.Request(0.5, 100, 11)]
+    sim = S.SimConfig(initial_replicas=1, max_replicas=1)
+    res = S.simulate(reqs, _fixed(1), S.serve_config(1, 1, 1, 8, 0, 0), sim, FLAT, "one")
+    # TTFT = prefill 0.1 s; then 10 more tokens at 10 ms each.
+    assert res.ttft_p95_s == pytest.approx(0.1, abs=1e-6)
+    assert res.itl_p95_s == pytest.approx(0.01, abs=1e-6)
+    assert res.slo_attainment == 1.0
+
+
+def test_batching_slows_tokens_per_curve_and_queue_delays_ttft():
+    curve = S.LatencyCurve(batch=(1, 2), itl_s=(0.01, 0.02), prefill_s_per_token=0.0, prefill_base_s=0.0)
+    reqs = [S.Request(0.0, 1, 101), S.Request(0.0, 1, 101), S.Request(0.0, 1, 101)]
+    sim = S.SimConfig(initial_replicas=1, max_replicas=1, max_num_seqs=2)
+    res = S.simulate(reqs, _fixed(1), S.serve_config(1, 1, 1, 8, 0, 0), sim, curve, "batch")
+    # Two decode together at 20 ms/token (2 s); the third waits for a slot: TTFTs (0, 0, 2.0),
+    # whose interpolated p95 is 1.8 s.
+    assert res.itl_p95_s == pytest.approx(0.02, rel=0.02)
+    assert res.ttft_p95_s == pytest.approx(1.8, rel=0.02)
+
+
+def test_cold_start_counts_replica_seconds_before_serving():
+    reqs = [S.Request(float(t), 10, 2) for t in range(0, 100, 5)]
+    sim = S.SimConfig(initial_replicas=1, max_replicas=3, cold_start_s=30)
+    res = S.simulate(reqs, _fixed(3), S.serve_config(1, 3, 1, 8, 0, 0), sim, FLAT, "up")
+    # Two extra replicas asked for at t=0 cost from t=0 although they serve from t=30.
+    assert res.timeline["ready"][0] == 1 and max(res.timeline["ready"]) == 3
+    assert res.replica_seconds == pytest.approx(3 * res.timeline["t"][-1], rel=0.05)
+
+
+def test_corral_policy_runs_unchanged_and_scales_with_load():
+    # A burst: 2 req/s for 200 s on a fleet starting at 1 replica.
+    reqs = [S.Request(i * 0.5, 200, 200) for i in range(400)]
+    curve = S.LatencyCurve.default()
+    spec = AutoscalingSpec(target_ongoing_requests=8, cold_start_s=20, downscale_delay_s=30)
+    d = serve_autoscaling_config(spec, arm="t", min_replicas=1, max_replicas=8, initial_replicas=1, max_num_seqs=16)
+    from ray.serve.config import AutoscalingConfig
+
+    sim = S.SimConfig(initial_replicas=1, max_replicas=8, max_num_seqs=16, cold_start_s=20)
+    res = S.simulate(reqs, CorralAutoscalingPolicy(**d["policy"]["policy_kwargs"]), AutoscalingConfig(**d), sim,
+                     curve, "corral")
+    assert max(res.timeline["target"]) >= 2
+    assert all(1 <= n <= 8 for n in res.timeline["target"])
+    assert res.scale_events >= 1 and res.decisions[0][2]  # decisions carry the policy's reason
+    assert res.requests == 400 and 0 < res.slo_attainment <= 1
+
+
+def test_ray_default_policy_is_rays_own_function():
+    from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
+
+    assert S.ray_default_policy() is replica_queue_length_autoscaling_policy
+
+
+def test_trace_loads_and_compresses():
+    path = S.DEFAULT_TRACE
+    if not path.exists():
+        pytest.skip("shared trace not present")
+    full = S.load_trace(path, limit_s=60)
+    fast = S.load_trace(path, speedup=4, limit_s=15)
+    assert len(fast) == len(full) and fast[-1].arrival_s == pytest.approx(full[-1].arrival_s / 4)
+    with pytest.raises(ValueError, match="speedup"):
+        S.load_trace(path, speedup=0)
+
+
+def test_bad_curve_refused():
+    with pytest.raises(ValueError, match="ascend"):
+        S.LatencyCurve(batch=(4, 2), itl_s=(0.01, 0.02))
+    assert S.LatencyCurve.default().knee() >= 1
