@@ -29,7 +29,8 @@ def loadtest(url, out, *args, timeout=120):
 
 @pytest.fixture(scope="module")
 def fixed_mock():
-    with spawn({"arms": [{"name": "fixed", "mode": "fixed", "ttft_s": TTFT, "itl_s": ITL}]}) as url:
+    with spawn({"arms": [{"name": "fixed", "mode": "fixed", "ttft_s": TTFT, "itl_s": ITL},
+                         {"name": "fast", "mode": "fixed", "ttft_s": 0.01, "itl_s": 0.002}]}) as url:
         yield url
 
 
@@ -69,11 +70,11 @@ def test_poisson_open_loop_follows_its_schedule(fixed_mock, tmp_path):
 def test_a_generator_that_falls_behind_is_reported(fixed_mock, tmp_path):
     # 2 slots, requests of ~0.3 s, 20 rps offered: sends must run late.
     summary, records, _ = loadtest(fixed_mock, tmp_path, "--model", "fixed", "--mode", "constant", "--rate", "20",
-                                   "--duration", "2", "--warmup", "0", "--output-tokens", "10",
+                                   "--duration", "1.5", "--warmup", "0", "--output-tokens", "10",
                                    "--max-in-flight", "2")
     s = summary["stages"][0]
     assert s["generator_behind"] and s["late_requests"] > 10
-    assert s["lag_s"]["max"] > 1.0
+    assert s["lag_s"]["max"] > 0.8
     assert any("fell behind" in w for w in summary["warnings"])
 
 
@@ -81,7 +82,7 @@ def test_trace_replay_of_a_compressed_slice(fixed_mock, tmp_path):
     from corral.loadtests.config import LoadConfig
 
     trace = LoadConfig().trace_path
-    summary, records, _ = loadtest(fixed_mock, tmp_path, "--model", "fixed", "--mode", "trace", "--trace", trace,
+    summary, records, _ = loadtest(fixed_mock, tmp_path, "--model", "fast", "--mode", "trace", "--trace", trace,
                                    "--trace-start", "60", "--speedup", "20", "--duration", "3", "--warmup", "0.5",
                                    "--max-total-tokens", "400")
     meta = summary["config"]["trace_meta"]
