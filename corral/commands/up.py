@@ -25,13 +25,14 @@ def apply_fleet(path: str | None, timeout_s: float = 900, prometheus: bool = Tru
     Nothing is deployed from an invalid spec: validation and model checks come first.
     Returns the FleetSpec that is now running.
     """
-    from corral.serving.local import LocalCluster, LocalError, memory_check, prepare_models
+    from corral.serving.local import LocalCluster, LocalError, memory_check, parallelism_check, prepare_models
     from corral.serving.prometheus import LocalPrometheus
 
     fleet = load_fleet_or_exit(path)
     cluster = LocalCluster()
     try:
         prepare_models(fleet, say)
+        parallelism_check(fleet, cluster.home)
         memory_check(fleet)
         if cluster.start_ray(fleet):
             say("started a local Ray head")

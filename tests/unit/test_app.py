@@ -1,0 +1,45 @@
+"""Fleet -> Ray Serve LLM config translation (pure; the e2e tests deploy it for real)."""
+
+from pathlib import Path
+
+from corral.cluster.spec import load_fleet, parse_fleet
+from corral.serving.app import cpu_thread_binds, llm_config_dicts, router_user_config, serve_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_arms_get_cores_kv_cache_and_eager():
+    fleet = load_fleet(ROOT / "tests/e2e/fleets/ab.yaml")
+    assert cpu_thread_binds(fleet) == ["0", "1", "0|1"]
+    cfgs = {c["model_loading_config"]["model_id"]: c for c in llm_config_dicts(fleet, Path("/models"))}
+    tp2 = cfgs["tiny-random-tp2"]
+    assert tp2["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert tp2["engine_kwargs"]["enforce_eager"] is True  # resolved from None on device=cpu
+    assert "gpu_memory_utilization" not in tp2["engine_kwargs"]
+    assert tp2["placement_group_config"]["bundles"] == [{"CPU": 1.0}, {"CPU": 1.0}]
+    assert tp2["accelerator_config"] == {"kind": "cpu"}
+    assert tp2["runtime_env"]["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    assert tp2["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert cfgs["smollm2"]["model_loading_config"]["model_source"] == "/models/models/smollm2-135m-instruct"
+
+
+def test_gpu_arm_requests_gpus_and_accelerator_type():
+    fleet = parse_fleet({
+        "cluster": {"device": "gpu", "nodes": 2, "devices_per_node": 4},
+        "arms": [{"name": "l3", "model": {"hf": "meta-llama/Meta-Llama-3-70B-Instruct"},
+                  "engine": {"tensor_parallel_size": 4, "pipeline_parallel_size": 2},
+                  "placement": {"accelerator_type": "A100-80G", "strategy": "PACK"}}],
+    })
+    (cfg,) = llm_config_dicts(fleet)
+    assert cfg["placement_group_config"]["bundles"] == [{"CPU": 1.0, "GPU": 1}] * 8
+    assert cfg["accelerator_type"] == "A100-80G"
+    assert cfg["engine_kwargs"]["enforce_eager"] is False
+    assert "VLLM_CPU_KVCACHE_SPACE" not in cfg["runtime_env"]["env_vars"]
+
+
+def test_serve_config_carries_the_fleet_itself():
+    fleet = load_fleet()
+    app = serve_config(fleet)["applications"][0]
+    assert app["import_path"] == "corral.serving.app:app_builder"
+    assert parse_fleet(app["args"]["fleet"]) == fleet  # one source of truth, round-trips
+    assert router_user_config(fleet) == {"routes": {"llama": {"smollm2-135m": 100}}}

@@ -1,0 +1,114 @@
+"""Fleet spec validation: every bad input names its field and nothing is deployed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from corral.cluster.spec import SpecError, load_fleet, parse_fleet
+
+DEMO_ARM = {"name": "a", "model": {"demo": "smollm2-135m-instruct"}}
+
+
+def problems(data, **kw):
+    with pytest.raises(SpecError) as info:
+        parse_fleet(data, **kw)
+    return dict(info.value.problems)
+
+
+def test_embedded_demo_fleet_is_valid():
+    fleet = load_fleet()
+    assert [a.name for a in fleet.arms] == ["smollm2-135m"]
+    assert fleet.routes[0].weights() == {"smollm2-135m": 100}
+
+
+def test_unknown_key_is_named():
+    p = problems({"arms": [{**DEMO_ARM, "engine": {"max_num_seq": 4}}]})
+    assert p == {"arms[a].engine.max_num_seq": "unknown key (not part of the fleet spec)"}
+
+
+def test_tensor_parallel_larger_than_node():
+    p = problems({"cluster": {"devices_per_node": 2}, "arms": [{**DEMO_ARM, "engine": {"tensor_parallel_size": 4}}]})
+    (msg,) = p.values()
+    assert "tensor_parallel_size=4" in msg and "devices_per_node=2" in msg
+
+
+def test_tp_times_pp_larger_than_cluster_but_pp_may_span_nodes():
+    gpu = {"device": "gpu", "nodes": 2, "devices_per_node": 4}
+    ok = parse_fleet({"cluster": gpu, "arms": [{**DEMO_ARM, "engine": {"tensor_parallel_size": 4, "pipeline_parallel_size": 2}}]})
+    assert ok.arms[0].engine.devices_per_replica == 8
+    p = problems({"cluster": gpu, "arms": [{**DEMO_ARM, "engine": {"tensor_parallel_size": 4, "pipeline_parallel_size": 4}}]})
+    assert "4x4 = 16 devices" in next(iter(p.values()))
+
+
+def test_pipeline_parallel_refused_on_cpu():
+    p = problems({"cluster": {"devices_per_node": 2, "nodes": 2}, "arms": [{**DEMO_ARM, "engine": {"pipeline_parallel_size": 2}}]})
+    assert "not supported by vLLM's CPU backend" in next(iter(p.values()))
+
+
+def test_route_weights_must_sum_to_100():
+    p = problems({"arms": [DEMO_ARM, {**DEMO_ARM, "name": "b"}],
+                  "routes": [{"name": "r", "arms": [{"arm": "a", "weight": 60}, {"arm": "b", "weight": 30}]}]})
+    assert p == {"routes[r]": "weights must sum to 100, got 90 (a=60, b=30)"}
+
+
+def test_route_naming_unknown_arm():
+    p = problems({"arms": [DEMO_ARM], "routes": [{"name": "r", "arms": [{"arm": "zzz", "weight": 100}]}]})
+    assert "unknown arm(s) ['zzz']" in next(iter(p.values()))
+
+
+def test_duplicate_names_across_arms_and_routes():
+    p = problems({"arms": [DEMO_ARM, DEMO_ARM]})
+    assert "duplicate arm/route name(s) ['a']" in next(iter(p.values()))
+    p = problems({"arms": [DEMO_ARM], "routes": [{"name": "a", "arms": [{"arm": "a", "weight": 100}]}]})
+    assert "['a']" in next(iter(p.values()))
+
+
+def test_missing_model_path_only_checked_where_it_runs(tmp_path):
+    data = {"arms": [{"name": "a", "model": {"path": str(tmp_path / "nope")}}]}
+    assert parse_fleet(data).arms[0].model.path  # Helm values: paths live in pods
+    p = problems(data, check_paths=True)
+    assert p == {"arms[a].model.path": f"model path '{tmp_path / 'nope'}' does not exist or has no config.json"}
+
+
+def test_model_source_needs_exactly_one_kind():
+    p = problems({"arms": [{"name": "a", "model": {"demo": "smollm2-135m-instruct", "hf": "x/y"}}]})
+    assert "exactly one of path, demo, hf" in p["arms[a].model"]
+
+
+def test_bad_names_and_bounds():
+    p = problems({"arms": [{**DEMO_ARM, "name": "Bad_Name"}]})
+    assert "not a valid name" in p["arms[Bad_Name].name"]
+    p = problems({"arms": [{**DEMO_ARM, "replicas": {"min": 3, "max": 2}}]})
+    assert p == {"arms[a].replicas": "min (3) is larger than max (2)"}
+
+
+def test_engine_extra_cannot_shadow_typed_fields():
+    p = problems({"arms": [{**DEMO_ARM, "engine": {"extra": {"max_num_seqs": 3}}}]})
+    assert "set ['max_num_seqs'] as engine fields" in p["arms[a].engine.extra"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "corral.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_validate_exit_codes(tmp_path):
+    good = _cli("validate")
+    assert good.returncode == 0 and "valid fleet 'demo'" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"arms": [{**DEMO_ARM, "replicas": {"min": 2, "max": 1}}]}))
+    out = _cli("validate", str(bad))
+    assert out.returncode == 2
+    assert "arms[a].replicas: min (2) is larger than max (1)" in out.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("arms: [\n")
+    assert _cli("validate", str(broken)).returncode == 2
+    assert _cli("validate", str(tmp_path / "absent.yaml")).returncode == 2
+
+
+def test_example_fleets_in_repo_validate():
+    root = Path(__file__).resolve().parents[2]
+    for path in [*root.glob("tests/e2e/fleets/*.yaml"), *root.glob("examples/*.yaml")]:
+        load_fleet(path)

@@ -1,0 +1,45 @@
+"""Arm choice: shares follow weights, users stay put, growing an arm only pulls users to it."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from corral.serving.split import pick_arm
+
+USERS = [f"user-{i}" for i in range(20_000)]
+
+
+@pytest.mark.parametrize("weights", [{"a": 50, "b": 50}, {"a": 70, "b": 30}, {"a": 10, "b": 30, "c": 60}])
+def test_sticky_shares_follow_weights(weights):
+    counts = Counter(pick_arm(weights, u) for u in USERS)
+    for arm, w in weights.items():
+        # 20k users: the binomial standard deviation is under 0.4 points; allow 1.5.
+        assert abs(100 * counts[arm] / len(USERS) - w) < 1.5, counts
+
+
+def test_per_request_shares_follow_weights():
+    rng = random.Random(1)
+    counts = Counter(pick_arm({"a": 20, "b": 80}, None, rng) for _ in range(20_000))
+    assert abs(counts["a"] / 20_000 - 0.2) < 0.015
+
+
+def test_same_key_same_arm():
+    w = {"a": 50, "b": 50}
+    assert all(pick_arm(w, u) == pick_arm(w, u) for u in USERS[:500])
+
+
+@pytest.mark.parametrize("old,new", [(50, 70), (70, 90), (0, 50), (90, 100)])
+def test_growing_candidate_moves_only_baseline_users(old, new):
+    before = {u: pick_arm({"base": 100 - old, "cand": old}, u) if old else "base" for u in USERS}
+    after = {u: pick_arm({"base": 100 - new, "cand": new}, u) for u in USERS}
+    moved_away = [u for u in USERS if before[u] == "cand" and after[u] != "cand"]
+    assert moved_away == []
+    moved = sum(before[u] != after[u] for u in USERS) / len(USERS)
+    assert abs(moved - (new - old) / 100) < 0.015  # only the needed share moves
+
+
+def test_zero_weight_arm_never_chosen_and_all_zero_refused():
+    assert {pick_arm({"a": 0, "b": 100}, u) for u in USERS[:1000]} == {"b"}
+    with pytest.raises(ValueError, match="no arm has a positive weight"):
+        pick_arm({"a": 0}, "u")
