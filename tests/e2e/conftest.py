@@ -1,0 +1,54 @@
+"""End-to-end fixtures: one real fleet (Ray + Serve LLM + vLLM on CPU) for the whole session.
+
+The fleet is tests/e2e/fleets/ab.yaml, deployed through the same code path as `corral up`.
+It takes over this machine's local Ray head: any running corral fleet is stopped first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+FLEET_FILE = Path(__file__).parent / "fleets" / "ab.yaml"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def fleet():
+    from corral.commands.up import apply_fleet, run_down
+
+    run_down(None)
+    spec = apply_fleet(str(FLEET_FILE), timeout_s=1200, prometheus=True, say=lambda m: print(f"[fleet] {m}", flush=True))
+    yield spec
+    run_down(None)
+
+
+@pytest.fixture(scope="session")
+def fleet_url(fleet) -> str:
+    return f"http://127.0.0.1:{fleet.server.port}"
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(fleet) -> str:
+    from corral.serving.local import LocalCluster
+    from corral.serving.prometheus import LocalPrometheus
+
+    prom = LocalPrometheus(LocalCluster().home / "prometheus")
+    if not prom.running():
+        pytest.fail("Prometheus is not running: install the Debian package `prometheus` (scripts/setup.sh does)")
+    return prom.url
+
+
+@pytest.fixture(scope="session")
+def openai_client(fleet_url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{fleet_url}/v1", api_key="unused", max_retries=0, timeout=120)
