@@ -6,11 +6,14 @@ persisted intent without a second weight change.
 
 - `InMemoryActuator`: a fleet held in memory (tests, `--dry-run`).
 - `KubeRayActuator`: patches the RayService's `spec.serveConfigV2` with the official
-  `kubernetes` client; route weights live in `args.fleet.routes[].arms[].weight` of the
-  fleet's application, replica floors in `args.fleet.arms[].replicas.min`.
-- `LocalServeActuator` (lead): the same operations against a local Ray cluster via Serve's
-  REST API (`PUT /api/serve/applications/`) or `serve.run` — implement the `Actuator`
-  protocol below and pass it to `Controller`.
+  `kubernetes` client.
+- `LocalServeActuator`: the same operations against a local Ray cluster via Serve's REST API
+  (`PUT /api/serve/applications/`).
+
+Both edit per-deployment overrides of the fleet's Serve application, never its `args`
+(Serve restarts every replica when `args` change): route weights in the ingress
+`user_config`, replica floors as the arm's `autoscaling_config.min_replicas`. The fleet in
+`args.fleet` keeps the spec's own values, so releasing a floor restores the spec's min.
 """
 
 from __future__ import annotations
@@ -83,9 +86,6 @@ class InMemoryActuator:
 
 # -- KubeRay -------------------------------------------------------------------------------
 
-FLOOR_ANNOTATION = "corral.dev/replica-floors"
-"""JSON {arm: spec min} remembered when a floor is raised, so releasing restores it."""
-
 
 def fleet_app(serve_config: dict, app_name: str | None) -> dict:
     apps = serve_config.get("applications") or []
@@ -109,6 +109,43 @@ def _arm(fleet: dict, arm: str) -> dict:
         if a.get("name") == arm:
             return a
     raise ActuatorError(f"fleet has no arm {arm!r}")
+
+
+def _weights_of(app: dict, route: str) -> dict[str, int]:
+    from corral.serving.app import route_weights
+
+    weights = route_weights(app)
+    if route not in weights:
+        raise ActuatorError(f"fleet has no route {route!r}")
+    return weights[route]
+
+
+def _apply_weights(app: dict, route: str, weights: dict[str, int]) -> bool:
+    from corral.serving.app import set_route_weights
+
+    try:
+        return set_route_weights(app, route, weights)
+    except (KeyError, ValueError) as exc:
+        raise ActuatorError(str(exc)) from None
+
+
+def _apply_floor(app: dict, arm: str, floor: int | None) -> bool:
+    from corral.serving.app import set_replica_floor
+
+    try:
+        return set_replica_floor(app, arm, floor)
+    except KeyError as exc:
+        raise ActuatorError(str(exc)) from None
+
+
+def _min_replicas(app: dict, fleet: dict, arm: str) -> int:
+    """The arm's min_replicas in effect: the floor override if any, else the spec's min."""
+    from corral.serving.app import llm_deployment_name
+
+    for d in app.get("deployments") or []:
+        if d.get("name") == llm_deployment_name(arm) and "min_replicas" in (d.get("autoscaling_config") or {}):
+            return int(d["autoscaling_config"]["min_replicas"])
+    return int((_arm(fleet, arm).get("replicas") or {}).get("min", 1))
 
 
 def default_deployment_matches(arm: str, deployment: str) -> bool:
@@ -155,8 +192,8 @@ class KubeRayActuator:
         return config, app, app["args"]["fleet"]
 
     def get_weights(self, route):
-        _, _, fleet = self._fleet(self._get())
-        return {a["arm"]: int(a["weight"]) for a in _route(fleet, route).get("arms", [])}
+        _, app, _ = self._fleet(self._get())
+        return _weights_of(app, route)
 
     def ready_replicas(self, arms):
         if self.ready_replicas_fn is not None:
@@ -169,27 +206,23 @@ class KubeRayActuator:
         for arm in arms:
             healthy = any(self.deployment_matches(arm, d) and (st or {}).get("status") == "HEALTHY"
                           for d, st in deployments.items())
-            replicas = _arm(fleet, arm).get("replicas") or {}
-            out[arm] = int(replicas.get("min", 1)) if healthy else 0
+            out[arm] = _min_replicas(app, fleet, arm) if healthy else 0
         return out
 
     # writing --------------------------------------------------------------------------
-    def _modify(self, change: Callable[[dict, dict], bool]) -> bool:
-        """Read, apply `change(obj, fleet)` (False = nothing to do), write with resourceVersion."""
+    def _modify(self, change: Callable[[dict], bool]) -> bool:
+        """Read, apply `change(app)` to the fleet's Serve application (False = nothing to do),
+        write serveConfigV2 back with the resourceVersion we read (409 = changed meanwhile)."""
         from kubernetes.client.exceptions import ApiException
 
         for attempt in range(self.retries):
             obj = self._get()
-            config, app, fleet = self._fleet(obj)
-            if not change(obj, fleet):
+            config, app, _ = self._fleet(obj)
+            if not change(app):
                 return False
             meta = obj.get("metadata") or {}
-            # resourceVersion makes the merge patch conditional: 409 if the object changed since our read.
             body: dict[str, Any] = {"metadata": {"resourceVersion": meta.get("resourceVersion")},
                                     "spec": {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)}}
-            floors = (meta.get("annotations") or {}).get(FLOOR_ANNOTATION)
-            if floors is not None:
-                body["metadata"]["annotations"] = {FLOOR_ANNOTATION: floors}
             try:
                 self.api.patch_namespaced_custom_object("ray.io", "v1", self.namespace, "rayservices",
                                                         self.name, body)
@@ -202,46 +235,69 @@ class KubeRayActuator:
         raise ActuatorError(f"rayservice {self.namespace}/{self.name} kept changing under us ({self.retries} attempts)")
 
     def set_weights(self, route, weights):
-        def change(obj, fleet):
-            r = _route(fleet, route)
-            current = {a["arm"]: int(a["weight"]) for a in r.get("arms", [])}
-            if current == weights:
-                return False
-            unknown = sorted(set(weights) - {a["name"] for a in fleet.get("arms", [])})
-            if unknown:
-                raise ActuatorError(f"weights name unknown arm(s) {unknown}")
-            if sum(weights.values()) != 100:
-                raise ActuatorError(f"weights must sum to 100, got {weights}")
-            r["arms"] = [{"arm": a, "weight": w} for a, w in weights.items()]
-            return True
-
-        return self._modify(change)
+        return self._modify(lambda app: _apply_weights(app, route, weights))
 
     def set_replica_floor(self, arm, floor):
-        import json
+        return self._modify(lambda app: _apply_floor(app, arm, floor))
 
-        def change(obj, fleet):
-            meta = obj.setdefault("metadata", {})
-            annotations = meta.setdefault("annotations", {}) or {}
-            meta["annotations"] = annotations
-            saved = json.loads(annotations.get(FLOOR_ANNOTATION) or "{}")
-            replicas = _arm(fleet, arm).setdefault("replicas", {})
-            current_min = int(replicas.get("min", 1))
-            if floor is None:
-                if arm not in saved:
-                    return False
-                replicas["min"] = saved.pop(arm)
-            else:
-                original = saved.get(arm, current_min)
-                target = max(original, floor)
-                if current_min == target:
-                    return False
-                saved.setdefault(arm, original)
-                replicas["min"] = target
-                replicas["max"] = max(int(replicas.get("max", target)), target)
-                if replicas.get("initial") is not None and replicas["initial"] < target:
-                    replicas["initial"] = target
-            annotations[FLOOR_ANNOTATION] = json.dumps(saved, sort_keys=True)
-            return True
+class LocalServeActuator:
+    """Route weights and replica floors on a local Ray cluster, through Serve's REST API.
 
-        return self._modify(change)
+    The running application's config is the state: a change re-applies the whole Serve config
+    with edited per-deployment overrides (`PUT /api/serve/applications/`), like `corral up`.
+    Weights reach the router as a user_config change; a floor is the
+    arm's `min_replicas` override (see corral.serving.app.serve_config: neither restarts replicas).
+    """
+
+    def __init__(self, app_name: str, cluster=None):
+        from corral.serving.local import LocalCluster
+
+        self.app_name = app_name
+        self.cluster = cluster or LocalCluster()
+
+    def _config(self) -> tuple[dict, dict]:
+        status = self.cluster.serve_status()
+        if status is None:
+            raise ActuatorError(f"no Ray dashboard answers at {self.cluster.api}")
+        app = (status.get("applications") or {}).get(self.app_name)
+        if not app or not app.get("deployed_app_config"):
+            raise ActuatorError(f"no running serve application {self.app_name!r}")
+        config = {"applications": [copy.deepcopy(app["deployed_app_config"])]}
+        if status.get("http_options"):
+            http = status["http_options"]
+            config["http_options"] = {"host": http.get("host"), "port": http.get("port")}
+        return config, fleet_app(config, self.app_name)
+
+    def _apply(self, config: dict) -> None:
+        r = self.cluster._http("PUT", "/api/serve/applications/", json=config, timeout=60)
+        if not r.ok:
+            raise ActuatorError(f"Serve rejected the update ({r.status_code}): {r.text[:500]}")
+
+    def get_weights(self, route):
+        _, app = self._config()
+        return _weights_of(app, route)
+
+    def set_weights(self, route, weights):
+        config, app = self._config()
+        if not _apply_weights(app, route, weights):
+            return False
+        self._apply(config)
+        return True
+
+    def set_replica_floor(self, arm, floor):
+        config, app = self._config()
+        if not _apply_floor(app, arm, floor):
+            return False
+        self._apply(config)
+        return True
+
+    def ready_replicas(self, arms):
+        from corral.serving.local import replica_states
+
+        app = self.cluster.app_status(self.app_name) or {}
+        deployments = app.get("deployments") or {}
+        return {
+            arm: sum(replica_states(d).get("RUNNING", 0) for name, d in deployments.items()
+                     if default_deployment_matches(arm, name))
+            for arm in arms
+        }

@@ -99,6 +99,14 @@ def llm_config_dicts(fleet: FleetSpec, home: Path | None = None) -> list[dict[st
     return [llm_config_dict(arm, fleet, home, bind) for arm, bind in zip(fleet.arms, binds)]
 
 
+INGRESS_DEPLOYMENT = "CorralIngress"
+
+
+def llm_deployment_name(arm: str) -> str:
+    """Ray Serve LLM names each model's deployment after its model id."""
+    return f"LLMServer:{arm}"
+
+
 def router_user_config(fleet: FleetSpec) -> dict[str, Any]:
     """What the ingress receives through Serve's user_config (lightweight, in-place updates)."""
     return {"routes": {r.name: r.weights() for r in fleet.routes}}
@@ -128,22 +136,95 @@ def app_builder(args: dict[str, Any]):
     endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda app: app.post("/v1/feedback")}
     ingress = make_fastapi_ingress(CorralIngress, endpoint_map=endpoints)
     options = CorralIngress.get_deployment_options(configs)
+    # Initial weights; the Serve config's `deployments` override (see serve_config) wins.
     options["user_config"] = router_user_config(fleet)
-    return serve.deployment(ingress, name="CorralIngress", **options).bind(
+    return serve.deployment(ingress, name=INGRESS_DEPLOYMENT, **options).bind(
         llm_deployments=deployments, model_cards=cards
     )
 
 
 def serve_config(fleet: FleetSpec, home: Path | None = None) -> dict[str, Any]:
-    """A complete Serve config (what `serve deploy` / the REST API / serveConfigV2 take)."""
-    args: dict[str, Any] = {"fleet": fleet.model_dump(mode="json", exclude_none=True)}
+    """A complete Serve config (what `serve deploy`, the REST API and serveConfigV2 take).
+
+    Serve derives an application's code version from its `args`: any change there restarts
+    every replica. So the live knobs are not in `args` but in per-deployment overrides, which
+    Serve applies in place: route weights as the ingress `user_config`, replica floors as the
+    arms' `autoscaling_config.min_replicas` (the full autoscaling config is always present,
+    so its policy, part of the code version, never changes). See set_route_weights /
+    set_replica_floor.
+    """
+    args: dict[str, Any] = {"fleet": fleet.model_dump(mode="json", exclude_none=True, exclude={"routes", "rollout"})}
     if home is not None:
         args["corral_home"] = str(home)
+    deployments = [{"name": INGRESS_DEPLOYMENT, "user_config": router_user_config(fleet)}]
+    for cfg in llm_config_dicts(fleet, home):
+        arm = cfg["model_loading_config"]["model_id"]
+        deployments.append({"name": llm_deployment_name(arm), "autoscaling_config": cfg["deployment_config"]["autoscaling_config"]})
     return {
         "applications": [{
             "name": fleet.name,
             "route_prefix": "/",
             "import_path": "corral.serving.app:app_builder",
             "args": args,
+            "deployments": deployments,
         }]
     }
+
+
+# -- live changes on a Serve config (used by the local and KubeRay actuators) ----------------
+
+def _override(app: dict[str, Any], name: str) -> dict[str, Any]:
+    deployments = app.setdefault("deployments", [])
+    for d in deployments:
+        if d.get("name") == name:
+            return d
+    d = {"name": name}
+    deployments.append(d)
+    return d
+
+
+def route_weights(app: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Weights in effect: the ingress override, else the routes in args.fleet (Helm renders those)."""
+    for d in app.get("deployments") or []:
+        if d.get("name") == INGRESS_DEPLOYMENT and "routes" in (d.get("user_config") or {}):
+            return {r: dict(w) for r, w in d["user_config"]["routes"].items()}
+    fleet = (app.get("args") or {}).get("fleet") or {}
+    return {r["name"]: {a["arm"]: int(a["weight"]) for a in r.get("arms", [])} for r in fleet.get("routes") or []}
+
+
+def set_route_weights(app: dict[str, Any], route: str, weights: dict[str, int]) -> bool:
+    """Set one route's weights in the ingress override. False if they already were."""
+    routes = route_weights(app)
+    if route not in routes:
+        raise KeyError(f"no route {route!r}; routes are {sorted(routes)}")
+    arms = {a["name"] for a in ((app.get("args") or {}).get("fleet") or {}).get("arms", [])}
+    unknown = sorted(set(weights) - arms)
+    if unknown:
+        raise ValueError(f"weights for route {route!r} name unknown arm(s) {unknown}")
+    if sum(weights.values()) != 100 or min(weights.values(), default=0) < 0:
+        raise ValueError(f"weights for route {route!r} must be >= 0 and sum to 100, got {weights}")
+    if routes[route] == weights:
+        return False
+    routes[route] = dict(weights)
+    override = _override(app, INGRESS_DEPLOYMENT)
+    override["user_config"] = {**(override.get("user_config") or {}), "routes": routes}
+    return True
+
+
+def set_replica_floor(app: dict[str, Any], arm: str, floor: int | None, home: Path | None = None) -> bool:
+    """Raise an arm's min_replicas to `floor` (None: back to the spec's min). False if unchanged."""
+    from corral.cluster.spec import parse_fleet
+
+    fleet = parse_fleet(app["args"]["fleet"], source="serve args.fleet")
+    spec_arm = fleet.arm(arm)
+    override = _override(app, llm_deployment_name(arm))
+    if "autoscaling_config" not in override:
+        # First live change on a config that had no override (e.g. rendered by Helm).
+        (cfg,) = [c for c in llm_config_dicts(fleet, home) if c["model_loading_config"]["model_id"] == arm]
+        override["autoscaling_config"] = cfg["deployment_config"]["autoscaling_config"]
+    auto = override["autoscaling_config"]
+    want = spec_arm.replicas.min if floor is None else min(max(spec_arm.replicas.min, floor), spec_arm.replicas.max)
+    if auto.get("min_replicas") == want:
+        return False
+    auto["min_replicas"] = want
+    return True

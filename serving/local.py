@@ -220,11 +220,19 @@ def _available_memory_gib() -> float | None:
 def _describe(state: str | None, deployments: dict[str, Any]) -> str:
     parts = []
     for name, d in deployments.items():
-        replicas = d.get("replica_states") or {}
-        running = replicas.get("RUNNING", 0)
-        total = sum(replicas.values())
+        states = replica_states(d)
+        running = states.get("RUNNING", 0)
+        total = d.get("target_num_replicas", sum(states.values()))
         parts.append(f"{name.split(':')[-1]} {d.get('status', '?').lower()} {running}/{total}")
     return f"{(state or '?').lower()}: " + ", ".join(parts) if parts else (state or "?").lower()
+
+
+def replica_states(deployment: dict[str, Any]) -> dict[str, int]:
+    """Replica counts by state, from one deployment of Serve's REST status."""
+    counts: dict[str, int] = {}
+    for replica in deployment.get("replicas") or []:
+        counts[replica["state"]] = counts.get(replica["state"], 0) + 1
+    return counts
 
 
 def _failure_message(app: dict[str, Any]) -> str:

@@ -130,10 +130,7 @@ def _actuator(args, fleet):
 
     if args.kube:
         return actuators.KubeRayActuator(args.kube, args.namespace, app_name=fleet.name)
-    local = getattr(actuators, "LocalServeActuator", None)
-    if local is None:
-        raise CliError("the local Ray actuator is not available yet; use --kube RAYSERVICE", EXIT_ENVIRONMENT)
-    return local(fleet)
+    return actuators.LocalServeActuator(fleet.name)
 
 
 def _run_controller(args, fleet, spec, store) -> int:

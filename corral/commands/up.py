@@ -79,7 +79,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from corral.serving.local import LocalCluster
+    from corral.serving.local import LocalCluster, replica_states
 
     cluster = LocalCluster()
     status = cluster.serve_status()
@@ -91,8 +91,9 @@ def run_status(args: argparse.Namespace) -> int:
     for name, app in status["applications"].items():
         print(f"fleet {name}: {app.get('status')}")
         for dname, d in (app.get("deployments") or {}).items():
-            states = d.get("replica_states") or {}
-            print(f"  {dname:<40} {d.get('status', '?'):<10} replicas " + ", ".join(f"{k.lower()}={v}" for k, v in states.items()))
+            states = replica_states(d)
+            counts = ", ".join(f"{k.lower()}={v}" for k, v in sorted(states.items())) or "none"
+            print(f"  {dname:<28} {d.get('status', '?'):<10} target={d.get('target_num_replicas', '?')} replicas: {counts}")
     return 0
 
 

@@ -1,7 +1,9 @@
 """End-to-end fixtures: one real fleet (Ray + Serve LLM + vLLM on CPU) for the whole session.
 
 The fleet is tests/e2e/fleets/ab.yaml, deployed through the same code path as `corral up`.
-It takes over this machine's local Ray head: any running corral fleet is stopped first.
+It takes over this machine's local Ray head: the deploy replaces any running corral fleet
+(an identical e2e fleet that is already running is reused as is), and the session ends with
+`corral down` unless CORRAL_E2E_KEEP=1.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ def pytest_collection_modifyitems(items):
 def fleet():
     from corral.commands.up import apply_fleet, run_down
 
-    run_down(None)
     spec = apply_fleet(str(FLEET_FILE), timeout_s=1200, prometheus=True, say=lambda m: print(f"[fleet] {m}", flush=True))
     yield spec
-    run_down(None)
+    if not os.environ.get("CORRAL_E2E_KEEP"):
+        run_down(None)
 
 
 @pytest.fixture(scope="session")

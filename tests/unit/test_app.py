@@ -3,7 +3,17 @@
 from pathlib import Path
 
 from corral.cluster.spec import load_fleet, parse_fleet
-from corral.serving.app import cpu_thread_binds, llm_config_dicts, router_user_config, serve_config
+import pytest
+
+from corral.serving.app import (
+    cpu_thread_binds,
+    llm_config_dicts,
+    route_weights,
+    router_user_config,
+    serve_config,
+    set_replica_floor,
+    set_route_weights,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,9 +47,43 @@ def test_gpu_arm_requests_gpus_and_accelerator_type():
     assert "VLLM_CPU_KVCACHE_SPACE" not in cfg["runtime_env"]["env_vars"]
 
 
-def test_serve_config_carries_the_fleet_itself():
-    fleet = load_fleet()
+def test_serve_config_carries_the_fleet_and_live_knobs_as_overrides():
+    fleet = load_fleet(ROOT / "tests/e2e/fleets/ab.yaml")
     app = serve_config(fleet)["applications"][0]
     assert app["import_path"] == "corral.serving.app:app_builder"
-    assert parse_fleet(app["args"]["fleet"]) == fleet  # one source of truth, round-trips
-    assert router_user_config(fleet) == {"routes": {"llama": {"smollm2-135m": 100}}}
+    assert parse_fleet(app["args"]["fleet"]) == fleet.model_copy(update={"routes": []})
+    assert route_weights(app) == {"llama": {"smollm2": 50, "tiny-random": 50}}
+    assert router_user_config(fleet) == {"routes": {"llama": {"smollm2": 50, "tiny-random": 50}}}
+
+
+def test_live_changes_keep_serves_code_version():
+    """Serve restarts every replica when an app's code version changes; weights and floors must not."""
+    from ray.serve._private.deploy_utils import get_app_code_version
+    from ray.serve.schema import ServeApplicationSchema
+
+    fleet = load_fleet(ROOT / "tests/e2e/fleets/ab.yaml")
+    app = serve_config(fleet)["applications"][0]
+    version = get_app_code_version(ServeApplicationSchema(**app))
+    assert set_route_weights(app, "llama", {"smollm2": 30, "tiny-random": 70}) is True
+    assert set_route_weights(app, "llama", {"smollm2": 30, "tiny-random": 70}) is False
+    assert set_replica_floor(app, "tiny-random", 1) is False  # already the spec's min
+    assert route_weights(app)["llama"] == {"smollm2": 30, "tiny-random": 70}
+    assert get_app_code_version(ServeApplicationSchema(**app)) == version
+    with pytest.raises(ValueError, match="sum to 100"):
+        set_route_weights(app, "llama", {"smollm2": 30, "tiny-random": 60})
+    with pytest.raises(ValueError, match="unknown arm"):
+        set_route_weights(app, "llama", {"smollm2": 50, "gpt": 50})
+
+
+def test_replica_floor_override_is_capped_and_restorable():
+    from ray.serve._private.deploy_utils import get_app_code_version
+    from ray.serve.schema import ServeApplicationSchema
+
+    fleet = parse_fleet({"arms": [{"name": "a", "model": {"demo": "tiny-llama2-random"}, "replicas": {"min": 1, "max": 3}}]})
+    app = serve_config(fleet)["applications"][0]
+    version = get_app_code_version(ServeApplicationSchema(**app))
+    (override,) = [d for d in app["deployments"] if d["name"] == "LLMServer:a"]
+    assert set_replica_floor(app, "a", 2) is True and override["autoscaling_config"]["min_replicas"] == 2
+    assert set_replica_floor(app, "a", 9) is True and override["autoscaling_config"]["min_replicas"] == 3
+    assert set_replica_floor(app, "a", None) is True and override["autoscaling_config"]["min_replicas"] == 1
+    assert get_app_code_version(ServeApplicationSchema(**app)) == version

@@ -19,7 +19,8 @@ import yaml
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client  # noqa: E402
 
-from corral.autoscaler.actuators import FLOOR_ANNOTATION, ActuatorError, KubeRayActuator  # noqa: E402
+from corral.autoscaler.actuators import ActuatorError, KubeRayActuator  # noqa: E402
+from corral.serving.app import route_weights  # noqa: E402
 from corral.autoscaler.controller import enqueue_command, start_rollout  # noqa: E402
 from corral.autoscaler.rollout_store import RayServiceAnnotationStore  # noqa: E402
 from corral.cluster.spec.rollout import RolloutSpec, RolloutStep  # noqa: E402
@@ -127,8 +128,18 @@ class StubApiServer:
         self.version += 1
         self.obj["metadata"]["resourceVersion"] = str(self.version)
 
+    def app(self):
+        return yaml.safe_load(self.obj["spec"]["serveConfigV2"])["applications"][0]
+
     def fleet(self):
-        return yaml.safe_load(self.obj["spec"]["serveConfigV2"])["applications"][0]["args"]["fleet"]
+        return self.app()["args"]["fleet"]
+
+    def min_replicas(self, arm):
+        """The min_replicas override the actuator wrote for `arm` (None: no override)."""
+        for d in self.app().get("deployments") or []:
+            if d["name"] == f"LLMServer:{arm}":
+                return d["autoscaling_config"]["min_replicas"]
+        return None
 
     @property
     def url(self):
@@ -178,7 +189,10 @@ def test_get_and_set_weights_patches_serve_config(stub, api):
     act = KubeRayActuator("corral", "llm", app_name="demo", api=api)
     assert act.get_weights("chat") == {"llama2": 100, "llama3": 0}
     assert act.set_weights("chat", {"llama2": 50, "llama3": 50}) is True
-    assert {a["arm"]: a["weight"] for a in stub.fleet()["routes"][0]["arms"]} == {"llama2": 50, "llama3": 50}
+    # Live weights go to the ingress user_config override; args.fleet (the code version) is untouched.
+    assert route_weights(stub.app())["chat"] == {"llama2": 50, "llama3": 50}
+    assert stub.app()["deployments"] == [{"name": "CorralIngress", "user_config": {"routes": {"chat": {"llama2": 50, "llama3": 50}}}}]
+    assert stub.fleet() == FLEET
     assert act.get_weights("chat") == {"llama2": 50, "llama3": 50}
     patches = [r for r in stub.requests if r[0] == "PATCH"]
     assert patches == [("PATCH", PATH.format(ns="llm", name="corral"), "application/merge-patch+json")]
@@ -213,13 +227,12 @@ def test_bad_weights_and_missing_objects_are_actuator_errors(stub, api):
 def test_replica_floor_raised_then_restored(stub, api):
     act = KubeRayActuator("corral", "llm", api=api)
     assert act.set_replica_floor("llama3", 2) is True
-    arm = stub.fleet()["arms"][1]
-    assert arm["replicas"]["min"] == 2 and arm["replicas"]["max"] == 3
-    assert json.loads(stub.obj["metadata"]["annotations"][FLOOR_ANNOTATION]) == {"llama3": 0}
+    assert stub.min_replicas("llama3") == 2 and stub.fleet() == FLEET  # an override, not args
     assert act.set_replica_floor("llama3", 2) is False
     assert act.set_replica_floor("llama3", 3) is True
+    assert act.set_replica_floor("llama3", 5) is False  # capped at the spec's max (3)
     assert act.set_replica_floor("llama3", None) is True
-    assert stub.fleet()["arms"][1]["replicas"]["min"] == 0  # the fleet's own min, not the last floor
+    assert stub.min_replicas("llama3") == 0  # the fleet's own min, not the last floor
     assert act.set_replica_floor("llama3", None) is False
     assert act.set_replica_floor("llama2", 1) is False  # floor below the spec min changes nothing
 
