@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Protocol
 
 from corral.cluster.spec.rollout import METRIC_PLACEHOLDERS, MetricGate, RolloutSpec
-from corral.serving import metric_names as mn
+from corral.cluster import metric_names as mn
 
 
 class MetricSourceError(RuntimeError):

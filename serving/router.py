@@ -27,7 +27,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 from ray.serve.llm.ingress import OpenAiIngress
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from corral.serving import metric_names as names
+from corral.cluster import metric_names as names
 from corral.serving.split import pick_arm
 
 ARM_HEADER = "x-corral-arm"

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, BaseModel, Field, field_validator, model_validator
 
-from corral.serving import metric_names as mn
+from corral.cluster import metric_names as mn
 
 
 class _Strict(BaseModel):

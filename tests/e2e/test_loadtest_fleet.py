@@ -29,7 +29,7 @@ METRICS_URL = os.environ.get("CORRAL_METRICS_URL", "http://127.0.0.1:8080/metric
 def ttft_metric() -> str:
     if os.environ.get("CORRAL_TTFT_METRIC"):
         return os.environ["CORRAL_TTFT_METRIC"]
-    from corral.serving.metric_names import TTFT, exported
+    from corral.cluster.metric_names import TTFT, exported
 
     return exported(TTFT)
 

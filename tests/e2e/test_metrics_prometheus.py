@@ -4,7 +4,7 @@ import time
 
 import requests
 
-from corral.serving import metric_names as mn
+from corral.cluster import metric_names as mn
 
 
 def _value(prom: str, query: str) -> float:

@@ -14,7 +14,7 @@ from corral.autoscaler.gates import (
 )
 from corral.autoscaler.quality import GoldenPrompt, GoldenSetRunner, load_golden, resolve_golden_path, score
 from corral.cluster.spec.rollout import MetricGate, RolloutSpec, default_gates
-from corral.serving import metric_names as mn
+from corral.cluster import metric_names as mn
 
 
 def test_default_gates_render_with_exported_metric_names():
