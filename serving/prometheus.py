@@ -87,7 +87,17 @@ class LocalPrometheus:
         if not self.pid_file.exists():
             return
         try:
-            os.kill(int(self.pid_file.read_text()), signal.SIGTERM)
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:  # wait, so that a start() right after works
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child: reap it
+                        break
+                except ChildProcessError:
+                    pass  # started by another process (e.g. an earlier `corral up`)
+                os.kill(pid, 0)
+                time.sleep(0.2)
         except (ProcessLookupError, ValueError):
             pass
         self.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,165 @@
+"""Staged rollouts on the real fleet: Prometheus gates, golden-set quality gate, local actuator.
+
+Bake times are short through the rollout spec itself (no test-only code paths).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from corral.autoscaler.actuators import LocalServeActuator
+from corral.autoscaler.controller import Controller, start_rollout
+from corral.autoscaler.gates import PrometheusClient, PrometheusMetricSource
+from corral.autoscaler.quality import GoldenSetRunner, load_golden, resolve_golden_path
+from corral.autoscaler.rollout_store import FileStore
+from corral.cluster.spec.rollout import MetricGate, QualityGate, RolloutSpec, RolloutStep, default_gates
+
+HERE = Path(__file__).parent
+FAST = dict(analysis_interval_s=3, analysis_window_s=30, min_window_s=3, min_sample_requests=3, failure_limit=1,
+            error_limit=1)
+
+
+def _gates() -> list[MetricGate]:
+    error_rate = next(g for g in default_gates() if g.name == "error_rate")
+    # TP=2 on two shared cores is slower than TP=1; bound TTFT loosely, errors strictly.
+    ttft = MetricGate(name="ttft_p95", query=next(g for g in default_gates() if g.name == "ttft_p95").query,
+                      compare="ratio", max=5.0, floor=0.05)
+    return [error_rate, ttft]
+
+
+class Load:
+    """Steady streaming traffic on a route from a background thread (bounded)."""
+
+    def __init__(self, url: str, route: str):
+        self.url, self.route, self.codes = url, route, Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set() and i < 5000:
+            body = {"model": self.route, "prompt": "Hello", "max_tokens": 2, "stream": True, "user": f"u{i}"}
+            try:
+                r = requests.post(f"{self.url}/v1/completions", json=body, timeout=60)
+                r.content
+                self.codes[r.status_code] += 1
+            except requests.RequestException as exc:
+                self.codes[type(exc).__name__] += 1
+            i += 1
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+
+@pytest.fixture
+def actuator(fleet):
+    act = LocalServeActuator(fleet.name)
+    yield act
+    # Leave the routes as the fleet file has them for the other tests.
+    act.set_weights("tiny", {"tiny-random": 100, "tiny-random-tp2": 0})
+    act.set_weights("llama", {"smollm2": 50, "tiny-random": 50})
+    for arm in ("smollm2", "tiny-random", "tiny-random-tp2"):
+        act.set_replica_floor(arm, None)
+
+
+def _weight_changes(doc) -> list[int]:
+    return [e.weights.get("tiny-random-tp2") for e in doc.events if e.operator == "set_weights"]
+
+
+def test_good_candidate_promoted_through_steps_survives_controller_kill(fleet, fleet_url, prometheus_url, actuator, tmp_path):
+    """(a) promoted 50 -> 70 -> 90 -> 100 under load with zero failed requests, and
+    (d) the controller SIGKILLed mid-step resumes: no step repeated or skipped."""
+    actuator.set_weights("tiny", {"tiny-random": 100, "tiny-random-tp2": 0})
+    spec = RolloutSpec(route="tiny", baseline="tiny-random", candidate="tiny-random-tp2",
+                       steps=[RolloutStep(weight=w, bake_s=6, min_requests=3) for w in (50, 70, 90, 100)],
+                       gates=_gates(), quality=QualityGate(enabled=False), **FAST)
+    store = FileStore(tmp_path / "rollout.json")
+    start_rollout(store, spec, time.time())
+    cmd = [sys.executable, str(HERE / "rollout_controller.py"), str(store.path), prometheus_url, fleet.name]
+    with Load(fleet_url, "tiny") as load:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and (store.load().state.step < 1 or proc.poll() is not None):
+            time.sleep(0.5)
+        assert store.load().state.step == 1, store.load().events
+        os.kill(proc.pid, signal.SIGKILL)  # mid-step: weights at 70, bake running
+        proc.wait()
+        time.sleep(2)
+        restarted = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    doc = store.load()
+    assert restarted.stdout.strip() == "Succeeded", (restarted.stdout, restarted.stderr[-2000:], doc.events)
+    assert _weight_changes(doc) == [50, 70, 90, 100]  # once each: nothing repeated or skipped
+    assert actuator.get_weights("tiny") == {"tiny-random": 0, "tiny-random-tp2": 100}
+    assert load.codes and set(load.codes) == {200}, load.codes
+
+
+def test_bad_candidate_rolled_back_by_quality_gate(fleet, fleet_url, prometheus_url, actuator, tmp_path):
+    """(b) the random-weight arm as candidate: the golden set fails it before it gets traffic."""
+    actuator.set_weights("llama", {"smollm2": 100, "tiny-random": 0})
+    spec = RolloutSpec(route="llama", baseline="smollm2", candidate="tiny-random",
+                       steps=[RolloutStep(weight=w, bake_s=6, min_requests=3) for w in (50, 100)],
+                       gates=_gates(), quality=QualityGate(enabled=True, min_score=0.3), **{**FAST, "analysis_interval_s": 30})
+    store = FileStore(tmp_path / "rollout.json")
+    start_rollout(store, spec, time.time())
+    runner = GoldenSetRunner(fleet_url, load_golden(resolve_golden_path("builtin:llama_basic")))
+    controller = Controller(spec, {"smollm2": 1, "tiny-random": 1}, PrometheusMetricSource(PrometheusClient(prometheus_url)),
+                            actuator, store, quality_runner=runner)
+    start = time.monotonic()
+    state = controller.run(tick_s=1, max_ticks=120)
+    elapsed = time.monotonic() - start
+    assert state.phase.value == "RolledBack", store.load().events
+    assert elapsed <= 2 * spec.analysis_interval_s, elapsed
+    assert actuator.get_weights("llama") == {"smollm2": 100, "tiny-random": 0}
+    scores = runner.last_replies
+    assert scores, "the golden set ran against both arms"
+
+
+def test_prometheus_down_pauses_and_never_promotes(fleet, fleet_url, prometheus_url, actuator, tmp_path):
+    """(c) the metric source disappears mid-rollout: Error, then Paused, weights unchanged."""
+    from corral.serving.local import LocalCluster
+    from corral.serving.prometheus import LocalPrometheus
+
+    prom = LocalPrometheus(LocalCluster().home / "prometheus")
+    actuator.set_weights("tiny", {"tiny-random": 100, "tiny-random-tp2": 0})
+    spec = RolloutSpec(route="tiny", baseline="tiny-random", candidate="tiny-random-tp2",
+                       steps=[RolloutStep(weight=w, bake_s=20, min_requests=3) for w in (50, 100)],
+                       gates=_gates(), quality=QualityGate(enabled=False), **FAST)
+    store = FileStore(tmp_path / "rollout.json")
+    start_rollout(store, spec, time.time())
+    controller = Controller(spec, {"tiny-random": 1, "tiny-random-tp2": 1},
+                            PrometheusMetricSource(PrometheusClient(prometheus_url)), actuator, store)
+    with Load(fleet_url, "tiny"):
+        for _ in range(60):
+            controller.tick()
+            if store.load().state.desired_weights.get("tiny-random-tp2") == 50:
+                break
+            time.sleep(1)
+        assert actuator.get_weights("tiny") == {"tiny-random": 50, "tiny-random-tp2": 50}
+        prom.stop()
+        try:
+            phases = []
+            for _ in range(30):
+                controller.tick()
+                phases.append(store.load().state.phase.value)
+                if phases[-1] == "Paused":
+                    break
+                time.sleep(1)
+        finally:
+            prom.start()
+    assert "Error" in phases and phases[-1] == "Paused", phases
+    assert actuator.get_weights("tiny") == {"tiny-random": 50, "tiny-random-tp2": 50}  # never promoted
