@@ -255,41 +255,25 @@ class LocalServeActuator:
         self.app_name = app_name
         self.cluster = cluster or LocalCluster()
 
-    def _config(self) -> tuple[dict, dict]:
-        status = self.cluster.serve_status()
-        if status is None:
-            raise ActuatorError(f"no Ray dashboard answers at {self.cluster.api}")
-        app = (status.get("applications") or {}).get(self.app_name)
-        if not app or not app.get("deployed_app_config"):
-            raise ActuatorError(f"no running serve application {self.app_name!r}")
-        config = {"applications": [copy.deepcopy(app["deployed_app_config"])]}
-        if status.get("http_options"):
-            http = status["http_options"]
-            config["http_options"] = {"host": http.get("host"), "port": http.get("port")}
-        return config, fleet_app(config, self.app_name)
+    def _update(self, change: Callable[[dict], bool]) -> bool:
+        from corral.serving.local import LocalError
 
-    def _apply(self, config: dict) -> None:
-        r = self.cluster._http("PUT", "/api/serve/applications/", json=config, timeout=60)
-        if not r.ok:
-            raise ActuatorError(f"Serve rejected the update ({r.status_code}): {r.text[:500]}")
+        try:
+            return self.cluster.update_app(self.app_name, change)
+        except LocalError as exc:
+            raise ActuatorError(str(exc)) from None
 
     def get_weights(self, route):
-        _, app = self._config()
+        app = (self.cluster.app_status(self.app_name) or {}).get("deployed_app_config")
+        if not app:
+            raise ActuatorError(f"no running serve application {self.app_name!r}")
         return _weights_of(app, route)
 
     def set_weights(self, route, weights):
-        config, app = self._config()
-        if not _apply_weights(app, route, weights):
-            return False
-        self._apply(config)
-        return True
+        return self._update(lambda app: _apply_weights(app, route, weights))
 
     def set_replica_floor(self, arm, floor):
-        config, app = self._config()
-        if not _apply_floor(app, arm, floor):
-            return False
-        self._apply(config)
-        return True
+        return self._update(lambda app: _apply_floor(app, arm, floor))
 
     def ready_replicas(self, arms):
         from corral.serving.local import replica_states

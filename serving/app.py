@@ -109,7 +109,7 @@ def llm_deployment_name(arm: str) -> str:
 
 def router_user_config(fleet: FleetSpec) -> dict[str, Any]:
     """What the ingress receives through Serve's user_config (lightweight, in-place updates)."""
-    return {"routes": {r.name: r.weights() for r in fleet.routes}}
+    return {"routes": {r.name: r.weights() for r in fleet.routes}, "auth": fleet.auth.model_dump(mode="json")}
 
 
 def app_builder(args: dict[str, Any]):
@@ -133,7 +133,8 @@ def app_builder(args: dict[str, Any]):
     configs = [LLMConfig(**d) for d in llm_config_dicts(fleet, home)]
     deployments = {c.model_id: build_llm_deployment(c) for c in configs}
     cards = {c.model_id: to_model_metadata(c.model_id, c) for c in configs}
-    endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda app: app.post("/v1/feedback")}
+    endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda app: app.post("/v1/feedback"),
+                 "routes": lambda app: app.get("/v1/corral/routes")}
     ingress = make_fastapi_ingress(CorralIngress, endpoint_map=endpoints)
     options = CorralIngress.get_deployment_options(configs)
     # Initial weights; the Serve config's `deployments` override (see serve_config) wins.
@@ -153,7 +154,7 @@ def serve_config(fleet: FleetSpec, home: Path | None = None) -> dict[str, Any]:
     so its policy, part of the code version, never changes). See set_route_weights /
     set_replica_floor.
     """
-    args: dict[str, Any] = {"fleet": fleet.model_dump(mode="json", exclude_none=True, exclude={"routes", "rollout"})}
+    args: dict[str, Any] = {"fleet": fleet.model_dump(mode="json", exclude_none=True, exclude={"routes", "rollout", "auth"})}
     if home is not None:
         args["corral_home"] = str(home)
     deployments = [{"name": INGRESS_DEPLOYMENT, "user_config": router_user_config(fleet)}]
@@ -208,6 +209,17 @@ def set_route_weights(app: dict[str, Any], route: str, weights: dict[str, int]) 
     routes[route] = dict(weights)
     override = _override(app, INGRESS_DEPLOYMENT)
     override["user_config"] = {**(override.get("user_config") or {}), "routes": routes}
+    return True
+
+
+def set_auth(app: dict[str, Any], auth: dict[str, Any]) -> bool:
+    """Replace the ingress's API keys (an AuthSpec dump). False if unchanged."""
+    override = _override(app, INGRESS_DEPLOYMENT)
+    user_config = dict(override.get("user_config") or {"routes": route_weights(app)})
+    if user_config.get("auth") == auth:
+        return False
+    user_config["auth"] = auth
+    override["user_config"] = user_config
     return True
 
 

@@ -8,6 +8,7 @@ which Serve applies without restarting replicas).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -86,7 +87,10 @@ class LocalCluster:
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
             f"--metrics-export-port={fleet.server.metrics_port}", "--disable-usage-stats",
         ]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        # Ray keeps up to num_cpus idle workers (~0.7 GB each with vLLM imported); with the
+        # generous logical CPU count above that would eat most of a small machine's memory.
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
+               "RAY_num_workers_soft_limit": "2", "RAY_prestart_worker_first_driver": "0"}
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-8:])
@@ -135,6 +139,28 @@ class LocalCluster:
         r = self._http("PUT", "/api/serve/applications/", json=config, timeout=60)
         if not r.ok:
             raise LocalError(f"Serve rejected the deploy ({r.status_code}): {r.text[:2000]}", code=1)
+
+    def update_app(self, name: str, change: Callable[[dict[str, Any]], bool]) -> bool:
+        """Apply `change` (False = nothing to do) to the running app's config and re-deploy it.
+
+        Used for live knobs kept in per-deployment overrides (weights, floors, keys), which
+        Serve applies in place."""
+        status = self.serve_status()
+        if status is None:
+            raise LocalError(f"no Ray dashboard answers at {self.api}")
+        app = (status.get("applications") or {}).get(name)
+        if not app or not app.get("deployed_app_config"):
+            raise LocalError(f"no running serve application {name!r}")
+        config = {"applications": [copy.deepcopy(app["deployed_app_config"])]}
+        http = status.get("http_options") or {}
+        if http:
+            config["http_options"] = {"host": http.get("host"), "port": http.get("port")}
+        if not change(config["applications"][0]):
+            return False
+        r = self._http("PUT", "/api/serve/applications/", json=config, timeout=60)
+        if not r.ok:
+            raise LocalError(f"Serve rejected the update ({r.status_code}): {r.text[:500]}", code=1)
+        return True
 
     def app_status(self, name: str) -> dict[str, Any] | None:
         return ((self.serve_status() or {}).get("applications") or {}).get(name)
@@ -193,9 +219,10 @@ def parallelism_check(fleet: FleetSpec, home: Path | None = None) -> None:
             )
 
 
-def memory_check(fleet: FleetSpec) -> None:
-    """Refuse a CPU fleet whose KV caches alone exceed free memory (vLLM would be OOM-killed)."""
-    if fleet.cluster.device != "cpu":
+def memory_check(fleet: FleetSpec, running: bool = False) -> None:
+    """Refuse a new CPU fleet whose KV caches alone exceed free memory (vLLM would be OOM-killed).
+    An update of a running fleet is not checked: its engines already hold their memory."""
+    if fleet.cluster.device != "cpu" or running:
         return
     need_gib = sum(a.replicas.start * max(1, round(fleet.cluster.cpu_kvcache_gib)) for a in fleet.arms)
     avail_gib = _available_memory_gib()

@@ -28,6 +28,7 @@ from ray.serve.llm.ingress import OpenAiIngress
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from corral.cluster import metric_names as names
+from corral.serving.auth import Denied, KeyRing
 from corral.serving.split import pick_arm
 
 ARM_HEADER = "x-corral-arm"
@@ -76,6 +77,7 @@ class CorralIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, lora_paths=None, **kwargs):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths, **kwargs)
         self._routes: dict[str, dict[str, int]] = {}
+        self._keys = KeyRing()
         self._responses: dict[str, tuple[str, str]] = {}  # response id -> (route, arm), for feedback
         self._metrics = RequestMetrics()
 
@@ -87,6 +89,13 @@ class CorralIngress(OpenAiIngress):
             # Refuse the whole update rather than serve a half-applied split.
             raise ValueError(f"routes name unknown arms {sorted(unknown)}; arms are {sorted(self._model_cards)}")
         self._routes = routes
+        self._keys = KeyRing.from_config(user_config.get("auth"), previous=self._keys)
+
+    def _authorize(self, request: Request, scope: str = "inference") -> tuple[str | None, Response | None]:
+        """(key hash, None) or (None, an OpenAI-format error response)."""
+        digest, denied = self._keys.identify(_api_key(request))
+        denied = denied or self._keys.check(digest, time.monotonic(), scope)
+        return digest, (_error(denied) if denied else None)
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -105,7 +114,10 @@ class CorralIngress(OpenAiIngress):
         key = body.user or request.headers.get(SESSION_HEADER) or _api_key(request)
         return model, pick_arm(weights, key)
 
-    async def models(self) -> ModelList:
+    async def models(self, request: Request) -> ModelList | Response:
+        _, denied = self._authorize(request)
+        if denied is not None:
+            return denied
         listing = await super().models()
         routes = [
             ModelCard(id=name, object="model", owned_by="corral", permission=[],
@@ -127,6 +139,9 @@ class CorralIngress(OpenAiIngress):
         return await self._routed(body, request, "chat")
 
     async def _routed(self, body, request: Request, call_method: str) -> Response:
+        key, denied = self._authorize(request)
+        if denied is not None:
+            return denied
         route, arm = self._resolve(body, request)
         body.model = arm
         client_wants_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -142,15 +157,16 @@ class CorralIngress(OpenAiIngress):
             raise
         headers = {ARM_HEADER: arm, ROUTE_HEADER: route}
         if isinstance(response, StreamingResponse):
-            stream = self._measured_stream(response.body_iterator, route, arm, start, client_wants_usage)
+            stream = self._measured_stream(response.body_iterator, route, arm, start, client_wants_usage, key)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         payload = json.loads(response.body)
         self._remember(payload.get("id"), route, arm)
+        self._keys.charge_tokens(key, (payload.get("usage") or {}).get("total_tokens") or 0, time.monotonic())
         self._metrics.record(route, arm, response.status_code, time.perf_counter() - start, None, None, payload.get("usage"))
         return JSONResponse(payload, status_code=response.status_code, headers=headers)
 
     async def _measured_stream(self, packets: AsyncGenerator[str, None], route: str, arm: str,
-                               start: float, keep_usage: bool) -> AsyncGenerator[str, None]:
+                               start: float, keep_usage: bool, key: str | None = None) -> AsyncGenerator[str, None]:
         first = last = None
         usage = None
         try:
@@ -173,6 +189,7 @@ class CorralIngress(OpenAiIngress):
             n_out = (usage or {}).get("completion_tokens") or 0
             itl = (last - first) / (n_out - 1) if first and last and n_out > 1 else None
             self._metrics.record(route, arm, 200, end - start, ttft, itl, usage)
+            self._keys.charge_tokens(key, (usage or {}).get("total_tokens") or 0, time.monotonic())
 
     # -- feedback --------------------------------------------------------------------------
 
@@ -186,6 +203,9 @@ class CorralIngress(OpenAiIngress):
 
     async def feedback(self, request: Request) -> Response:
         """POST /v1/feedback {"response_id": "...", "score": 0..1} -> per-arm satisfaction metric."""
+        _, denied = self._authorize(request)
+        if denied is not None:
+            return denied
         try:
             data = await request.json()
         except ValueError:
@@ -199,6 +219,21 @@ class CorralIngress(OpenAiIngress):
         route, arm = self._responses[rid]
         self._metrics.feedback.observe(float(score), {"route": route, "arm": arm})
         return JSONResponse({"response_id": rid, "route": route, "arm": arm, "recorded": True})
+
+
+    async def routes(self, request: Request) -> Response:
+        """GET /v1/corral/routes: live route weights (admin scope when keys are enabled)."""
+        _, denied = self._authorize(request, scope="admin") if self._keys.required else (None, None)
+        if denied is not None:
+            return denied
+        return JSONResponse({"routes": self._routes, "arms": sorted(self._model_cards)})
+
+
+def _error(denied: Denied) -> JSONResponse:
+    kind = {401: "AuthenticationError", 403: "PermissionDeniedError", 429: "RateLimitError"}.get(denied.status, "Error")
+    headers = {"Retry-After": str(denied.retry_after_s)} if denied.retry_after_s else None
+    body = {"error": {"message": denied.message, "type": kind, "param": None, "code": denied.status}}
+    return JSONResponse(body, status_code=denied.status, headers=headers)
 
 
 def _with_usage(body) -> Any:

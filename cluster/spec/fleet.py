@@ -222,6 +222,40 @@ class Route(StrictModel):
         return {a.arm: a.weight for a in self.arms}
 
 
+class ApiKey(StrictModel):
+    """One API key, stored as a hash (`corral keys add` creates it and prints the key once)."""
+
+    name: Name
+    """Who the key belongs to (shown in errors and logs, never the key itself)."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 hex digest of the key."""
+    scopes: list[Literal["inference", "admin"]] = Field(default_factory=lambda: ["inference"])
+    """`inference` calls the OpenAI API; `admin` also reads control endpoints (/v1/corral/*)."""
+    requests_per_minute: int | None = Field(None, gt=0)
+    """Request rate limit (None = unlimited); over it the API answers 429 with Retry-After."""
+    tokens_per_minute: int | None = Field(None, gt=0)
+    """Prompt + completion token rate limit (None = unlimited)."""
+
+
+class AuthSpec(StrictModel):
+    """API keys for the endpoint. Changes apply in place (no replica restarts)."""
+
+    enabled: bool = False
+    """Require a valid key on every API call (401 otherwise)."""
+    keys: list[ApiKey] = Field(default_factory=list)
+    """Known keys, hashed."""
+
+    @model_validator(mode="after")
+    def _usable(self) -> AuthSpec:
+        if self.enabled and not self.keys:
+            raise ValueError("enabled is true but no keys are defined: nobody could call the API")
+        names = [k.name for k in self.keys]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate key name(s) {dup}")
+        return self
+
+
 class ClusterSpec(StrictModel):
     """What the fleet runs on."""
 
@@ -269,6 +303,8 @@ class FleetSpec(StrictModel):
     """Public model names split across arms. Every arm is also reachable by its own name."""
     rollout: RolloutSpec | None = None
     """Staged migration of one route from a baseline arm to a candidate arm."""
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    """API keys and per-key rate limits."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> FleetSpec:

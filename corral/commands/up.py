@@ -33,7 +33,7 @@ def apply_fleet(path: str | None, timeout_s: float = 900, prometheus: bool = Tru
     try:
         prepare_models(fleet, say)
         parallelism_check(fleet, cluster.home)
-        memory_check(fleet)
+        memory_check(fleet, running=cluster.ray_running() and cluster.app_status(fleet.name) is not None)
         if cluster.start_ray(fleet):
             say("started a local Ray head")
         else:

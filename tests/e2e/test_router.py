@@ -113,3 +113,43 @@ def test_live_reweighting_under_load_drops_nothing(fleet, fleet_url, tmp_path):
             assert abs(share - weight) <= 25, (weight, len(arms), share)  # stated tolerance: 25 points at ~30+ requests
     # In place: no LLM replica was restarted by the weight changes.
     assert _replica_ids(cluster.serve_status(), fleet.name) == replicas_before
+
+
+def test_api_keys_401_429_and_admin_scope_applied_in_place(fleet, fleet_url):
+    from corral.serving.app import set_auth
+    from corral.serving.auth import hash_key
+    from corral.serving.local import LocalCluster
+
+    cluster = LocalCluster()
+    auth = {"enabled": True, "keys": [
+        {"name": "limited", "sha256": hash_key("sk-limited"), "scopes": ["inference"], "requests_per_minute": 2},
+        {"name": "ops", "sha256": hash_key("sk-ops"), "scopes": ["inference", "admin"]},
+    ]}
+    body = {"model": "tiny-random", "prompt": "hi", "max_tokens": 1}
+
+    def call(key=None, path="/v1/completions"):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if path == "/v1/completions":
+            return requests.post(f"{fleet_url}{path}", json=body, headers=headers, timeout=60)
+        return requests.get(f"{fleet_url}{path}", headers=headers, timeout=60)
+
+    assert cluster.update_app(fleet.name, lambda app: set_auth(app, auth))
+    try:
+        deadline = time.monotonic() + 60
+        while call().status_code != 401 and time.monotonic() < deadline:  # user_config applies asynchronously
+            time.sleep(0.5)
+        r = call()
+        assert r.status_code == 401 and r.json()["error"]["code"] == 401
+        assert call("sk-wrong").status_code == 401
+        assert [call("sk-limited").status_code for _ in range(2)] == [200, 200]
+        limited = call("sk-limited")
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+        assert "rate limit" in limited.json()["error"]["message"]
+        assert call("sk-limited", "/v1/corral/routes").status_code == 403
+        routes = call("sk-ops", "/v1/corral/routes")
+        assert routes.status_code == 200 and "llama" in routes.json()["routes"]
+    finally:
+        cluster.update_app(fleet.name, lambda app: set_auth(app, {"enabled": False, "keys": []}))
+        deadline = time.monotonic() + 60
+        while call().status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)

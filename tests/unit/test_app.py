@@ -51,9 +51,11 @@ def test_serve_config_carries_the_fleet_and_live_knobs_as_overrides():
     fleet = load_fleet(ROOT / "tests/e2e/fleets/ab.yaml")
     app = serve_config(fleet)["applications"][0]
     assert app["import_path"] == "corral.serving.app:app_builder"
+    # Routes and keys are live knobs (ingress user_config), not part of the code version in args.
     assert parse_fleet(app["args"]["fleet"]) == fleet.model_copy(update={"routes": []})
-    assert route_weights(app) == {"llama": {"smollm2": 50, "tiny-random": 50}}
-    assert router_user_config(fleet) == {"routes": {"llama": {"smollm2": 50, "tiny-random": 50}}}
+    routes = {"llama": {"smollm2": 50, "tiny-random": 50}, "tiny": {"tiny-random": 100, "tiny-random-tp2": 0}}
+    assert route_weights(app) == routes
+    assert router_user_config(fleet) == {"routes": routes, "auth": {"enabled": False, "keys": []}}
 
 
 def test_live_changes_keep_serves_code_version():

@@ -1,0 +1,107 @@
+"""API keys and per-key rate limits for the ingress (pure logic; the ingress does the I/O).
+
+Keys are stored only as SHA-256 hashes (in the fleet spec's `auth.keys`, which reaches the
+ingress through Serve's user_config), so a fleet file or Helm values never hold a usable key.
+Limits are token buckets per key and per ingress replica: with N ingress replicas a key can
+use up to N times its limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass, field
+
+KEY_PREFIX = "sk-corral-"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(24)
+
+
+@dataclass
+class Bucket:
+    """A token bucket refilled continuously: `capacity` per minute."""
+
+    capacity: float
+    level: float
+    updated: float
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.capacity / 60.0)
+        self.updated = now
+
+    def wait_s(self, amount: float) -> float:
+        """Seconds until `amount` is available (0 if it is now)."""
+        missing = amount - self.level
+        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
+
+
+@dataclass
+class Denied:
+    status: int
+    message: str
+    retry_after_s: int | None = None
+
+
+@dataclass
+class KeyRing:
+    """Known keys (by hash) and their buckets. `check` before a request, `charge` after it."""
+
+    keys: dict[str, dict] = field(default_factory=dict)  # sha256 -> {name, scopes, requests_per_minute, tokens_per_minute}
+    required: bool = False
+    _requests: dict[str, Bucket] = field(default_factory=dict)
+    _tokens: dict[str, Bucket] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, auth: dict | None, previous: KeyRing | None = None) -> KeyRing:
+        auth = auth or {}
+        ring = cls(keys={k["sha256"]: k for k in auth.get("keys", [])}, required=bool(auth.get("enabled")))
+        if previous is not None:  # a reconfigure keeps the buckets of keys that still exist
+            ring._requests = {h: b for h, b in previous._requests.items() if h in ring.keys}
+            ring._tokens = {h: b for h, b in previous._tokens.items() if h in ring.keys}
+        return ring
+
+    def identify(self, bearer: str | None) -> tuple[str | None, Denied | None]:
+        """(key hash, None) for a known key; (None, None) when auth is off and no key is given."""
+        if not bearer:
+            return None, Denied(401, "missing API key: send 'Authorization: Bearer <key>'") if self.required else None
+        digest = hash_key(bearer)
+        if digest in self.keys:
+            return digest, None
+        return None, Denied(401, "invalid API key") if self.required else None
+
+    def check(self, digest: str | None, now: float, scope: str = "inference") -> Denied | None:
+        if digest is None:
+            return Denied(403, f"this operation needs an API key with scope {scope!r}") if scope != "inference" else None
+        key = self.keys[digest]
+        if scope not in key.get("scopes", ["inference"]):
+            return Denied(403, f"API key {key['name']!r} lacks scope {scope!r}")
+        for buckets, limit_field, amount in ((self._requests, "requests_per_minute", 1.0), (self._tokens, "tokens_per_minute", 1.0)):
+            limit = key.get(limit_field)
+            if not limit:
+                continue
+            bucket = buckets.setdefault(digest, Bucket(limit, limit, now))
+            bucket.refill(now)
+            wait = bucket.wait_s(amount)
+            if wait > 0:
+                what = "requests" if limit_field.startswith("requests") else "tokens"
+                return Denied(429, f"rate limit of {limit} {what}/minute exceeded for key {key['name']!r}",
+                              retry_after_s=max(1, math.ceil(wait)))
+        if key.get("requests_per_minute"):
+            self._requests[digest].level -= 1.0
+        return None
+
+    def charge_tokens(self, digest: str | None, tokens: int, now: float) -> None:
+        """Deduct a finished request's tokens (the bucket may go negative: later requests wait)."""
+        if digest is None or not self.keys.get(digest, {}).get("tokens_per_minute"):
+            return
+        limit = self.keys[digest]["tokens_per_minute"]
+        bucket = self._tokens.setdefault(digest, Bucket(limit, limit, now))
+        bucket.refill(now)
+        bucket.level -= tokens
