@@ -114,10 +114,12 @@ class CorralIngress(OpenAiIngress):
         key = body.user or request.headers.get(SESSION_HEADER) or _api_key(request)
         return model, pick_arm(weights, key)
 
-    async def models(self, request: Request) -> ModelList | Response:
-        _, denied = self._authorize(request)
-        if denied is not None:
-            return denied
+    async def models(self, request: Request = None) -> ModelList | Response:
+        # Ray Serve LLM also calls models() internally, without a request.
+        if request is not None:
+            _, denied = self._authorize(request)
+            if denied is not None:
+                return denied
         listing = await super().models()
         routes = [
             ModelCard(id=name, object="model", owned_by="corral", permission=[],

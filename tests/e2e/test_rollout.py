@@ -78,7 +78,13 @@ def actuator(fleet):
 
 
 def _weight_changes(doc) -> list[int]:
-    return [e.weights.get("tiny-random-tp2") for e in doc.events if e.operator == "set_weights"]
+    """The candidate's weight each time it changed, from the durable event history."""
+    seq: list[int] = []
+    for e in doc.events:
+        w = e.weights.get("tiny-random-tp2")
+        if w is not None and (not seq or seq[-1] != w):
+            seq.append(w)
+    return seq
 
 
 def test_good_candidate_promoted_through_steps_survives_controller_kill(fleet, fleet_url, prometheus_url, actuator, tmp_path):
