@@ -54,7 +54,15 @@ def loadtest(url, out, *args):
 
 def test_client_ttft_matches_the_servers_histogram(fleet_url, tmp_path):
     name = ttft_metric()
+    # Ray exports metrics every few seconds: wait until earlier tests' traffic has landed, so
+    # the starting point really is "before our requests".
     sum0, count0 = histogram_totals(name)
+    for _ in range(10):
+        time.sleep(6)
+        again = histogram_totals(name)
+        if again == (sum0, count0):
+            break
+        sum0, count0 = again
     # No calibration probes and no warm-up: every request the server sees is one we measured.
     summary, records = loadtest(fleet_url, tmp_path, "--mode", "closed", "--concurrency", "1", "--duration", "20",
                                 "--warmup", "0", "--max-requests", "20", "--no-calibrate",

@@ -72,8 +72,9 @@ def test_live_reweighting_under_load_drops_nothing(fleet, fleet_url, tmp_path):
     def client(n: int) -> None:
         i = 0
         while not stop.is_set() and i < 2000:  # bounded
+            sent = time.monotonic()  # the arm is chosen when the request arrives, so bin by send time
             r = chat(fleet_url, "llama", user=f"load-{n}-{i}", max_tokens=1)
-            results.append((time.monotonic(), r.status_code, r.headers.get("x-corral-arm")))
+            results.append((sent, r.status_code, r.headers.get("x-corral-arm")))
             i += 1
 
     threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(3)]
