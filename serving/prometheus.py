@@ -59,7 +59,9 @@ class LocalPrometheus:
         except requests.RequestException:
             return False
 
-    def start(self, timeout_s: float = 30) -> None:
+    def start(self, timeout_s: float = 180) -> None:
+        """Start Prometheus and wait until it is ready (a restart replays the WAL first: that
+        took over 30 s on 2 busy cores with a day of data)."""
         binary = self.binary()
         if binary is None:
             raise FileNotFoundError("prometheus is not installed (Debian package `prometheus`; scripts/setup.sh installs it)")
@@ -71,7 +73,8 @@ class LocalPrometheus:
         log = (self.workdir / "prometheus.log").open("ab")
         proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
+             "--storage.tsdb.retention.time=2d"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # outlives `corral up`
         )
         self.pid_file.write_text(str(proc.pid))
