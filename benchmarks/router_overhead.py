@@ -32,7 +32,6 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from corral.cluster.spec import load_fleet
     from corral.commands.up import apply_fleet, run_down
     from corral.serving.app import serve_config
     from corral.serving.local import LocalCluster

@@ -282,7 +282,3 @@ def _port_busy(port: int, host: str = "127.0.0.1") -> bool:
 def _ray_bin() -> str:
     candidate = Path(sys.executable).parent / "ray"
     return str(candidate) if candidate.exists() else (shutil.which("ray") or "ray")
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)
