@@ -12,6 +12,7 @@ p50 latency ratio <= 1.02 and throughput ratio >= 0.98.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -36,11 +37,14 @@ def main() -> int:
     from corral.serving.app import serve_config
     from corral.serving.local import LocalCluster
 
-    run_down(None)
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
+        run_down(None)
     fleet = apply_fleet(None, timeout_s=1200, prometheus=False, say=lambda m: print(m, file=sys.stderr))
     cluster = LocalCluster()
     # Same fleet twice: corral's app under /corral (its engine on core 0), the plain Ray Serve LLM
     # app under /plain with an identical LLMConfig (its engine on core 1).
+    # One core each: corral's engine on core 0 (a one-core "node"), the plain app's on core 1.
+    fleet = fleet.model_copy(update={"cluster": fleet.cluster.model_copy(update={"devices_per_node": 1})})
     corral_app = serve_config(fleet, cluster.home)["applications"][0]
     corral_app.update(name="corral", route_prefix="/corral")
     from corral.serving.app import llm_config_dicts
@@ -71,7 +75,8 @@ def main() -> int:
                     url, model = targets[name]
                     results[name][c].append(run(url, model, c, args.requests))
     finally:
-        run_down(None)
+        with contextlib.redirect_stdout(sys.stderr):
+            run_down(None)
 
     def agg(rows: list[dict], key: str) -> float:
         vals = sorted(r[key] for r in rows)

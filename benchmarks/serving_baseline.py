@@ -9,6 +9,7 @@ prints JSON. Later benchmarks compare against these numbers as ratios measured i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,7 +30,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from corral.commands.up import apply_fleet, run_down
 
-    run_down(None)
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
+        run_down(None)
     fleet = apply_fleet(None, timeout_s=1200, prometheus=False, say=lambda m: print(m, file=sys.stderr))
     url = f"http://127.0.0.1:{fleet.server.port}"
     model = fleet.routes[0].name
@@ -38,7 +40,8 @@ def main() -> int:
         levels = [run(url, model, c, max(args.requests_per_level, c), args.max_tokens) for c in (1, 8, 32)]
     finally:
         if not args.keep:
-            run_down(None)
+            with contextlib.redirect_stdout(sys.stderr):
+                run_down(None)
     print(json.dumps({
         "benchmark": "serving_baseline", "fleet": fleet.name, "model": model, "max_tokens": args.max_tokens,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

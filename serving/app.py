@@ -35,17 +35,22 @@ def model_source(arm: Arm, home: Path | None = None) -> str:
 def cpu_thread_binds(fleet: FleetSpec) -> list[str]:
     """One `VLLM_CPU_OMP_THREADS_BIND` value per arm on device=cpu.
 
-    Arms share the machine's cores; each TP worker gets one core, handed out round-robin,
-    so a TP=2 engine gets `0|1` and two TP=1 engines get `0` and `1`.
+    Every TP worker gets its own OpenMP thread group. With at least as many workers as cores,
+    workers get one core each, handed out round-robin (a TP=2 engine gets `0|1`, two TP=1
+    engines get `0` and `1`); with fewer workers than cores, each worker gets a block of
+    cores (a lone TP=1 engine on 2 cores gets `0-1`).
     """
     cores = fleet.cluster.devices_per_node
+    workers = sum(arm.engine.tensor_parallel_size for arm in fleet.arms)
+    per_worker = max(1, cores // max(workers, 1))
     binds, next_core = [], 0
     for arm in fleet.arms:
-        workers = []
+        groups = []
         for _ in range(arm.engine.tensor_parallel_size):
-            workers.append(str(next_core % cores))
-            next_core += 1
-        binds.append("|".join(workers))
+            first = next_core % cores
+            groups.append(str(first) if per_worker == 1 else f"{first}-{first + per_worker - 1}")
+            next_core += per_worker
+        binds.append("|".join(groups))
     return binds
 
 

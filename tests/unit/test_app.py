@@ -18,6 +18,13 @@ from corral.serving.app import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_cpu_cores_are_shared_out_per_worker():
+    assert cpu_thread_binds(load_fleet()) == ["0-1"]  # one engine alone gets both cores
+    four = parse_fleet({"cluster": {"devices_per_node": 4},
+                        "arms": [{"name": "a", "model": {"demo": "tiny-llama2-random"}, "engine": {"tensor_parallel_size": 2}}]})
+    assert cpu_thread_binds(four) == ["0-1|2-3"]
+
+
 def test_cpu_arms_get_cores_kv_cache_and_eager():
     fleet = load_fleet(ROOT / "tests/e2e/fleets/ab.yaml")
     assert cpu_thread_binds(fleet) == ["0", "1", "0|1"]
