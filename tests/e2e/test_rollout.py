@@ -25,8 +25,10 @@ from corral.autoscaler.rollout_store import FileStore
 from corral.cluster.spec.rollout import MetricGate, QualityGate, RolloutSpec, RolloutStep, default_gates
 
 HERE = Path(__file__).parent
+# Short intervals, but patience for evidence: a new arm's first series reach Prometheus only after Ray's
+# metrics export and two scrapes (~20 s on a busy CI machine); until then analyses are inconclusive.
 FAST = dict(analysis_interval_s=3, analysis_window_s=30, min_window_s=3, min_sample_requests=3, failure_limit=1,
-            error_limit=1)
+            error_limit=1, inconclusive_limit=40)
 
 
 def _gates() -> list[MetricGate]:
