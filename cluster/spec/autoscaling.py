@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 # Ray Serve imports this in its controller (`AutoscalingPolicy.policy_function`).
 POLICY_IMPORT_PATH = "corral.autoscaler.policy:CorralAutoscalingPolicy"

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"loadtest-results/{time.strftime('%Y%m%d-%H%M%S')}"
 
     from corral.loadtests import runner
-    from corral.loadtests.report import summarize, write_results
+    from corral.loadtests.report import write_results
 
     try:
         result = runner.run(config)

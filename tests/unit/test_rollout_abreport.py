@@ -1,12 +1,11 @@
 """A/B statistics against reference values (scipy-equivalent numbers computed by hand / known tables)."""
 
-import math
 import random
 
 import pytest
 
 from corral.autoscaler.abreport import (
-    ArmRecords, ab_report, betainc, group, mean_ci, proportion_ci, quantile_ci, t_quantile_975,
+    ab_report, betainc, group, mean_ci, proportion_ci, quantile_ci, t_quantile_975,
     t_sf_two_sided, two_proportion_z_test, welch_t_test,
 )
 
