@@ -161,11 +161,13 @@ class CorralIngress(OpenAiIngress):
         if isinstance(response, StreamingResponse):
             stream = self._measured_stream(response.body_iterator, route, arm, start, client_wants_usage, key)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        # Read id and usage for feedback, limits and metrics; return the engine's bytes as they are.
         payload = json.loads(response.body)
         self._remember(payload.get("id"), route, arm)
         self._keys.charge_tokens(key, (payload.get("usage") or {}).get("total_tokens") or 0, time.monotonic())
         self._metrics.record(route, arm, response.status_code, time.perf_counter() - start, None, None, payload.get("usage"))
-        return JSONResponse(payload, status_code=response.status_code, headers=headers)
+        response.headers.update(headers)
+        return response
 
     async def _measured_stream(self, packets: AsyncGenerator[str, None], route: str, arm: str,
                                start: float, keep_usage: bool, key: str | None = None) -> AsyncGenerator[str, None]:
