@@ -15,25 +15,29 @@ Layout (read top to bottom):
 Serve calls the policy from its controller every control-loop tick; there is no second
 loop. The policy keeps its memory (delay windows, last scale-up) in Serve's `policy_state`.
 
-Replica-side signals (optional): a replica that implements Serve's
-`record_autoscaling_stats()` and returns any of `METRIC_TTFT_P95`, `METRIC_ITL_P95`,
-`METRIC_KV_CACHE` (floats) has them reach the policy through `ctx.aggregated_metrics`.
-Without them the policy works from ongoing and queued requests alone.
+Replica-side signals: corral's arm replicas (`corral.serving.llm_server.CorralLLMServer`)
+implement Serve's `record_autoscaling_stats()` and return vLLM's own recent TTFT p95,
+per-request ITL p95 and KV cache use (`METRIC_TTFT_P95`, `METRIC_ITL_P95`, `METRIC_KV_CACHE`),
+which reach the policy through `ctx.aggregated_metrics`. Without them (another server class,
+stats off) the policy works from ongoing and queued requests alone.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from corral.cluster import metric_names
 from corral.cluster.spec.autoscaling import AutoscalingSpec
 
-# Custom metric names a replica may report via `record_autoscaling_stats()`.
-METRIC_TTFT_P95 = "corral_ttft_p95_s"
-METRIC_ITL_P95 = "corral_itl_p95_s"
-METRIC_KV_CACHE = "corral_kv_cache_usage"
+# Custom metric names replicas report via `record_autoscaling_stats()`.
+METRIC_TTFT_P95 = metric_names.SIGNAL_TTFT_P95
+METRIC_ITL_P95 = metric_names.SIGNAL_ITL_P95
+METRIC_KV_CACHE = metric_names.SIGNAL_KV_CACHE
+_log = logging.getLogger("ray.serve")
 # Key of this policy's memory inside Serve's policy_state (Serve keeps its own keys there too).
 STATE_KEY = "corral"
 LAST_DECISION_KEY = "corral_last_decision"
@@ -314,4 +318,8 @@ class CorralAutoscalingPolicy:
         policy_state[STATE_KEY] = new_state.to_dict()
         policy_state[LAST_DECISION_KEY] = {"operator": decision.operator, "replicas": decision.replicas,
                                            "reason": decision.reason, "time": now}
+        if decision.operator != "hold":
+            # Lands in the Serve controller's log: the audit trail of scale events and why.
+            _log.info("corral autoscaler: %s %s %d -> %d: %s", self.config.arm, decision.operator,
+                      ctx.target_num_replicas, decision.replicas, decision.reason)
         return decision.replicas, policy_state

@@ -26,3 +26,9 @@ LABELS = ("route", "arm")
 def exported(name: str) -> str:
     """The series name Prometheus scrapes for one of the names above."""
     return PREFIX + name
+
+# Custom autoscaling metrics each arm replica reports to Ray Serve (`record_autoscaling_stats`)
+# for corral's policy; not Prometheus series. Latencies in seconds, KV cache use in [0, 1].
+SIGNAL_TTFT_P95 = "corral_ttft_p95_s"
+SIGNAL_ITL_P95 = "corral_itl_p95_s"
+SIGNAL_KV_CACHE = "corral_kv_cache_usage"

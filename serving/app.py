@@ -39,12 +39,21 @@ def cpu_thread_binds(fleet: FleetSpec) -> list[str]:
     workers get one core each, handed out round-robin (a TP=2 engine gets `0|1`, two TP=1
     engines get `0` and `1`); with fewer workers than cores, each worker gets a block of
     cores (a lone TP=1 engine on 2 cores gets `0-1`).
+
+    An arm that can have more than one replica gets `nobind` instead: the binding is part of
+    the arm's config, so every replica would be pinned to the same cores. Its workers run one
+    OpenMP thread each, unpinned (see `llm_config_dict`), and the OS spreads replicas over
+    the cores, so a second replica adds capacity as it would on a second GPU.
     """
     cores = fleet.cluster.devices_per_node
-    workers = sum(arm.engine.tensor_parallel_size for arm in fleet.arms)
+    pinned = [arm for arm in fleet.arms if arm.replicas.max == 1]
+    workers = sum(arm.engine.tensor_parallel_size for arm in pinned)
     per_worker = max(1, cores // max(workers, 1))
     binds, next_core = [], 0
     for arm in fleet.arms:
+        if arm.replicas.max > 1:
+            binds.append(NO_BIND)
+            continue
         groups = []
         for _ in range(arm.engine.tensor_parallel_size):
             first = next_core % cores
@@ -52,6 +61,9 @@ def cpu_thread_binds(fleet: FleetSpec) -> list[str]:
             next_core += per_worker
         binds.append("|".join(groups))
     return binds
+
+
+NO_BIND = "nobind"
 
 
 def llm_config_dict(arm: Arm, fleet: FleetSpec, home: Path | None = None, cpu_bind: str | None = None) -> dict[str, Any]:
@@ -68,6 +80,8 @@ def llm_config_dict(arm: Arm, fleet: FleetSpec, home: Path | None = None, cpu_bi
         engine.pop("gpu_memory_utilization", None)
         env["VLLM_CPU_KVCACHE_SPACE"] = _gib(fleet.cluster.cpu_kvcache_gib)
         env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind or "auto"
+        if cpu_bind == NO_BIND:
+            env["OMP_NUM_THREADS"] = "1"  # unpinned: one thread per worker, the OS places them
         bundle = {"CPU": arm.placement.cpus_per_worker}
     else:
         bundle = {"CPU": arm.placement.cpus_per_worker, "GPU": 1}
@@ -131,16 +145,19 @@ def app_builder(args: dict[str, Any]):
     from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 
     from corral.cluster.spec import parse_fleet
-    from corral.serving.router import CorralIngress
+    from corral.serving.llm_server import CorralLLMServer
+    from corral.serving.router import CorralIngress, ingress_app
 
     fleet = parse_fleet(args.get("fleet"), source="serve args.fleet")
     home = Path(args["corral_home"]) if args.get("corral_home") else None
     configs = [LLMConfig(**d) for d in llm_config_dicts(fleet, home)]
-    deployments = {c.model_id: build_llm_deployment(c) for c in configs}
+    # CorralLLMServer = LLMServer + engine signals for the autoscaler; same deployment names.
+    deployments = {c.model_id: build_llm_deployment(c, deployment_cls=CorralLLMServer, name_prefix="LLMServer:")
+                   for c in configs}
     cards = {c.model_id: to_model_metadata(c.model_id, c) for c in configs}
     endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda app: app.post("/v1/feedback"),
                  "routes": lambda app: app.get("/v1/corral/routes")}
-    ingress = make_fastapi_ingress(CorralIngress, endpoint_map=endpoints)
+    ingress = make_fastapi_ingress(CorralIngress, endpoint_map=endpoints, app=ingress_app())
     options = CorralIngress.get_deployment_options(configs)
     # Initial weights; the Serve config's `deployments` override (see serve_config) wins.
     options["user_config"] = router_user_config(fleet)

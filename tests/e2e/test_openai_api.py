@@ -8,7 +8,7 @@ import requests
 def test_models_lists_routes_and_arms(openai_client):
     ids = [m.id for m in openai_client.models.list().data]
     assert ids[:2] == ["llama", "tiny"]  # routes first
-    assert set(ids) == {"llama", "tiny", "smollm2", "tiny-random", "tiny-random-tp2"}
+    assert set(ids) == {"llama", "tiny", "smollm2", "tiny-random", "tiny-random-tp2", "tiny-elastic"}
 
 
 def test_chat_answers_sensibly(openai_client):

@@ -25,9 +25,21 @@ def test_cpu_cores_are_shared_out_per_worker():
     assert cpu_thread_binds(four) == ["0-1|2-3"]
 
 
+def test_cpu_arms_that_scale_out_run_unpinned_with_one_thread_per_worker():
+    # Pinning is per arm, so replicas of a scaling arm would all share the same cores.
+    fleet = parse_fleet({"cluster": {"devices_per_node": 2}, "arms": [
+        {"name": "fixed", "model": {"demo": "tiny-llama2-random"}},
+        {"name": "elastic", "model": {"demo": "tiny-llama2-random"}, "replicas": {"min": 1, "max": 2}},
+    ]})
+    assert cpu_thread_binds(fleet) == ["0-1", "nobind"]  # the pinned arm keeps both cores
+    fixed, elastic = (c["runtime_env"]["env_vars"] for c in llm_config_dicts(fleet, Path("/models")))
+    assert elastic["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and elastic["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in fixed
+
+
 def test_cpu_arms_get_cores_kv_cache_and_eager():
     fleet = load_fleet(ROOT / "tests/e2e/fleets/ab.yaml")
-    assert cpu_thread_binds(fleet) == ["0", "1", "0|1"]
+    assert cpu_thread_binds(fleet) == ["0", "1", "0|1", "nobind"]
     cfgs = {c["model_loading_config"]["model_id"]: c for c in llm_config_dicts(fleet, Path("/models"))}
     tp2 = cfgs["tiny-random-tp2"]
     assert tp2["engine_kwargs"]["tensor_parallel_size"] == 2

@@ -1,0 +1,125 @@
+"""corral's arm deployment: Ray Serve LLM's `LLMServer`, reporting engine signals to the autoscaler.
+
+The autoscaling policy (`corral.autoscaler.policy`) scales on latency and KV cache use as well
+as on request counts. Those numbers come from vLLM itself: the engine computes time to first
+token, per-request inter-token latency and KV cache use for its own metrics every iteration
+(`IterationStats`, `SchedulerStats`). `EngineSignals` is a vLLM stat logger that keeps the
+recent ones; `CorralLLMServer.record_autoscaling_stats` is Ray Serve's hook for custom
+autoscaling metrics, so they reach the policy through `AutoscalingContext.aggregated_metrics`
+on Serve's own metrics path (no second loop, no Prometheus round trip).
+
+The metric names are shared with the policy through `corral.cluster.metric_names` (serving may
+not import the autoscaler layer).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from typing import Any
+
+from ray.serve.llm import LLMServer
+
+from corral.cluster import metric_names as names
+
+logger = logging.getLogger("ray.serve")
+
+
+def _p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+class EngineSignals:
+    """A vLLM stat logger (the `StatLoggerBase` interface) that keeps the last `window_s` of
+    TTFT and per-request mean ITL samples and the latest KV cache use, for the autoscaler.
+
+    vLLM calls `record` from its output handler on the replica's event loop; `snapshot` runs on
+    the same loop, so no lock is needed. Memory is bounded by the window and `max_samples`.
+    """
+
+    def __init__(self, window_s: float = 20.0, max_samples: int = 4096, clock=time.monotonic):
+        if window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        self.window_s = window_s
+        self._clock = clock
+        self._ttft: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self._itl: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self._kv: tuple[float, float] | None = None
+
+    # -- vLLM's StatLoggerBase interface ---------------------------------------------------
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+               engine_idx: int = 0) -> None:
+        now = self._clock()
+        if scheduler_stats is not None:
+            self._kv = (now, float(scheduler_stats.kv_cache_usage))
+        if iteration_stats is not None:
+            for ttft in iteration_stats.time_to_first_tokens_iter:
+                self._ttft.append((now, ttft))
+            for done in iteration_stats.finished_requests:
+                # One sample per request: the SLO is on each request's mean inter-token latency.
+                if done.num_generation_tokens > 1 and done.mean_time_per_output_token > 0:
+                    self._itl.append((now, done.mean_time_per_output_token))
+
+    def log(self) -> None:
+        pass
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def record_sleep_state(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record_admission_rejection(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    # -- what the autoscaler reads ---------------------------------------------------------
+
+    def snapshot(self) -> dict[str, float]:
+        """p95 TTFT and ITL over the window and KV cache use; keys only for what was seen."""
+        cutoff = self._clock() - self.window_s
+        for samples in (self._ttft, self._itl):
+            while samples and samples[0][0] < cutoff:
+                samples.popleft()
+        out: dict[str, float] = {}
+        ttft = _p95([v for _, v in self._ttft])
+        itl = _p95([v for _, v in self._itl])
+        if ttft is not None:
+            out[names.SIGNAL_TTFT_P95] = ttft
+        if itl is not None:
+            out[names.SIGNAL_ITL_P95] = itl
+        if self._kv is not None and self._kv[0] >= cutoff:
+            out[names.SIGNAL_KV_CACHE] = self._kv[1]
+        return out
+
+
+def attach_signals(engine: Any, signals: EngineSignals) -> bool:
+    """Add `signals` to a started Ray Serve LLM vLLM engine's stat loggers. False (and a log
+    line) when the engine keeps no stats, e.g. `disable_log_stats` or another engine class."""
+    client = getattr(engine, "_engine_client", None)
+    manager = getattr(client, "logger_manager", None)
+    loggers = getattr(manager, "stat_loggers", None)
+    if not isinstance(loggers, list):
+        logger.warning("corral: the engine reports no stats; the autoscaler scales on request counts only")
+        return False
+    loggers.append(signals)
+    return True
+
+
+class CorralLLMServer(LLMServer):
+    """`LLMServer` plus `record_autoscaling_stats` (engine TTFT, ITL and KV cache use)."""
+
+    async def start(self) -> None:
+        await super().start()
+        self._corral_signals = EngineSignals()
+        attach_signals(self.engine, self._corral_signals)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve calls this every `metrics_interval_s`; values reach the autoscaling policy."""
+        signals = getattr(self, "_corral_signals", None)
+        return signals.snapshot() if signals is not None else {}

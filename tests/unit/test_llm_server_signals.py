@@ -1,0 +1,68 @@
+"""The replica-side autoscaling signals, fed with vLLM's own stats objects (no engine, no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.autoscaler.policy import METRIC_ITL_P95, METRIC_KV_CACHE, METRIC_TTFT_P95
+from corral.serving.llm_server import EngineSignals, attach_signals
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _iteration(ttfts=(), finished=()):
+    from vllm.v1.metrics.stats import FinishedRequestStats, IterationStats
+
+    it = IterationStats()
+    it.time_to_first_tokens_iter.extend(ttfts)
+    for tokens, tpot in finished:
+        it.finished_requests.append(FinishedRequestStats(finish_reason=None, num_generation_tokens=tokens,
+                                                         mean_time_per_output_token=tpot))
+    return it
+
+
+def test_signals_report_p95_over_the_window_and_forget_old_samples():
+    from vllm.v1.metrics.stats import SchedulerStats
+
+    clock = Clock()
+    sig = EngineSignals(window_s=20, clock=clock)
+    assert sig.snapshot() == {}  # nothing seen: no keys, the policy falls back to request counts
+    sig.record(SchedulerStats(kv_cache_usage=0.25), _iteration(ttfts=[0.1 * i for i in range(1, 21)],
+                                                               finished=[(10, 0.05), (1, 9.0), (5, 0.07)]))
+    snap = sig.snapshot()
+    assert snap[METRIC_TTFT_P95] == pytest.approx(1.9)  # 19th of 20 samples
+    assert snap[METRIC_ITL_P95] == pytest.approx(0.07)  # the one-token request has no ITL
+    assert snap[METRIC_KV_CACHE] == 0.25
+    clock.t += 15
+    sig.record(SchedulerStats(kv_cache_usage=0.5), _iteration(ttfts=[5.0]))
+    assert sig.snapshot()[METRIC_TTFT_P95] == 2.0  # p95 of 21 samples: the 20th smallest
+    clock.t += 10  # the first batch is now older than the window
+    snap = sig.snapshot()
+    assert snap[METRIC_TTFT_P95] == 5.0 and METRIC_ITL_P95 not in snap
+    assert snap[METRIC_KV_CACHE] == 0.5
+    clock.t += 30
+    assert sig.snapshot() == {}
+    with pytest.raises(ValueError, match="window_s"):
+        EngineSignals(window_s=0)
+
+
+def test_attach_needs_an_engine_that_keeps_stats():
+    class Manager:
+        stat_loggers: list = []
+
+    class Client:
+        logger_manager = Manager()
+
+    class Engine:
+        _engine_client = Client()
+
+    sig = EngineSignals()
+    assert attach_signals(Engine(), sig) and Manager.stat_loggers == [sig]
+    Client.logger_manager = None  # vLLM with log_stats off
+    assert not attach_signals(Engine(), EngineSignals())
