@@ -36,6 +36,33 @@ ROUTE_HEADER = "x-corral-route"
 SESSION_HEADER = "x-session-id"
 
 
+def log_buckets(low_s: float, high_s: float, per_decade: int = 20) -> list[float]:
+    """Geometric histogram boundaries from low_s to high_s, `per_decade` per factor of ten
+    (20 = 12% apart), rounded to 3 significant digits.
+
+    Fine buckets matter twice here: SLO gates read quantiles off these histograms, and Ray's
+    metrics exporter turns every observation into its bucket's *midpoint* (so `_sum`/`_count`
+    means are only as exact as the buckets are narrow: at 12% apart, within about 6%).
+    """
+    if not 0 < low_s < high_s or per_decade < 1:
+        raise ValueError(f"need 0 < low_s ({low_s}) < high_s ({high_s}) and per_decade ({per_decade}) >= 1")
+    out, k = [], 0
+    while True:
+        b = float(f"{low_s * 10 ** (k / per_decade):.3g}")
+        if b > high_s * (1 + 1e-9):
+            return out
+        if not out or b > out[-1]:
+            out.append(b)
+        k += 1
+
+
+# SLO metrics (TTFT, ITL) 12% apart; end-to-end latency, which spans more, 26% apart and with
+# a 10.0 boundary (the rollout's goodput gate counts requests under 10 s).
+TTFT_BUCKETS_S = log_buckets(0.005, 120)
+ITL_BUCKETS_S = log_buckets(0.001, 2)
+LATENCY_BUCKETS_S = log_buckets(0.01, 600, per_decade=10)
+
+
 class RequestMetrics:
     """Per-route, per-arm series recorded with ray.util.metrics (exported by Ray's metrics agent)."""
 
@@ -44,13 +71,11 @@ class RequestMetrics:
 
         tags = ("route", "arm")
         self.requests = metrics.Counter(names.REQUESTS.removesuffix("_total"), "Requests by route, arm and HTTP status.", tag_keys=tags + ("status",))
-        buckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
-        self.latency = metrics.Histogram(names.LATENCY, "End-to-end request latency (s).", boundaries=buckets, tag_keys=tags)
-        self.ttft = metrics.Histogram(names.TTFT, "Time to first token (s).", boundaries=buckets, tag_keys=tags)
-        self.itl = metrics.Histogram(
-            names.ITL, "Mean inter-token latency per request (s).",
-            boundaries=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], tag_keys=tags,
-        )
+        self.latency = metrics.Histogram(names.LATENCY, "End-to-end request latency (s).",
+                                         boundaries=LATENCY_BUCKETS_S, tag_keys=tags)
+        self.ttft = metrics.Histogram(names.TTFT, "Time to first token (s).", boundaries=TTFT_BUCKETS_S, tag_keys=tags)
+        self.itl = metrics.Histogram(names.ITL, "Mean inter-token latency per request (s).",
+                                     boundaries=ITL_BUCKETS_S, tag_keys=tags)
         self.input_tokens = metrics.Counter(names.INPUT_TOKENS.removesuffix("_total"), "Prompt tokens.", tag_keys=tags)
         self.output_tokens = metrics.Counter(names.OUTPUT_TOKENS.removesuffix("_total"), "Completion tokens.", tag_keys=tags)
         self.feedback = metrics.Histogram(names.FEEDBACK, "User ratings in [0, 1].", boundaries=[0.25, 0.5, 0.75, 1.0], tag_keys=tags)
@@ -69,6 +94,35 @@ class RequestMetrics:
                 self.input_tokens.inc(usage["prompt_tokens"], tags)
             if usage.get("completion_tokens"):
                 self.output_tokens.inc(usage["completion_tokens"], tags)
+
+
+class ArrivalStamp:
+    """Pure ASGI middleware (the outermost one): stamps when a request reached the ingress, so
+    the router's TTFT and latency include body parsing and validation, as a client sees them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[ARRIVAL_KEY] = time.perf_counter()
+        await self.app(scope, receive, send)
+
+
+ARRIVAL_KEY = "corral_arrival_s"
+
+
+def ingress_app():
+    """Ray Serve LLM's FastAPI app (its middleware and error handlers) plus ArrivalStamp."""
+    from ray.llm._internal.serve.core.ingress.ingress import init
+
+    app = init()
+    app.add_middleware(ArrivalStamp)  # added last = runs first
+    return app
+
+
+def _arrival(request: Request) -> float:
+    return (request.scope.get("state") or {}).get(ARRIVAL_KEY) or time.perf_counter()
 
 
 class CorralIngress(OpenAiIngress):
@@ -151,7 +205,7 @@ class CorralIngress(OpenAiIngress):
             # Usage in the last chunk gives exact token counts for metrics; it is stripped again
             # below if the client did not ask for it.
             body.stream_options = _with_usage(body)
-        start = time.perf_counter()
+        start = _arrival(request)
         try:
             response = await self._process_llm_request(body, call_method=call_method, raw_request=request)
         except OpenAIHTTPException as exc:
