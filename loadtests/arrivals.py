@@ -97,15 +97,24 @@ class TraceSlice:
 
 def trace_schedule(rows: list[TraceRow], start_s: float = 0.0, duration_s: float | None = None,
                    speedup: float = 1.0, max_requests: int | None = None,
-                   max_total_tokens: int | None = None, min_output_tokens: int = 1) -> TraceSlice:
+                   max_total_tokens: int | None = None, min_output_tokens: int = 1,
+                   keep: float = 1.0, token_scale: float = 1.0, seed: int = 0) -> TraceSlice:
     """Replay trace rows from start_s (trace time) for duration_s (wall time after compression).
 
     `speedup` compresses time: 10 sends an hour of trace in 6 minutes, 10x the rate, with the
-    same burstiness. `max_total_tokens` (the engine's max_model_len) clips long requests: the
-    prompt is shortened first, keeping the answer length, since decode dominates latency.
+    same burstiness. `keep` thins the trace to a random share of its requests (seeded), and
+    `token_scale` shrinks every prompt and answer: together they fit a production trace to a
+    small fleet while keeping when the bursts come. `max_total_tokens` (the engine's
+    max_model_len) clips long requests: the prompt is shortened first, keeping the answer
+    length, since decode dominates latency.
     """
     if speedup <= 0:
         raise ValueError(f"speedup={speedup} must be > 0")
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep={keep} must lie in (0, 1]")
+    if not 0 < token_scale <= 1:
+        raise ValueError(f"token_scale={token_scale} must lie in (0, 1]")
+    rng = random.Random(seed)
     if duration_s is not None and duration_s <= 0:
         raise ValueError(f"duration_s={duration_s} must be > 0")
     out: list[Arrival] = []
@@ -119,7 +128,10 @@ def trace_schedule(rows: list[TraceRow], start_s: float = 0.0, duration_s: float
             break
         if max_requests is not None and len(out) >= max_requests:
             break
-        ctx, gen = max(1, row.context_tokens), max(min_output_tokens, row.generated_tokens)
+        if keep < 1 and rng.random() >= keep:
+            continue
+        ctx = max(1, round(row.context_tokens * token_scale))
+        gen = max(min_output_tokens, round(row.generated_tokens * token_scale))
         if max_total_tokens is not None and ctx + gen > max_total_tokens:
             clipped += 1
             gen = min(gen, max_total_tokens // 2)

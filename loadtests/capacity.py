@@ -12,7 +12,10 @@ and `max_num_seqs` M, the planner
    * the ITL (or TPOT) bound: the batch whose iteration time times the measured tail factor
      (p_q / mean) reaches the SLO threshold, and the rate that produces that batch;
    * the batch cap: with M slots busy the replica is an M-server queue with service time S(M);
-     Erlang C gives the rate at which the TTFT (or e2e) percentile reaches its threshold;
+     Erlang C gives the probability of waiting, and the Allen-Cunneen approximation for M/G/c
+     scales the wait by (1 + cv²)/2, cv² being the measured squared coefficient of variation
+     of service times (≈ 0 for forced output lengths, ≈ 1 for exponential ones): the rate at
+     which the TTFT (or e2e) percentile reaches its threshold;
    * the model's λ*(M) is the smaller of the two; it is scaled by one factor so that it equals
      the measured λ* at the measured M (the model predicts *changes*, the measurement anchors);
 3. predicts λ* at another replica count (linear in replicas) or another max_num_seqs, and sizes
@@ -53,6 +56,8 @@ class StagePoint:
     """Mean requests in flight per replica."""
     output_tokens_mean: float
     input_tokens_mean: float
+    service_cv2: float = 1.0
+    """Squared coefficient of variation of the requests' time in decode (variance / mean²)."""
 
 
 def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord]]], clauses: list[SloClause],
@@ -73,7 +78,9 @@ def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord
         itl_mean = sum(itls) / len(itls)
         tpot_mean = sum(tpots) / len(tpots) if tpots else itl_mean
         verdict = evaluate(clauses, measured)
-        decode_time = sum(r.e2e_s - r.ttft_s for r in ok) / len(ok)
+        decode_times = [r.e2e_s - r.ttft_s for r in ok]
+        decode_time = sum(decode_times) / len(ok)
+        cv2 = (sum((d - decode_time) ** 2 for d in decode_times) / len(ok)) / decode_time ** 2 if decode_time > 0 else 1.0
         e2e = sum(r.e2e_s for r in ok) / len(ok)
         points.append(StagePoint(
             name=name, rate_rps=rate, rate_per_replica_rps=rate / replicas,
@@ -85,6 +92,7 @@ def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord
             decode_batch=rate / replicas * decode_time, in_flight=rate / replicas * e2e,
             output_tokens_mean=sum(r.output_tokens or 0 for r in ok) / len(ok),
             input_tokens_mean=sum(r.input_tokens or 0 for r in ok) / len(ok),
+            service_cv2=cv2,
         ))
     return sorted(points, key=lambda p: p.rate_rps)
 
@@ -136,6 +144,8 @@ class ReplicaModel:
     tpot_tail_ratio: float
     batch_range: tuple[float, float]
     """Smallest and largest mean decode batch measured."""
+    service_cv2: float = 1.0
+    """Squared coefficient of variation of service time (lightest measured stage): 1 = M/M/c."""
 
     def t_iter(self, batch: float) -> float:
         return self.iter_base_s + self.iter_per_seq_s * max(1.0, batch)
@@ -190,9 +200,16 @@ class ReplicaModel:
         if not limits:
             return 0.9 * c * mu  # no waiting-time clause: stay clear of the unstable region
 
+        # Given that it waits, a request's wait is ~exponential with rate (cμ - λ) in M/M/c;
+        # Allen-Cunneen stretches the mean wait by (1 + cv²)/2 for general service times.
+        stretch = (1 + self.service_cv2) / 2
+
         def ok(lam: float) -> bool:
-            pw = erlang_c(c, lam / mu)
-            return all(pw * math.exp(-(c * mu - lam) * budget) <= miss for budget, miss in limits)
+            # Whether a request waits depends on the load at the *mean* batch (slots free up
+            # faster while few are busy); how long it waits, on the full batch's service rate.
+            batch = min(float(c), self.batch_at(lam))
+            pw = erlang_c(c, lam * self.service_s(batch))
+            return all(pw * math.exp(-(c * mu - lam) * budget / stretch) <= miss for budget, miss in limits)
 
         lo, hi = 0.0, c * mu * (1 - 1e-9)
         for _ in range(60):
@@ -202,6 +219,23 @@ class ReplicaModel:
 
     def lambda_star(self, max_num_seqs: int, clauses: list[SloClause]) -> float:
         return min(self.lambda_latency_bound(clauses), self.lambda_queue_bound(max_num_seqs, clauses))
+
+    def latency_curve(self, max_batch: int, name: str = "measured", source: str = "") -> dict[str, Any]:
+        """The fitted model as a latency-vs-batch curve file (the format of the autoscaler
+        simulator's `--curve`: batch, itl_s, prefill cost): measured curves replace the illustrative
+        default. Prefill is the lightest-load TTFT less one iteration, spread over the measured
+        prompt length (HTTP and queueing overheads included, so it errs on the slow side)."""
+        batches = sorted({1, 2, *(2 ** k for k in range(2, 12) if 2 ** k < max_batch), max(2, max_batch)})
+        prefill = max(0.0, self.ttft0_s - self.t_iter(1))
+        return {
+            "name": name,
+            "source": source or "fitted by corral plan capacity from a load-test sweep: t_iter(B) = a + b*B",
+            "batch": batches,
+            "itl_s": [round(self.t_iter(b), 6) for b in batches],
+            "prefill_s_per_token": round(prefill / max(1.0, self.input_tokens), 9),
+            "prefill_base_s": 0.0,
+            "measured_batch_range": list(self.batch_range),
+        }
 
 
 def erlang_c(servers: int, offered_load: float) -> float:
@@ -241,6 +275,8 @@ def fit_model(points: list[StagePoint], max_num_seqs: int | None = None) -> Repl
         itl_tail_ratio=_median([p.itl_tail_ratio for p in points if p.met] or [p.itl_tail_ratio for p in points]),
         tpot_tail_ratio=_median([p.tpot_tail_ratio for p in points if p.met] or [p.tpot_tail_ratio for p in points]),
         batch_range=(min(xs), max(xs)),
+        # The lightest stage: its decode times vary with output lengths, not with queueing.
+        service_cv2=min(1.0, points[0].service_cv2),
     )
 
 

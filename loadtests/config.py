@@ -55,6 +55,10 @@ class LoadConfig:
     """trace: where in the trace to start (trace time)."""
     trace_speedup: float = 1.0
     """trace: time compression factor (10 = ten times faster than recorded)."""
+    trace_keep: float = 1.0
+    """trace: share of the trace's requests sent (seeded random thinning; bursts keep their timing)."""
+    trace_token_scale: float = 1.0
+    """trace: factor on every prompt and answer length (0.1 = a tenth of the recorded tokens)."""
     max_total_tokens: int | None = 2048
     """trace: clip prompt + answer to this (the engine's max_model_len); None = no clipping."""
     sweep_arrival: str = "poisson"
@@ -102,6 +106,9 @@ class LoadConfig:
         for name in ("warmup_s", "trace_start_s", "progress_interval_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("trace_keep", "trace_token_scale"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in (0, 1]")
         if self.max_requests is not None and self.max_requests < 1:
             raise ValueError(f"max_requests={self.max_requests} must be >= 1")
         if self.sweep_arrival not in ("poisson", "constant"):
@@ -157,10 +164,11 @@ def stages(config: LoadConfig) -> list[StagePlan]:
     # trace
     rows = load_trace(c.trace_path)
     sl = trace_schedule(rows, start_s=c.trace_start_s, duration_s=total, speedup=c.trace_speedup,
-                        max_requests=c.max_requests, max_total_tokens=c.max_total_tokens)
+                        max_requests=c.max_requests, max_total_tokens=c.max_total_tokens,
+                        keep=c.trace_keep, token_scale=c.trace_token_scale, seed=c.seed)
     rate = len(sl.arrivals) / total if sl.arrivals else 0.0
     c.trace_meta = {"requests": len(sl.arrivals), "clipped": sl.clipped, "trace_span_s": sl.trace_span_s,
-                    "mean_rate_rps": rate}
+                    "mean_rate_rps": rate, "keep": c.trace_keep, "token_scale": c.trace_token_scale}
     return [StagePlan(f"trace x{c.trace_speedup:g}", c.duration_s, c.warmup_s, schedule=sl.arrivals,
                       rate_rps=rate)]
 

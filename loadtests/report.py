@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def summarize_stage(name: str, records: list[RequestRecord], duration_s: float, rate_rps: float | None,
-                    clauses: list[SloClause], max_lag_s: float, concurrency: int | None = None) -> dict[str, Any]:
+                    clauses: list[SloClause], max_lag_s: float, concurrency: int | None = None,
+                    started_unix: float | None = None) -> dict[str, Any]:
     """Summary of one stage's measured (non-warm-up) requests."""
     measured = [r for r in records if r.phase == "measure"]
     ok = [r for r in measured if r.ok]
@@ -54,6 +56,7 @@ def summarize_stage(name: str, records: list[RequestRecord], duration_s: float, 
         "offered_rate_rps": rate_rps,
         "concurrency": concurrency,
         "duration_s": duration_s,
+        "started_unix": started_unix,
         "warmup_requests": len(records) - len(measured),
         **block,
         "error_rate": block["errors"] / len(measured) if measured else None,
@@ -79,7 +82,7 @@ def summarize(run: dict[str, Any], stage_records: list[tuple[dict[str, Any], lis
     clauses = parse_slo(slo) if slo else []
     stage_summaries = [
         summarize_stage(meta["name"], recs, meta["duration_s"], meta.get("rate_rps"), clauses, max_lag_s,
-                        meta.get("concurrency"))
+                        meta.get("concurrency"), meta.get("started_unix"))
         for meta, recs in stage_records
     ]
     met = [s for s in stage_summaries if s["slo"] and s["slo"]["met"] and s["offered_rate_rps"]]
@@ -93,8 +96,22 @@ def summarize(run: dict[str, Any], stage_records: list[tuple[dict[str, Any], lis
                      f"{s['lag_s']['p99']:.3f}s > {max_lag_s:g}s, {s['late_requests']} late requests); "
                      "its latencies understate the offered load" for s in stage_summaries if s["generator_behind"]]
         + [f"stage {s['name']}: {s['errors']} of {s['requests']} requests failed"
-           for s in stage_summaries if s["errors"]],
+           for s in stage_summaries if s["errors"]]
+        + [w for s in stage_summaries for w in _small_sample_warnings(s, clauses)],
     }
+
+
+def _small_sample_warnings(stage: dict[str, Any], clauses: list[SloClause]) -> list[str]:
+    """A p95 verdict over 16 requests flips on a single slow one: say so."""
+    out = []
+    n = stage["requests"]
+    for c in clauses:
+        tail = 1 - c.quantile_pct / 100
+        needed = math.ceil(3 / tail) if tail > 0 else 0
+        if n and n < needed:
+            out.append(f"stage {stage['name']}: {n} measured requests; its {c.key} verdict turns on "
+                       f"{math.floor(n * tail) + 1} slow request(s) (>= {needed} requests for a stable verdict)")
+    return out
 
 
 def read_records(path: str | Path) -> list[RequestRecord]:

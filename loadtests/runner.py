@@ -45,6 +45,8 @@ class StageResult:
     wall_s: float
     cut_off: int = 0
     """Requests still running when the stage's hard time limit hit (recorded as errors)."""
+    started_unix: float | None = None
+    """Wall-clock time (Unix seconds) of the stage's t=0, to line its records up with other timelines."""
 
 
 @dataclass
@@ -64,12 +66,17 @@ class _Stage:
         self.records: list[RequestRecord] = []
         self.started = gevent.event.Event()
         self.t0 = 0.0
+        self.t0_unix: float | None = None
         self.next_index = 0
         self.next_id = first_id
         self.in_flight = 0
+        """Requests taken by a user: scheduled ones waiting for their send time, and those sent."""
+        self.sent = 0
+        """Requests actually sent so far."""
 
     def start(self) -> None:
         self.t0 = time.perf_counter()
+        self.t0_unix = time.time()
         self.started.set()
 
     def elapsed(self) -> float:
@@ -132,6 +139,7 @@ class LoadUser(User):
             gevent.sleep(max(0.0, scheduled - stage.elapsed()))
         c = stage.config
         sent = stage.elapsed()
+        stage.sent += 1
         warm = (scheduled if scheduled is not None else sent) < stage.plan.warmup_s
         record = RequestRecord(
             request_id=rid, stage=stage.plan.name, phase="warmup" if warm else "measure",
@@ -183,8 +191,8 @@ def _progress(stage: _Stage, interval_s: float, out) -> None:
         last_done, last_t = len(recs), t
         lag = percentile(lags, 99)
         ttft = percentile(ttfts, 50)
-        print(f"[{stage.plan.name}] t={t:6.1f}s sent={stage.next_index} done={len(recs)} "
-              f"in-flight={stage.in_flight} errors={sum(1 for r in recs if not r.ok)} "
+        print(f"[{stage.plan.name}] t={t:6.1f}s sent={stage.sent} done={len(recs)} "
+              f"in-flight={stage.sent - len(recs)} errors={sum(1 for r in recs if not r.ok)} "
               f"rate={rate:5.2f}/s ttft_p50={'-' if ttft is None else f'{ttft:.3f}s'} "
               f"lag_p99={'-' if lag is None else f'{lag:.3f}s'}", file=out, flush=True)
 
@@ -213,7 +221,7 @@ def run_stage(env: Environment, plan: StagePlan, config: LoadConfig, calibration
     for rid in range(first_id, stage.next_id):
         if rid not in done_ids:
             records.append(RequestRecord(request_id=rid, stage=plan.name, error="cut off at the stage's time limit"))
-    return StageResult(plan, records, stage.elapsed(), cut_off)
+    return StageResult(plan, records, stage.elapsed(), cut_off, started_unix=stage.t0_unix)
 
 
 def run(config: LoadConfig, out=sys.stderr) -> RunResult:

@@ -135,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.results) / "capacity-overlay.yaml"
     out.write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     (out.parent / "capacity-plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    # The fitted per-replica curve, in the format benchmarks/autoscaler_sim.py --curve reads.
+    curve = planner.model.latency_curve(max(plan.max_num_seqs, planner.measured.max_num_seqs),
+                                        name=f"{plan.arm}-measured",
+                                        source=f"corral plan capacity --results {args.results} (arm {plan.arm})")
+    curve_path = out.parent / "latency-curve.json"
+    curve_path.write_text(json.dumps(curve, indent=2) + "\n")
     predictions = []
     if args.predict_replicas or args.predict_max_num_seqs:
         pred = planner.predict(args.predict_replicas, args.predict_max_num_seqs)
@@ -155,4 +161,5 @@ def run(args: argparse.Namespace) -> int:
         for w in plan.warnings + [w for p in predictions for w in p.warnings if w not in plan.warnings]:
             print(f"  warning: {w}", file=sys.stderr)
         print(f"overlay   {out}")
+        print(f"curve     {curve_path}  (latency vs batch, for benchmarks/autoscaler_sim.py --curve)")
     return 0

@@ -18,7 +18,8 @@ _FIELDS = {
     "warmup_s": ("--warmup", float), "max_requests": ("--max-requests", int),
     "input_tokens": ("--input-tokens", int), "output_tokens": ("--output-tokens", int),
     "trace_path": ("--trace", str), "trace_start_s": ("--trace-start", float),
-    "trace_speedup": ("--speedup", float), "max_total_tokens": ("--max-total-tokens", int),
+    "trace_speedup": ("--speedup", float), "trace_keep": ("--trace-keep", float),
+    "trace_token_scale": ("--token-scale", float), "max_total_tokens": ("--max-total-tokens", int),
     "sweep_arrival": ("--sweep-arrival", str), "sweep_start_rps": ("--sweep-start", float),
     "sweep_step_rps": ("--sweep-step", float), "sweep_max_rps": ("--sweep-max", float),
     "sweep_failures": ("--sweep-failures", int), "slo": ("--slo", str),
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "slo": "SLO, e.g. ttft_p95=0.5,itl_p95=50ms (required for --mode sweep)",
         "trace_speedup": "trace time compression (10 = ten times the recorded rate)",
         "rate_rps": "offered requests/s (constant, poisson)",
+        "trace_keep": "share of the trace's requests to send (seeded thinning, keeps burst timing)",
+        "trace_token_scale": "factor on the trace's prompt and answer lengths",
     }
     p = sub.add_parser("loadtest", help="measure a running fleet (TTFT, ITL, throughput, SLO attainment)",
                        description=__doc__)
@@ -116,7 +119,8 @@ def build_summary(result, deployment: dict | None) -> tuple[dict, list]:
         "deployment": deployment,
     }
     stage_records = [({"name": s.plan.name, "duration_s": s.plan.duration_s, "rate_rps": s.plan.rate_rps,
-                       "concurrency": s.plan.concurrency}, s.records) for s in result.stages]
+                       "concurrency": s.plan.concurrency, "started_unix": s.started_unix}, s.records)
+                     for s in result.stages]
     summary = summarize(run_meta, stage_records, c.slo, c.max_lag_s)
     records = [r for s in result.stages for r in s.records]
     return summary, records

@@ -109,3 +109,21 @@ def test_stages_for_each_mode():
     assert len(capped[0].schedule) == 20
     sweep = stages(LoadConfig(mode="sweep", slo="ttft_p95=1", sweep_start_rps=1, sweep_step_rps=1, sweep_max_rps=3))
     assert [s.rate_rps for s in sweep] == [1, 2, 3]
+
+
+def test_trace_thinning_and_token_scale_keep_the_timing():
+    rows = load_trace(TRACE)
+    full = trace_schedule(rows, duration_s=600)
+    thin = trace_schedule(rows, duration_s=600, keep=0.25, token_scale=0.1, seed=1)
+    assert len(thin.arrivals) == pytest.approx(len(full.arrivals) / 4, rel=0.1)
+    # Every kept request is one of the trace's, at its recorded time, with a tenth of its tokens.
+    by_time = {a.at_s: a for a in full.arrivals}
+    for a in thin.arrivals:
+        orig = by_time[a.at_s]
+        assert a.input_tokens == max(1, round(orig.input_tokens * 0.1))
+        assert a.output_tokens == max(1, round(orig.output_tokens * 0.1))
+    assert trace_schedule(rows, duration_s=60, keep=0.5, seed=1) == trace_schedule(rows, duration_s=60, keep=0.5, seed=1)
+    with pytest.raises(ValueError, match="keep"):
+        trace_schedule(rows, keep=0)
+    with pytest.raises(ValueError, match="trace_token_scale"):
+        LoadConfig(trace_token_scale=2).validate()

@@ -142,6 +142,13 @@ def test_cli_writes_an_overlay_the_demo_fleet_accepts(results_dir, capsys):
     assert overlay["arms"][0]["name"] == "smollm2-135m"
     plan = json.loads((results_dir / "capacity-plan.json").read_text())
     assert plan["replicas"] == overlay["arms"][0]["replicas"]["max"]
+    # The fitted curve is a file the autoscaler simulator reads as is (the contract between layers).
+    from corral.autoscaler.simulator import LatencyCurve
+
+    curve = LatencyCurve.load(results_dir / "latency-curve.json")
+    assert curve.batch[0] == 1 and curve.batch[-1] >= plan["max_num_seqs"]
+    assert curve.itl(1) == pytest.approx(A + B_PER_SEQ, rel=0.02)
+    assert curve.itl(8) == pytest.approx(A + 8 * B_PER_SEQ, rel=0.02)
 
 
 @pytest.mark.parametrize("argv, field", [
@@ -159,3 +166,11 @@ def test_cli_bad_input_exits_2(results_dir, argv, field):
     with pytest.raises(CliError) as err:
         _cli(["--results", str(results_dir), *flat])
     assert err.value.code == 2 and field in str(err.value)
+
+
+def test_summary_warns_when_a_stage_is_too_small_for_its_slo_percentile():
+    small = [({"name": "rate=1", "duration_s": 10.0, "rate_rps": 1.0}, stage_records(1, "rate=1", n=16))]
+    big = [({"name": "rate=1", "duration_s": 10.0, "rate_rps": 1.0}, stage_records(1, "rate=1", n=80))]
+    warned = summarize({}, small, SLO, 0.05)["warnings"]
+    assert any("16 measured requests" in w and "ttft_p95" in w and ">= 60 requests" in w for w in warned), warned
+    assert not any("measured requests" in w for w in summarize({}, big, SLO, 0.05)["warnings"])
