@@ -243,7 +243,7 @@ def test_helm_test_hook_calls_v1_models():
 
 
 def test_dashboards_ship_as_sidecar_configmaps():
-    maps = by_kind(render(), "ConfigMap")
+    maps = [m for m in by_kind(render(), "ConfigMap") if "grafana_dashboard" in m["metadata"]["labels"]]
     assert {m["metadata"]["name"] for m in maps} == {
         "llm-corral-dashboard-fleet", "llm-corral-dashboard-arm", "llm-corral-dashboard-rollout"}
     for m in maps:
@@ -350,3 +350,25 @@ def test_dashboard_queries_use_exported_series_and_resolve():
         for series in re.findall(r"\bray_vllm\w*", expr):
             assert series.startswith("ray_vllm_"), series
     assert sum("ray_vllm_" in q.expr for q in queries) >= 5
+
+
+def test_controller_runs_a_real_cli_command_on_the_mounted_fleet():
+    import re
+
+    from corral.cli import build_parser
+    from corral.cluster.spec import parse_fleet
+
+    docs = render()
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-controller")]
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value", f"<{e['name']}>") for e in container["env"]}
+    argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], a) for a in container["command"] + container.get("args", [])]
+    assert argv[0] == "corral"
+    args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on a command the CLI does not have
+    assert args.func.__module__ == "corral.commands.rollout" and args.kube == env["CORRAL_RAYSERVICE"]
+    # The fleet file it names is the ConfigMap mounted there, holding a valid fleet spec.
+    mount = next(m for m in container["volumeMounts"] if args.fleet.startswith(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]]
+    parse_fleet(yaml.safe_load(cm["data"][Path(args.fleet).name]), source="chart fleet ConfigMap")
