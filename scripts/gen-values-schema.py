@@ -83,7 +83,7 @@ def chart_schema() -> dict[str, Any]:
                                "labels": STR_MAP}),
         "prometheusRule": obj({"enabled": {"type": "boolean"},
                                "availabilityObjective": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                               "rolloutFailedExpr": s("PromQL.", minLength=1), "labels": STR_MAP}),
+                               "rolloutFailedExpr": s("PromQL (\"\" = no rollout alert)."), "labels": STR_MAP}),
         "dashboards": obj({"enabled": {"type": "boolean"}, "label": s("Sidecar label."), "labelValue": s("Label value."),
                            "folder": s("Grafana folder.")}),
         "networkPolicy": obj({"enabled": {"type": "boolean"}, "kuberayOperatorNamespace": K8S_NAME,

@@ -258,7 +258,13 @@ def test_prometheus_rule_burn_rates_use_the_objective(tmp_path):
     exprs = {r.get("alert") or r.get("record"): r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert "> 0.144" in exprs["CorralErrorBudgetBurnFast"]  # 14.4 x (1 - 0.99)
     assert "ray_corral_requests_total" in exprs["corral:error_ratio:rate1h"]
-    assert "CorralRolloutFailed" in exprs
+    # No rollout alert by default (the controller exports no rollback series); one when given.
+    assert "CorralRolloutFailed" not in exprs
+    docs = render([values_file(tmp_path, {"prometheusRule": {"enabled": True, "rolloutFailedExpr": "up == 0"}},
+                               name="with-rollout.yaml")])
+    (rule,) = by_kind(docs, "PrometheusRule")
+    exprs = {r.get("alert") or r.get("record"): r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert exprs["CorralRolloutFailed"] == "up == 0"
 
 
 BAD_VALUES = [
