@@ -5,11 +5,12 @@ SLO) at configuration B (e.g. two replicas, or another max_num_seqs), then measu
 the same sweep and print the relative error, side by side in one run, as JSON. The result is
 also written to OUT/accuracy.json and appended to B's report.html.
 
-Real fleet (the two configurations as two arms of one running fleet, pinned by arm name):
-    python benchmarks/capacity_accuracy.py --base-url http://127.0.0.1:8000 \
-        --model-a smollm2-135m --replicas-a 1 --max-num-seqs-a 16 \
-        --model-b smollm2-135m-x2 --replicas-b 2 --max-num-seqs-b 16 \
-        --slo ttft_p95=2,tpot_p95=0.25 --sweep-start 0.25 --sweep-step 0.25 --sweep-max 4
+Real fleet (the two configurations as two arms of one fleet, pinned by arm name; --fleet
+deploys it first and stops it at the end):
+    python benchmarks/capacity_accuracy.py --fleet benchmarks/fleets/capacity-accuracy.yaml \
+        --model-a seqs8 --max-num-seqs-a 8 --model-b seqs2 --max-num-seqs-b 2 --replicas-b 1 \
+        --slo ttft_p95=2,tpot_p95=0.25 --sweep-start 0.2 --sweep-step 0.2 --sweep-max 3 \
+        --duration 40 --warmup 5 --input-tokens 64 --output-tokens 16
 Self-check of the pipeline against the simulated engine (no fleet needed):
     python benchmarks/capacity_accuracy.py --mock
 """
@@ -38,13 +39,14 @@ def sweep(base_url: str, model: str, out: Path, a: argparse.Namespace) -> None:
            "--sweep-max", str(a.sweep_max), "--sweep-failures", "1", "--duration", str(a.duration),
            "--warmup", str(a.warmup), "--input-tokens", str(a.input_tokens), "--output-tokens", str(a.output_tokens),
            "--progress-interval", "5", "--out", str(out)]
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout stays pure JSON
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
     p.add_argument("--mock", action="store_true", help="run against the simulated engine (loadtests/mockserver.py)")
+    p.add_argument("--fleet", default=None, help="deploy this fleet spec first (corral up), stop it at the end")
     p.add_argument("--model-a", default="a")
     p.add_argument("--replicas-a", type=int, default=1)
     p.add_argument("--max-num-seqs-a", type=int, default=16)
@@ -66,14 +68,25 @@ def main() -> int:
     from corral.loadtests.mockserver import spawn
 
     out = Path(a.out)
+    if a.fleet:
+        from corral.commands.up import apply_fleet, run_down
+
+        with contextlib.redirect_stdout(sys.stderr):
+            run_down(None)
+        apply_fleet(a.fleet, timeout_s=1200, prometheus=False, say=lambda m: print(m, file=sys.stderr, flush=True))
     ctx = spawn(MOCK) if a.mock else contextlib.nullcontext(a.base_url)
     started = time.time()
-    with ctx as base_url:
-        sweep(base_url, a.model_a, out / "a", a)
-        planner_a, _ = load_planner(str(out / "a"), a.slo, arm=a.model_a, replicas=a.replicas_a,
-                                    max_num_seqs=a.max_num_seqs_a)
-        predicted = planner_a.predict(replicas=a.replicas_b, max_num_seqs=a.max_num_seqs_b)
-        sweep(base_url, a.model_b, out / "b", a)
+    try:
+        with ctx as base_url:
+            sweep(base_url, a.model_a, out / "a", a)
+            planner_a, _ = load_planner(str(out / "a"), a.slo, arm=a.model_a, replicas=a.replicas_a,
+                                        max_num_seqs=a.max_num_seqs_a)
+            predicted = planner_a.predict(replicas=a.replicas_b, max_num_seqs=a.max_num_seqs_b)
+            sweep(base_url, a.model_b, out / "b", a)
+    finally:
+        if a.fleet:
+            with contextlib.redirect_stdout(sys.stderr):
+                run_down(None)
     planner_b, _ = load_planner(str(out / "b"), a.slo, arm=a.model_b, replicas=a.replicas_b,
                                 max_num_seqs=a.max_num_seqs_b)
     measured_b = planner_b.lam.per_replica_rps * a.replicas_b
@@ -90,6 +103,7 @@ def main() -> int:
         "prediction_warnings": predicted.warnings,
         "sweep_step_rps": a.sweep_step,
         "mock": a.mock,
+        "fleet": a.fleet,
         "wall_s": time.time() - started,
     }
     (out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
