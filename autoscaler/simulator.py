@@ -108,12 +108,17 @@ class Request:
     generated_tokens: int
 
 
-def load_trace(path: str | Path = DEFAULT_TRACE, speedup: float = 1.0, limit_s: float | None = None) -> list[Request]:
+def load_trace(path: str | Path = DEFAULT_TRACE, speedup: float = 1.0, limit_s: float | None = None,
+               keep: float = 1.0, token_scale: float = 1.0, seed: int = 0) -> list[Request]:
     """Azure LLM trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens) -> requests from t=0.
     `speedup` compresses time (arrivals `speedup` times denser); `limit_s` cuts the
-    compressed trace."""
+    compressed trace; `keep` keeps a seeded random share of the requests and `token_scale`
+    shrinks their lengths (the same thinning the live load test applies, so a trace can be
+    fitted to a small model's measured curve)."""
     if speedup <= 0:
         raise ValueError(f"speedup must be > 0, got {speedup}")
+    if not 0 < keep <= 1 or not 0 < token_scale <= 1:
+        raise ValueError(f"keep ({keep}) and token_scale ({token_scale}) must lie in (0, 1]")
     rows = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -121,7 +126,10 @@ def load_trace(path: str | Path = DEFAULT_TRACE, speedup: float = 1.0, limit_s: 
             rows.append((ts, int(row["ContextTokens"]), max(1, int(row["GeneratedTokens"]))))
     rows.sort()
     t0 = rows[0][0]
-    out = [Request((ts - t0) / speedup, c, g) for ts, c, g in rows]
+    rng = np.random.default_rng(seed)
+    kept = rng.random(len(rows)) < keep if keep < 1 else np.ones(len(rows), dtype=bool)
+    out = [Request((ts - t0) / speedup, max(1, round(c * token_scale)), max(1, round(g * token_scale)))
+           for (ts, c, g), k in zip(rows, kept) if k]
     if limit_s is not None:
         out = [r for r in out if r.arrival_s < limit_s]
     return out

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", default="../shared/traces/azure_llm_conv_2023.csv")
     ap.add_argument("--speedup", type=float, default=1.0, help="time compression of the trace")
     ap.add_argument("--limit-s", type=float, default=None, help="replay only the first S (compressed) seconds")
+    ap.add_argument("--keep", type=float, default=1.0, help="share of the trace's requests kept (seeded)")
+    ap.add_argument("--token-scale", type=float, default=1.0, help="factor on prompt and answer lengths")
     ap.add_argument("--curve", default=None, help="latency-vs-batch curve JSON (default: autoscaler/curves/default.json)")
     ap.add_argument("--cold-start-s", type=float, default=60.0)
     ap.add_argument("--ttft-slo-s", type=float, default=2.0)
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     curve = S.LatencyCurve.load(args.curve) if args.curve else S.LatencyCurve.default()
     target = args.target or float(curve.knee())
-    requests = S.load_trace(args.trace, speedup=args.speedup, limit_s=args.limit_s)
+    requests = S.load_trace(args.trace, speedup=args.speedup, limit_s=args.limit_s, keep=args.keep,
+                            token_scale=args.token_scale)
     sim = S.SimConfig(ttft_slo_s=args.ttft_slo_s, itl_slo_s=args.itl_slo_s, max_num_seqs=args.max_num_seqs,
                       cold_start_s=args.cold_start_s, min_replicas=1, max_replicas=64)
     spec = AutoscalingSpec(target_ongoing_requests=target, ttft_p95_s=args.ttft_slo_s, itl_p95_s=args.itl_slo_s,
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     eq_cost = abs(c["replica_seconds"] / r["replica_seconds"] - 1) < 0.01
     report = {
         "trace": args.trace, "speedup": args.speedup, "limit_s": args.limit_s, "requests": len(requests),
+        "keep": args.keep, "token_scale": args.token_scale,
         "curve": curve.name, "batch_target": target, "cold_start_s": args.cold_start_s,
         "slo": {"ttft_s": args.ttft_slo_s, "itl_s": args.itl_slo_s},
         "oracle_headroom": round(oracle.policy and float(oracle.policy.split("x")[-1].rstrip(")")), 3),

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import requests
 
 from corral.cluster import metric_names as names
 
+# Runs in its own process: a Serve handle starts background threads in its driver that outlive
+# ray.shutdown() and would break later tests that start other Ray clusters in this process.
+PROBE = """
+import json, sys
+import ray
+from ray import serve
+ray.init(address="auto", log_to_driver=False, include_dashboard=False)
+handle = serve.get_deployment_handle(sys.argv[1], app_name=sys.argv[2])
+print(json.dumps(handle.record_autoscaling_stats.remote().result(timeout_s=60)))
+"""
+
 
 def test_replicas_report_engine_ttft_itl_and_kv_cache(fleet, fleet_url):
-    import ray
-    from ray import serve
-
     from corral.serving.app import llm_deployment_name
 
     for i in range(4):
@@ -20,12 +32,10 @@ def test_replicas_report_engine_ttft_itl_and_kv_cache(fleet, fleet_url):
         assert r.status_code == 200, r.text
     # A driver on the fleet's Ray head calls the method Serve's replica calls every
     # metrics_interval_s (record_autoscaling_stats), on the live replica.
-    ray.init(address="auto", log_to_driver=False, include_dashboard=False)
-    try:
-        handle = serve.get_deployment_handle(llm_deployment_name("smollm2"), app_name=fleet.name)
-        stats = handle.record_autoscaling_stats.remote().result(timeout_s=60)
-    finally:
-        ray.shutdown()
+    out = subprocess.run([sys.executable, "-c", PROBE, llm_deployment_name("smollm2"), fleet.name],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(stats) == {names.SIGNAL_TTFT_P95, names.SIGNAL_ITL_P95, names.SIGNAL_KV_CACHE}, stats
     # SmolLM2 on two CPU cores: a short prompt's first token within seconds, tokens well under 1 s apart.
     assert 0 < stats[names.SIGNAL_TTFT_P95] < 30

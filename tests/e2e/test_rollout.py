@@ -127,11 +127,13 @@ def test_bad_candidate_rolled_back_by_quality_gate(fleet, fleet_url, prometheus_
     runner = GoldenSetRunner(fleet_url, load_golden(resolve_golden_path("builtin:llama_basic")))
     controller = Controller(spec, {"smollm2": 1, "tiny-random": 1}, PrometheusMetricSource(PrometheusClient(prometheus_url)),
                             actuator, store, quality_runner=runner)
-    start = time.monotonic()
     state = controller.run(tick_s=1, max_ticks=120)
-    elapsed = time.monotonic() - start
     assert state.phase.value == "RolledBack", store.load().events
-    assert elapsed <= 2 * spec.analysis_interval_s, elapsed
+    # Rolled back on its first golden-set run, before any weight moved to it (how long that run
+    # takes depends on the CPU the two arms share, so the check is on events, not wall time).
+    ops = [e.operator for e in store.load().events]
+    before = ops[:ops.index("rollback")]
+    assert before.count("run_quality") == 1 and "set_weights" not in before, ops
     assert actuator.get_weights("llama") == {"smollm2": 100, "tiny-random": 0}
     scores = runner.last_replies
     assert scores, "the golden set ran against both arms"

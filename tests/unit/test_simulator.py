@@ -82,6 +82,13 @@ def test_trace_loads_and_compresses():
     assert len(fast) == len(full) and fast[-1].arrival_s == pytest.approx(full[-1].arrival_s / 4)
     with pytest.raises(ValueError, match="speedup"):
         S.load_trace(path, speedup=0)
+    thin = S.load_trace(path, limit_s=600, keep=0.25, token_scale=0.1, seed=3)
+    every = {r.arrival_s: r for r in S.load_trace(path, limit_s=600)}
+    assert len(thin) == pytest.approx(len(every) / 4, rel=0.15)
+    for r in thin:  # the kept requests are the trace's own, at their times, with a tenth of the tokens
+        assert r.context_tokens == max(1, round(every[r.arrival_s].context_tokens * 0.1))
+    with pytest.raises(ValueError, match="keep"):
+        S.load_trace(path, keep=0)
 
 
 def test_bad_curve_refused():
