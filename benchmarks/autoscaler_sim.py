@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-s", type=float, default=None, help="replay only the first S (compressed) seconds")
     ap.add_argument("--keep", type=float, default=1.0, help="share of the trace's requests kept (seeded)")
     ap.add_argument("--token-scale", type=float, default=1.0, help="factor on prompt and answer lengths")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override an autoscaling spec field for both policies, e.g. downscale_delay_s=60")
     ap.add_argument("--curve", default=None, help="latency-vs-batch curve JSON (default: autoscaler/curves/default.json)")
     ap.add_argument("--cold-start-s", type=float, default=60.0)
     ap.add_argument("--ttft-slo-s", type=float, default=2.0)
@@ -50,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                             token_scale=args.token_scale)
     sim = S.SimConfig(ttft_slo_s=args.ttft_slo_s, itl_slo_s=args.itl_slo_s, max_num_seqs=args.max_num_seqs,
                       cold_start_s=args.cold_start_s, min_replicas=1, max_replicas=64)
-    spec = AutoscalingSpec(target_ongoing_requests=target, ttft_p95_s=args.ttft_slo_s, itl_p95_s=args.itl_slo_s,
-                           cold_start_s=args.cold_start_s)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    spec = AutoscalingSpec(**{"target_ongoing_requests": target, "ttft_p95_s": args.ttft_slo_s,
+                              "itl_p95_s": args.itl_slo_s, "cold_start_s": args.cold_start_s, **overrides})
     t0 = time.time()
     oracle = S.calibrated_oracle(requests, curve, sim, target)
     # Every policy starts from the oracle's opening fleet, so start-up transients are equal.
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "trace": args.trace, "speedup": args.speedup, "limit_s": args.limit_s, "requests": len(requests),
         "keep": args.keep, "token_scale": args.token_scale,
         "curve": curve.name, "batch_target": target, "cold_start_s": args.cold_start_s,
+        "spec_overrides": overrides,
         "slo": {"ttft_s": args.ttft_slo_s, "itl_s": args.itl_slo_s},
         "oracle_headroom": round(oracle.policy and float(oracle.policy.split("x")[-1].rstrip(")")), 3),
         "policies": {"corral": c, "ray_default": r, "oracle": o},
