@@ -36,7 +36,8 @@ def register(plan_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predict-replicas", type=int, default=None, help="also predict λ* with this many replicas")
     p.add_argument("--predict-max-num-seqs", type=int, default=None, help="also predict λ* with this max_num_seqs")
     p.add_argument("--fleet", default=None, help="fleet spec to check the overlay against (merged by arm name)")
-    p.add_argument("--out", default=None, help="overlay YAML path (default: RESULTS/capacity-overlay.yaml)")
+    p.add_argument("--out", default=None, help="overlay YAML path (default: RESULTS/capacity-overlay.yaml); "
+                   "capacity-plan.json and latency-curve.json (for the autoscaler simulator) go beside it")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
 
