@@ -129,11 +129,12 @@ def test_bad_candidate_rolled_back_by_quality_gate(fleet, fleet_url, prometheus_
                             actuator, store, quality_runner=runner)
     state = controller.run(tick_s=1, max_ticks=120)
     assert state.phase.value == "RolledBack", store.load().events
-    # Rolled back on its first golden-set run, before any weight moved to it (how long that run
-    # takes depends on the CPU the two arms share, so the check is on events, not wall time).
-    ops = [e.operator for e in store.load().events]
-    before = ops[:ops.index("rollback")]
-    assert before.count("run_quality") == 1 and "set_weights" not in before, ops
+    # Rolled back by the golden set before any weight moved to it (how long that run takes
+    # depends on the CPU the two arms share, so the check is on events, not wall time).
+    events = store.load().events
+    ops = [e.operator for e in events]
+    assert "set_weights" not in ops[:ops.index("rollback")], ops
+    assert "quality" in events[ops.index("rollback")].reason, events
     assert actuator.get_weights("llama") == {"smollm2": 100, "tiny-random": 0}
     scores = runner.last_replies
     assert scores, "the golden set ran against both arms"
