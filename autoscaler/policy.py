@@ -4,11 +4,10 @@ Layout (read top to bottom):
 
 * `PolicyConfig`  one arm's settings (the fleet's `AutoscalingSpec` + replica bounds + batch size).
 * `Signals`       one snapshot of what the arm looks like now (load, queue, latency, KV cache).
-* `assess`        what the load asks for, ignoring time: replicas for the batch target,
-                  whether the arm is in trouble (SLO breach, growing queue, KV cache full),
-                  and whether latency is too close to the SLO to give capacity back.
+* `assess`        what the load asks for, ignoring time: replicas for the batch target, and
+                  whether the arm is in trouble (SLO breach, growing queue, KV cache full).
 * `guard`         the one wrapper with every guardrail: bounds, rollout floor, delays,
-                  hysteresis, cold start, latency headroom. Turns an assessment into a `Decision`.
+                  hysteresis, cold start. Turns an assessment into a `Decision`.
 * `decide`        `guard(assess(...))`: pure function of (signals, config, state, now).
 * `CorralAutoscalingPolicy`  what Ray Serve calls (`AutoscalingConfig.policy`): reads the
                   `AutoscalingContext`, calls `decide`, returns (replicas, policy_state).
@@ -118,9 +117,6 @@ class Assessment:
     """Why the arm is in trouble now (SLO breach, queue, KV cache), or None."""
     urgent_replicas: int
     """Replicas wanted right away because of `breach` (0 when there is none)."""
-    latency_tight: str | None = None
-    """Why removing replicas now would risk the SLO (latency p95 above
-    `downscale_latency_headroom` of it, short of a breach), or None."""
 
 
 @dataclass(frozen=True)
@@ -190,29 +186,19 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) ->
         breach = (f"{waiting_per_replica:.3g} waiting requests per replica > "
                   f"{spec.queue_per_replica_trigger:g}")
 
-    tight = None
-    if breach is None:
-        h = spec.downscale_latency_headroom
-        if signals.ttft_p95_s is not None and signals.ttft_p95_s > h * spec.ttft_p95_s:
-            tight = f"ttft p95 {signals.ttft_p95_s:.3g}s is above {h:.0%} of SLO {spec.ttft_p95_s:g}s"
-        elif signals.itl_p95_s is not None and signals.itl_p95_s > h * spec.itl_p95_s:
-            tight = f"itl p95 {signals.itl_p95_s:.3g}s is above {h:.0%} of SLO {spec.itl_p95_s:g}s"
-
     urgent = 0
     if breach is not None:
         current = signals.target_replicas
         step = max(1, math.ceil(current * spec.breach_upscale_fraction))
         urgent = max(load, current + step)
-    return Assessment(load_replicas=load, down_replicas=down, breach=breach, urgent_replicas=urgent,
-                      latency_tight=tight)
+    return Assessment(load_replicas=load, down_replicas=down, breach=breach, urgent_replicas=urgent)
 
 
 def guard(
     assessment: Assessment, signals: Signals, config: PolicyConfig, state: PolicyState, now: float
 ) -> tuple[Decision, PolicyState]:
     """Every guardrail in one place: bounds and rollout floor, upscale delay (skipped on a
-    breach), cold start, downscale delay with hysteresis, no scale-down while latency is close
-    to the SLO. Always returns replicas within
+    breach), cold start, downscale delay with hysteresis. Always returns replicas within
     [config.lower_bound, config.max_replicas]."""
     spec = config.spec
     lower, upper = config.lower_bound, config.max_replicas
@@ -255,8 +241,7 @@ def guard(
                    PolicyState(above_since_s=since, last_scale_up_s=state.last_scale_up_s))
 
     want_down = clamp(assessment.down_replicas)
-    may_shrink = assessment.breach is None and assessment.latency_tight is None and not in_cold_start
-    if want_down < current and may_shrink:
+    if want_down < current and assessment.breach is None and not in_cold_start:
         since = state.below_since_s if state.below_since_s is not None else now
         peak = max(state.below_peak, want_down) if state.below_since_s is not None else want_down
         if now - since + 1e-6 >= spec.downscale_delay_s:
@@ -270,8 +255,6 @@ def guard(
         why = f"{assessment.breach} (at max_replicas {upper})"
     elif want_down < current and in_cold_start:
         why = f"load fits {want_down} but replicas added {now - state.last_scale_up_s:.0f}s ago are still starting"
-    elif want_down < current and assessment.latency_tight:
-        why = f"load fits {want_down} but {assessment.latency_tight}"
     else:
         why = "load on target"
     return out(current, why, PolicyState(last_scale_up_s=state.last_scale_up_s))
@@ -291,18 +274,14 @@ def decide(
     return guard(assess(signals, config, trend), signals, config, state, now)
 
 
-def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str) -> float | None:
-    """Mean over the replicas that reported `name` (replicas with no recent samples report none)."""
+def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str, reduce=max) -> float | None:
     values = [v for v in ((metrics or {}).get(name) or {}).values() if v is not None and math.isfinite(v)]
-    return sum(values) / len(values) if values else None
+    return reduce(values) if values else None
 
 
 def signals_from_context(ctx: Any) -> Signals:
-    """Read a Ray Serve `AutoscalingContext` into `Signals`. Each signal is the mean over the
-    replicas: adding replicas relieves the whole fleet, so the fleet's latency is what scaling
-    answers to. (The worst replica's p95 is an extreme value that grows with the replica count:
-    in simulation it kept a 12-replica arm breaching while the fleet met its SLO, and the
-    policy paid 1.3x the oracle's replica-seconds in scale-up/scale-down cycles.)"""
+    """Read a Ray Serve `AutoscalingContext` into `Signals`. Latency takes the worst replica
+    (one slow replica already breaks the SLO for its users); KV cache the mean."""
     try:
         custom = ctx.aggregated_metrics
     except Exception:  # noqa: BLE001 - a replica's broken metric must not stop autoscaling
@@ -315,7 +294,7 @@ def signals_from_context(ctx: Any) -> Signals:
         queued_requests=float(queued or 0.0),
         ttft_p95_s=_mean_metric(custom, METRIC_TTFT_P95),
         itl_p95_s=_mean_metric(custom, METRIC_ITL_P95),
-        kv_cache_usage=_mean_metric(custom, METRIC_KV_CACHE),
+        kv_cache_usage=_mean_metric(custom, METRIC_KV_CACHE, reduce=lambda v: sum(v) / len(v)),
     )
 
 

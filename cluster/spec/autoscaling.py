@@ -42,10 +42,6 @@ class AutoscalingSpec(BaseModel):
     downscale_hysteresis: float = 0.25
     """A replica is removed only if the others would then run at most
     `(1 - downscale_hysteresis) x target_ongoing_requests` each. 0 = no dead band."""
-    downscale_latency_headroom: float = 0.8
-    """Replicas are removed only while the arm's TTFT and ITL p95 are below this share of
-    their SLOs: a fleet already close to its SLO has no capacity to give back, and removing
-    some would breach it and bring them back a cold start later. 1 = only a breach blocks."""
     queue_per_replica_trigger: float = 1.0
     """Waiting requests (admitted nowhere yet, or beyond a replica's `max_num_seqs`) per
     replica that count as a growing queue and add replicas without waiting `upscale_delay_s`."""
@@ -97,13 +93,6 @@ class AutoscalingSpec(BaseModel):
     def _hysteresis(cls, v: float) -> float:
         if not 0 <= v < 1:
             raise ValueError(f"downscale_hysteresis must lie in [0, 1), got {v!r}")
-        return v
-
-    @field_validator("downscale_latency_headroom")
-    @classmethod
-    def _headroom(cls, v: float) -> float:
-        if not 0 < v <= 1:
-            raise ValueError(f"downscale_latency_headroom is a share of the SLO, in (0, 1]; got {v!r}")
         return v
 
     @field_validator("kv_cache_high")
