@@ -135,6 +135,13 @@ def load_trace(path: str | Path = DEFAULT_TRACE, speedup: float = 1.0, limit_s: 
     return out
 
 
+def window(requests: list[Request], start_s: float, end_s: float | None = None) -> list[Request]:
+    """The requests arriving in [start_s, end_s), moved so that start_s is t=0 (a slice of a
+    trace, e.g. to choose settings on one part and judge them on another)."""
+    return [replace(r, arrival_s=r.arrival_s - start_s) for r in requests
+            if r.arrival_s >= start_s and (end_s is None or r.arrival_s < end_s)]
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """The simulated arm and controller."""
@@ -531,6 +538,6 @@ def replicas_at(timeline: dict[str, list[float]], t: float) -> float:
 
 
 __all__ = [
-    "LatencyCurve", "Request", "SimConfig", "SimResult", "OraclePolicy", "load_trace", "simulate",
+    "LatencyCurve", "Request", "SimConfig", "SimResult", "OraclePolicy", "load_trace", "window", "simulate",
     "serve_controller_step", "ray_default_policy", "serve_config", "ideal_concurrency", "run_oracle", "calibrated_oracle",
 ]

@@ -91,6 +91,15 @@ def test_trace_loads_and_compresses():
         S.load_trace(path, keep=0)
 
 
+def test_window_slices_a_trace_and_restarts_its_clock():
+    reqs = [S.Request(float(t), 10 + t, 5) for t in range(10)]
+    part = S.window(reqs, 4.0, 7.0)
+    assert [r.arrival_s for r in part] == [0.0, 1.0, 2.0]
+    assert [r.context_tokens for r in part] == [14, 15, 16]  # the same requests, moved
+    assert [r.arrival_s for r in S.window(reqs, 8.0)] == [0.0, 1.0]
+    assert len(S.window(reqs, 0, 5)) + len(S.window(reqs, 5)) == len(reqs)
+
+
 def test_bad_curve_refused():
     with pytest.raises(ValueError, match="ascend"):
         S.LatencyCurve(batch=(4, 2), itl_s=(0.01, 0.02))
