@@ -33,10 +33,11 @@ MOCK = {"arms": [
 ]}
 
 
-def sweep(base_url: str, model: str, out: Path, a: argparse.Namespace) -> None:
+def sweep(base_url: str, model: str, out: Path, a: argparse.Namespace, rates: tuple[float, float, float]) -> None:
+    start, step, top = rates
     cmd = [sys.executable, "-m", "corral.cli", "loadtest", "--base-url", base_url, "--model", model,
-           "--mode", "sweep", "--slo", a.slo, "--sweep-start", str(a.sweep_start), "--sweep-step", str(a.sweep_step),
-           "--sweep-max", str(a.sweep_max), "--sweep-failures", "1", "--duration", str(a.duration),
+           "--mode", "sweep", "--slo", a.slo, "--sweep-start", str(start), "--sweep-step", str(step),
+           "--sweep-max", str(top), "--sweep-failures", "1", "--duration", str(a.duration),
            "--warmup", str(a.warmup), "--input-tokens", str(a.input_tokens), "--output-tokens", str(a.output_tokens),
            "--progress-interval", "5", "--out", str(out)]
     subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout stays pure JSON
@@ -57,17 +58,33 @@ def main() -> int:
     p.add_argument("--sweep-start", type=float, default=4)
     p.add_argument("--sweep-step", type=float, default=2)
     p.add_argument("--sweep-max", type=float, default=60)
+    p.add_argument("--sweep-b", default=None, metavar="START:STEP:MAX",
+                   help="B's sweep, when its λ* lies elsewhere than A's (default: A's sweep)")
+    p.add_argument("--repeat-b", type=int, default=1,
+                   help="measure B's λ* this many times: the spread is the measurement's own noise")
+    p.add_argument("--reuse", default=None, metavar="DIR",
+                   help="measure nothing: evaluate the planner on the sweeps already in DIR (a, b, b2, ...), "
+                        "e.g. after a planner change")
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--input-tokens", type=int, default=64)
     p.add_argument("--output-tokens", type=int, default=32)
     p.add_argument("--out", default=f"benchmark-results/capacity-accuracy-{time.strftime('%Y%m%d-%H%M%S')}")
     a = p.parse_args()
+    rates_a = (a.sweep_start, a.sweep_step, a.sweep_max)
+    rates_b = tuple(float(x) for x in a.sweep_b.split(":")) if a.sweep_b else rates_a
+    if len(rates_b) != 3 or a.repeat_b < 1:
+        p.error(f"--sweep-b must be START:STEP:MAX (got {a.sweep_b!r}) and --repeat-b >= 1 (got {a.repeat_b})")
 
+    from corral.commands._common import CliError
     from corral.commands._plan_capacity import load_planner
     from corral.loadtests.mockserver import spawn
 
-    out = Path(a.out)
+    out = Path(a.reuse or a.out)
+    dirs_b = [out / ("b" if i == 0 else f"b{i + 1}") for i in range(a.repeat_b)]
+    if a.reuse:
+        dirs_b = sorted((d for d in out.glob("b*") if (d / "summary.json").exists()), key=lambda d: len(d.name))
+        a.fleet = None
     if a.fleet:
         from corral.commands.up import apply_fleet, run_down
 
@@ -78,18 +95,29 @@ def main() -> int:
     started = time.time()
     try:
         with ctx as base_url:
-            sweep(base_url, a.model_a, out / "a", a)
+            if not a.reuse:
+                sweep(base_url, a.model_a, out / "a", a, rates_a)
             planner_a, _ = load_planner(str(out / "a"), a.slo, arm=a.model_a, replicas=a.replicas_a,
                                         max_num_seqs=a.max_num_seqs_a)
             predicted = planner_a.predict(replicas=a.replicas_b, max_num_seqs=a.max_num_seqs_b)
-            sweep(base_url, a.model_b, out / "b", a)
+            for d in dirs_b if not a.reuse else []:
+                sweep(base_url, a.model_b, d, a, rates_b)
     finally:
         if a.fleet:
             with contextlib.redirect_stdout(sys.stderr):
                 run_down(None)
-    planner_b, _ = load_planner(str(out / "b"), a.slo, arm=a.model_b, replicas=a.replicas_b,
-                                max_num_seqs=a.max_num_seqs_b)
-    measured_b = planner_b.lam.per_replica_rps * a.replicas_b
+    lams_b, unusable = [], {}
+    for d in dirs_b:
+        try:
+            lams_b.append(load_planner(str(d), a.slo, arm=a.model_b, replicas=a.replicas_b,
+                                       max_num_seqs=a.max_num_seqs_b)[0].lam)
+        except CliError as exc:  # e.g. a noisy first stage missed the SLO: that sweep measured no λ*
+            unusable[d.name] = str(exc)
+    if not lams_b:
+        raise SystemExit(f"no sweep of B measured a λ*: {unusable}")
+    each_b = [lam.per_replica_rps * a.replicas_b for lam in lams_b]
+    # With repeats, the prediction is judged against their mean; each run's error is listed too.
+    measured_b = sum(each_b) / len(each_b)
     error = (predicted.lambda_star_rps - measured_b) / measured_b
     result = {
         "slo": a.slo,
@@ -97,13 +125,19 @@ def main() -> int:
                      "measured_lambda_star_rps": planner_a.lam.per_replica_rps * a.replicas_a},
         "config_b": {"model": a.model_b, "replicas": a.replicas_b, "max_num_seqs": a.max_num_seqs_b,
                      "predicted_lambda_star_rps": predicted.lambda_star_rps,
-                     "measured_lambda_star_rps": measured_b, "measured_bracketed": planner_b.lam.bracketed},
+                     "measured_lambda_star_rps": measured_b,
+                     "measured_runs_rps": each_b,
+                     "measured_spread": (max(each_b) - min(each_b)) / measured_b,
+                     "measured_bracketed": all(lam.bracketed for lam in lams_b),
+                     "unusable_runs": unusable},
         "prediction_error": error,
+        "prediction_error_per_run": [(predicted.lambda_star_rps - m) / m for m in each_b],
         "abs_error_within_8pct": abs(error) <= 0.08,
         "prediction_warnings": predicted.warnings,
-        "sweep_step_rps": a.sweep_step,
+        "sweeps": {"a": rates_a, "b": rates_b, "stage_s": a.duration, "warmup_s": a.warmup},
         "mock": a.mock,
         "fleet": a.fleet,
+        "reused_sweeps": a.reuse,
         "wall_s": time.time() - started,
     }
     (out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -111,7 +145,8 @@ def main() -> int:
     report.write_text(report.read_text().replace(
         "</body>", f"<h2>Planner prediction accuracy</h2><p>Predicted λ* from config A ({a.model_a}, "
                    f"{a.replicas_a} replica(s), max_num_seqs {a.max_num_seqs_a}): {predicted.lambda_star_rps:.3f} rps; "
-                   f"measured here: {measured_b:.3f} rps; error {error:+.1%}.</p></body>"))
+                   f"measured here: {measured_b:.3f} rps (mean of {len(each_b)} sweep(s)); "
+                   f"error {error:+.1%}.</p></body>"))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -16,8 +16,11 @@ and `max_num_seqs` M, the planner
      scales the wait by (1 + cv²)/2, cv² being the measured squared coefficient of variation
      of service times (≈ 0 for forced output lengths, ≈ 1 for exponential ones): the rate at
      which the TTFT (or e2e) percentile reaches its threshold;
-   * the model's λ*(M) is the smaller of the two; it is scaled by one factor so that it equals
-     the measured λ* at the measured M (the model predicts *changes*, the measurement anchors);
+   * the model's λ*(M) is the smaller of the two. The measurement anchors it: the bound of the
+     clause that failed at the first missed stage (ITL/TPOT: the latency bound; TTFT/e2e: the
+     queueing bound) is scaled to equal the measured λ*, and only that bound. A factor fitted on
+     one mechanism says nothing about the other, which often binds at another max_num_seqs (at a
+     large M the ITL limits, at a small M the wait for a slot);
 3. predicts λ* at another replica count (linear in replicas) or another max_num_seqs, and sizes
    a target rate: replicas, GPUs, $/hour, $ per 1M output tokens, max_num_seqs and autoscaler
    settings, as a fleet-spec overlay. Extrapolations are reported as warnings.
@@ -58,6 +61,15 @@ class StagePoint:
     input_tokens_mean: float
     service_cv2: float = 1.0
     """Squared coefficient of variation of the requests' time in decode (variance / mean²)."""
+    missed_metrics: tuple[str, ...] = ()
+    """Metrics (ttft, itl, tpot, e2e) whose SLO clause this stage missed."""
+
+
+# Which bound of the replica model limits each SLO metric.
+LATENCY_METRICS = frozenset({"itl", "tpot"})
+"""Bounded by the iteration time at the running batch (`ReplicaModel.lambda_latency_bound`)."""
+QUEUE_METRICS = frozenset({"ttft", "e2e"})
+"""Bounded by the wait for a free batch slot (`ReplicaModel.lambda_queue_bound`)."""
 
 
 def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord]]], clauses: list[SloClause],
@@ -93,6 +105,7 @@ def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord
             output_tokens_mean=sum(r.output_tokens or 0 for r in ok) / len(ok),
             input_tokens_mean=sum(r.input_tokens or 0 for r in ok) / len(ok),
             service_cv2=cv2,
+            missed_metrics=tuple(c.metric for c in clauses if not verdict["clauses"][c.key]["met"]),
         ))
     return sorted(points, key=lambda p: p.rate_rps)
 
@@ -217,9 +230,6 @@ class ReplicaModel:
             lo, hi = (mid, hi) if ok(mid) else (lo, mid)
         return lo
 
-    def lambda_star(self, max_num_seqs: int, clauses: list[SloClause]) -> float:
-        return min(self.lambda_latency_bound(clauses), self.lambda_queue_bound(max_num_seqs, clauses))
-
     def latency_curve(self, max_batch: int, name: str = "measured", source: str = "") -> dict[str, Any]:
         """The fitted model as a latency-vs-batch curve file (the format of the autoscaler
         simulator's `--curve`: batch, itl_s, prefill cost): measured curves replace the illustrative
@@ -305,15 +315,19 @@ class Prediction:
 
 @dataclass
 class Planner:
-    """A fitted planner: measured λ*, the model and its calibration factor."""
+    """A fitted planner: measured λ*, the model and one calibration factor per bound."""
 
     measured: Measured
     clauses: list[SloClause]
     points: list[StagePoint]
     model: ReplicaModel
     lam: MeasuredLambda
-    calibration: float
-    """measured λ*_r / model λ*_r at the measured max_num_seqs."""
+    calibration_latency: float = 1.0
+    """Measured λ*_r / the model's latency bound, when an ITL/TPOT clause failed at the first
+    missed stage (or the bound lies below the measured λ*); 1 otherwise."""
+    calibration_queue: float = 1.0
+    """Measured λ*_r / the model's queueing bound at the measured max_num_seqs, when a TTFT/e2e
+    clause failed there (or the bound lies below the measured λ*); 1 otherwise."""
 
     @classmethod
     def fit(cls, measured: Measured, clauses: list[SloClause], points: list[StagePoint]) -> Planner:
@@ -321,9 +335,25 @@ class Planner:
             raise ValueError("an SLO is required to plan capacity")
         lam = measured_lambda_star(points)
         model = fit_model(points, measured.max_num_seqs)
-        model_lam = model.lambda_star(measured.max_num_seqs, clauses)
-        calibration = lam.per_replica_rps / model_lam if 0 < model_lam < math.inf else 1.0
-        return cls(measured, clauses, points, model, lam, calibration)
+        # What broke the SLO at the measured λ*: only that mechanism's bound is anchored to it.
+        # Without a failing stage λ* is a lower bound and can only lift a bound that lies below it.
+        failed = set(next(p for p in points if p.name == lam.first_missed).missed_metrics) if lam.bracketed else set()
+
+        def factor(bound: float, metrics: frozenset[str]) -> float:
+            if not 0 < bound < math.inf:
+                return 1.0
+            if failed & metrics or bound < lam.per_replica_rps:
+                return lam.per_replica_rps / bound
+            return 1.0
+
+        return cls(measured, clauses, points, model, lam,
+                   calibration_latency=factor(model.lambda_latency_bound(clauses), LATENCY_METRICS),
+                   calibration_queue=factor(model.lambda_queue_bound(measured.max_num_seqs, clauses), QUEUE_METRICS))
+
+    def model_lambda_star(self, max_num_seqs: int) -> float:
+        """The calibrated model's λ* per replica at a max_num_seqs: the smaller calibrated bound."""
+        return min(self.calibration_latency * self.model.lambda_latency_bound(self.clauses),
+                   self.calibration_queue * self.model.lambda_queue_bound(max_num_seqs, self.clauses))
 
     def predict(self, replicas: int | None = None, max_num_seqs: int | None = None) -> Prediction:
         m = self.measured
@@ -336,8 +366,8 @@ class Planner:
         if seqs == m.max_num_seqs:
             per = self.lam.per_replica_rps
         else:
-            model_lam = self.model.lambda_star(seqs, self.clauses)
-            per = self.calibration * model_lam if math.isfinite(model_lam) else self.lam.per_replica_rps
+            model_lam = self.model_lambda_star(seqs)
+            per = model_lam if math.isfinite(model_lam) else self.lam.per_replica_rps
             lo, hi = self.model.batch_range
             if seqs > m.max_num_seqs:
                 warnings.append(f"max_num_seqs={seqs} is above the measured {m.max_num_seqs}: "
@@ -428,5 +458,6 @@ def plan_capacity(planner: Planner, target_rps: float, gpu_hourly_usd: float | N
         gpu_hourly_usd=gpu_hourly_usd, usd_per_hour=usd_h, usd_per_million_output_tokens=usd_m,
         max_num_seqs=max_num_seqs, target_ongoing_requests=target_ongoing, min_replicas=min(min_replicas, replicas),
         lambda_star_per_replica_rps=per, measured_lambda_star_per_replica_rps=planner.lam.per_replica_rps,
-        measured=asdict(m), model={**asdict(model), "calibration": planner.calibration}, warnings=warnings,
+        measured=asdict(m), model={**asdict(model), "calibration": {"latency": planner.calibration_latency,
+                                                                   "queue": planner.calibration_queue}}, warnings=warnings,
     )

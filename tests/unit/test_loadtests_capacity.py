@@ -56,8 +56,11 @@ def test_fit_recovers_the_engine(planner):
 def test_measured_lambda_star_is_bracketed(planner):
     assert planner.lam.bracketed and planner.lam.last_met == "rate=10" and planner.lam.first_missed == "rate=12"
     assert 10 <= planner.lam.per_replica_rps < 12
-    # The analytic λ at which the batch reaches 10: the calibration is close to 1.
-    assert planner.calibration == pytest.approx(1.0, abs=0.05)
+    # The analytic λ at which the batch reaches 10: the ITL clause failed, its bound's calibration
+    # is close to 1; the TTFT clause never failed and its bound lies far above λ*: left as modelled.
+    assert planner.points[-1].missed_metrics == ("itl",)
+    assert planner.calibration_latency == pytest.approx(1.0, abs=0.05)
+    assert planner.calibration_queue == 1.0
 
 
 def test_predictions(planner):
@@ -71,6 +74,47 @@ def test_predictions(planner):
     assert small.lambda_star_rps > 0.6 * cap
     big = planner.predict(max_num_seqs=64)
     assert any("above the measured" in w for w in big.warnings)
+
+
+def _fit_with_slow_stage(stages, slow):
+    """Stage rate=10 made to miss one clause: `slow` rewrites 10 % of its requests."""
+    stages = [(n, r, d, [slow(rec) if n == "rate=10" and rec.request_id % 10 == 0 else rec for rec in recs])
+              for n, r, d, recs in stages]
+    clauses = parse_slo(SLO)
+    return Planner.fit(Measured("arm-a", 1, 32), clauses, stage_points(stages, clauses, replicas=1)), clauses
+
+
+def test_latency_calibration_does_not_move_the_queue_bound(stages):
+    """ITL broke the SLO earlier than modelled: that bound is scaled down; a smaller max_num_seqs,
+    where the wait for a slot binds, is predicted from the unscaled queueing bound."""
+    def slow_tokens(rec):
+        rec.itl_s = [0.05] * len(rec.itl_s)
+        return rec
+
+    planner, clauses = _fit_with_slow_stage(stages, slow_tokens)
+    assert planner.lam.first_missed == "rate=10" and planner.lam.per_replica_rps < 10
+    assert planner.calibration_latency < 0.95 and planner.calibration_queue == 1.0
+    # Anchored: the calibrated model reproduces the measured λ* where it was measured.
+    assert planner.model_lambda_star(32) == pytest.approx(planner.lam.per_replica_rps)
+    small = planner.predict(max_num_seqs=4)
+    assert small.lambda_star_rps == pytest.approx(planner.model.lambda_queue_bound(4, clauses))
+
+
+def test_queue_calibration_does_not_move_the_latency_bound(stages):
+    """TTFT broke the SLO (a queue the model did not foresee): the queueing bound is scaled to the
+    measured λ*, the ITL bound keeps its modelled value."""
+    def slow_first_token(rec):
+        rec.ttft_s = 1.5
+        return rec
+
+    planner, clauses = _fit_with_slow_stage(stages, slow_first_token)
+    assert planner.points[[p.name for p in planner.points].index("rate=10")].missed_metrics == ("ttft",)
+    assert planner.calibration_latency == 1.0 and planner.calibration_queue < 1.0
+    assert planner.model_lambda_star(32) == pytest.approx(planner.lam.per_replica_rps)
+    lat = planner.model.lambda_latency_bound(clauses)
+    assert planner.model_lambda_star(64) <= lat
+    assert planner.predict(max_num_seqs=4).lambda_star_rps == pytest.approx(
+        planner.calibration_queue * planner.model.lambda_queue_bound(4, clauses))
 
 
 def test_erlang_c_known_values():
