@@ -161,7 +161,9 @@ class Decision:
 
 def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) -> Assessment:
     """Replicas the load needs (batch target) and whether latency is at risk. No bounds.
-    `rising_per_s` is the recent growth of ongoing requests (0 when flat or falling)."""
+    `rising_per_s` is the recent growth of ongoing requests (0 when flat or falling).
+    On a latency breach the replicas added grow with how far the p95 is above its SLO
+    (`breach_upscale_proportional`), up to `breach_upscale_fraction` of the fleet."""
     spec = config.spec
     target = spec.target_ongoing_requests
     ongoing = max(0.0, signals.ongoing_requests)
@@ -176,10 +178,13 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) ->
     waiting_per_replica = (queued + engine_waiting) / max(running, 1)
 
     breach = None
+    over_slo = None  # p95 / SLO on a latency breach
     if signals.ttft_p95_s is not None and signals.ttft_p95_s > spec.ttft_p95_s:
         breach = f"ttft p95 {signals.ttft_p95_s:.3g}s > SLO {spec.ttft_p95_s:g}s"
+        over_slo = signals.ttft_p95_s / spec.ttft_p95_s
     elif signals.itl_p95_s is not None and signals.itl_p95_s > spec.itl_p95_s:
         breach = f"itl p95 {signals.itl_p95_s:.3g}s > SLO {spec.itl_p95_s:g}s"
+        over_slo = signals.itl_p95_s / spec.itl_p95_s
     elif signals.kv_cache_usage is not None and signals.kv_cache_usage >= spec.kv_cache_high:
         breach = f"kv cache {signals.kv_cache_usage:.0%} >= {spec.kv_cache_high:.0%}"
     elif running > 0 and waiting_per_replica > spec.queue_per_replica_trigger:
@@ -189,7 +194,11 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) ->
     urgent = 0
     if breach is not None:
         current = signals.target_replicas
-        step = max(1, math.ceil(current * spec.breach_upscale_fraction))
+        share = spec.breach_upscale_fraction
+        if over_slo is not None and spec.breach_upscale_proportional:
+            # As far above the SLO as latency is (HPA's rule), at most breach_upscale_fraction.
+            share = min(share, over_slo - 1.0)
+        step = max(1, math.ceil(current * share - 1e-9))
         urgent = max(load, current + step)
     return Assessment(load_replicas=load, down_replicas=down, breach=breach, urgent_replicas=urgent)
 

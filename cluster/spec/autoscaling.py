@@ -54,7 +54,15 @@ class AutoscalingSpec(BaseModel):
     """When adding replicas, provision for the load expected this far ahead along the
     recent rising trend (load grows while new replicas start). 0 = react to current load only."""
     breach_upscale_fraction: float = 0.25
-    """Replicas added on an SLO breach, as a share of the current target (at least 1)."""
+    """Replicas added on an SLO breach, as a share of the current target (at least 1). With
+    `breach_upscale_proportional`, the most added on a latency breach."""
+    breach_upscale_proportional: bool = True
+    """On a latency (TTFT or ITL) breach, add replicas in proportion to how far the p95 is above
+    its SLO, as Kubernetes' HPA does: `current x (p95 / SLO - 1)` (at least 1, at most
+    `breach_upscale_fraction` of the current target). A p95 just over the SLO, as one slow
+    request in a replica's window makes it, then adds one replica instead of a quarter of the
+    fleet. Queue and KV cache breaches always add `breach_upscale_fraction`. False = always
+    add `breach_upscale_fraction`."""
     cold_start_s: float = 60.0
     """Seconds from asking for a replica to it serving (placement, weights, engine warm-up).
     After a breach-driven scale-up the policy waits this long before another one, so it does

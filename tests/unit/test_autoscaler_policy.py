@@ -13,6 +13,7 @@ from corral.autoscaler.policy import (
     PolicyConfig,
     PolicyState,
     Signals,
+    assess,
     decide,
 )
 from corral.cluster.spec import parse_fleet
@@ -37,6 +38,7 @@ def configs(draw):
         downscale_hysteresis=draw(st.floats(0, 0.9)),
         cold_start_s=draw(st.floats(0, 300)),
         breach_upscale_fraction=draw(st.floats(0.01, 2)),
+        breach_upscale_proportional=draw(st.booleans()),
         replica_floor=draw(st.integers(0, 20)),
     )
     return PolicyConfig(spec=spec, min_replicas=lo, max_replicas=hi, max_num_seqs=draw(st.integers(1, 256)))
@@ -108,6 +110,45 @@ def test_scales_up_fast_on_slo_breach_and_down_slowly():
     assert (d.operator, d.replicas) == ("scale_down", 3)
 
 
+def test_latency_breach_adds_replicas_in_proportion_to_the_overshoot():
+    spec = AutoscalingSpec(target_ongoing_requests=10, itl_p95_s=0.4, ttft_p95_s=2.0, breach_upscale_fraction=0.25)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=64, max_num_seqs=32)
+    at = lambda **kw: decide(Signals(running_replicas=20, target_replicas=20, ongoing_requests=20, **kw),
+                             cfg, PolicyState(), 0.0)[0]
+    # ITL p95 4 % over its SLO: one replica (20 x 0.04 = 0.8, at least 1), not a quarter of 20.
+    d = at(itl_p95_s=0.416)
+    assert (d.operator, d.replicas) == ("scale_up", 21) and "itl" in d.reason
+    # 10 % over: 20 x 0.1 = 2.
+    assert at(itl_p95_s=0.44).replicas == 22
+    # Far over (TTFT 3x the SLO): capped at breach_upscale_fraction, 25 % of 20 = 5.
+    assert at(ttft_p95_s=6.0).replicas == 25
+    # A queue has no "how far over": always breach_upscale_fraction.
+    assert at(queued_requests=40.0).replicas == 25
+    # Switched off: every breach adds breach_upscale_fraction, as before.
+    fixed = PolicyConfig(spec=spec.model_copy(update={"breach_upscale_proportional": False}),
+                         min_replicas=1, max_replicas=64, max_num_seqs=32)
+    d, _ = decide(Signals(20, 20, 20, itl_p95_s=0.416), fixed, PolicyState(), 0.0)
+    assert d.replicas == 25
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=configs(), s=signals(), over=st.floats(1.0001, 50), which=st.sampled_from(["ttft", "itl"]))
+def test_proportional_breach_step_lies_between_one_replica_and_the_fixed_step(cfg, s, over, which):
+    slo = cfg.spec.ttft_p95_s if which == "ttft" else cfg.spec.itl_p95_s
+    s = Signals(**{**s.__dict__, "ttft_p95_s": None, "itl_p95_s": None, f"{which}_p95_s": slo * over})
+    prop = assess(s, PolicyConfig(spec=cfg.spec.model_copy(update={"breach_upscale_proportional": True}),
+                                  min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas,
+                                  max_num_seqs=cfg.max_num_seqs))
+    fixed = assess(s, PolicyConfig(spec=cfg.spec.model_copy(update={"breach_upscale_proportional": False}),
+                                   min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas,
+                                   max_num_seqs=cfg.max_num_seqs))
+    assert prop.breach is not None and prop.breach == fixed.breach
+    assert max(prop.load_replicas, s.target_replicas + 1) <= prop.urgent_replicas <= fixed.urgent_replicas
+    # A bigger overshoot never asks for fewer replicas.
+    worse = Signals(**{**s.__dict__, f"{which}_p95_s": slo * over * 1.5})
+    assert assess(worse, cfg).urgent_replicas >= assess(s, cfg).urgent_replicas
+
+
 def test_hysteresis_keeps_replicas_just_below_target():
     spec = AutoscalingSpec(target_ongoing_requests=10, downscale_delay_s=0, downscale_hysteresis=0.25)
     cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=10, max_num_seqs=32)
@@ -147,6 +188,7 @@ def test_rollout_floor_lifts_replicas_immediately():
         ("cold_start_s", -1),
         ("replica_floor", -1),
         ("policy", "fastest"),
+        ("breach_upscale_proportional", "maybe"),
     ],
 )
 def test_bad_settings_refused_naming_the_field(field, value):
