@@ -11,6 +11,12 @@ deploys it first and stops it at the end):
         --model-a seqs8 --max-num-seqs-a 8 --model-b seqs2 --max-num-seqs-b 2 --replicas-b 1 \
         --slo ttft_p95=2,tpot_p95=0.25 --sweep-start 0.2 --sweep-step 0.2 --sweep-max 3 \
         --duration 40 --warmup 5 --input-tokens 64 --output-tokens 16
+The tiny random-weight model, whose stages hold 100-175 requests in 75 s here (B measured twice):
+    python benchmarks/capacity_accuracy.py --fleet benchmarks/fleets/capacity-accuracy-tiny-seqs3.yaml \
+        --model-a seqs8 --max-num-seqs-a 8 --model-b seqs3 --max-num-seqs-b 3 --replicas-b 1 \
+        --slo ttft_p95=0.5,tpot_p95=0.06 --sweep-start 1.5 --sweep-step 0.25 --sweep-max 4 \
+        --sweep-b 1.5:0.125:3.5 --repeat-b 2 --duration 75 --warmup 8 --input-tokens 64 --output-tokens 16
+Re-evaluate the planner on sweeps already measured (after a planner change): add --reuse OUT.
 Self-check of the pipeline against the simulated engine (no fleet needed):
     python benchmarks/capacity_accuracy.py --mock
 """
