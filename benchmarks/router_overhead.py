@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=8, help="requests per block (x concurrency/1 at c>1)")
     parser.add_argument("--levels", nargs="+", default=["1", "8:stream"],
                         help="closed-loop concurrency per level; suffix :stream for SSE")
+    parser.add_argument("--control", action="store_true",
+                        help="A/A control: deploy the plain app in corral's place too (same order, prefix and "
+                             "cores), so the ratio shows what the harness alone does")
     args = parser.parse_args()
     levels = [(int(lv.split(":")[0]), lv.endswith(":stream")) for lv in args.levels]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,6 +61,8 @@ def main() -> int:
     plain_llm = copy.deepcopy(plain_llm)
     plain_app = {"name": "plain", "route_prefix": "/plain", "import_path": "ray.serve.llm:build_openai_app",
                  "args": {"llm_configs": [plain_llm]}}
+    if args.control:
+        corral_app = {**copy.deepcopy(plain_app), "name": "corral", "route_prefix": "/corral"}
     config = {"applications": [corral_app, plain_app], "http_options": {"host": "127.0.0.1", "port": fleet.server.port}}
     r = cluster._http("PUT", "/api/serve/applications/", json=config, timeout=60)
     r.raise_for_status()
@@ -67,7 +72,8 @@ def main() -> int:
             raise SystemExit("apps did not become healthy")
         time.sleep(3)
     base = f"http://127.0.0.1:{fleet.server.port}"
-    targets = {"corral": (f"{base}/corral", fleet.routes[0].name), "plain": (f"{base}/plain", fleet.arms[0].name)}
+    targets = {"corral": (f"{base}/corral", fleet.arms[0].name if args.control else fleet.routes[0].name),
+               "plain": (f"{base}/plain", fleet.arms[0].name)}
     try:
         for name, (url, model) in targets.items():
             run(url, model, 2, 4)  # warm-up, excluded
@@ -105,7 +111,7 @@ def main() -> int:
             "per_round_throughput_ratio_range": [round(min(tps_pairs), 3), round(max(tps_pairs), 3)],
             "failures": {n: sum(r["failures"] for r in results[n][lv]) for n in targets},
         })
-    print(json.dumps({"benchmark": "router_overhead", "rounds": args.rounds, "requests_per_level": args.requests,
+    print(json.dumps({"benchmark": "router_overhead", "control": args.control, "rounds": args.rounds, "requests_per_level": args.requests,
                       "goal": {"p50_latency_ratio_max": 1.02, "throughput_ratio_min": 0.98},
                       "levels": out, "raw": results}, indent=2))
     return 0
