@@ -11,7 +11,7 @@ deploys it first and stops it at the end):
         --model-a seqs8 --max-num-seqs-a 8 --model-b seqs2 --max-num-seqs-b 2 --replicas-b 1 \
         --slo ttft_p95=2,tpot_p95=0.25 --sweep-start 0.2 --sweep-step 0.2 --sweep-max 3 \
         --duration 40 --warmup 5 --input-tokens 64 --output-tokens 16
-The tiny random-weight model, whose stages hold 100-175 requests in 75 s here (B measured twice):
+The tiny random-weight model, whose 75 s stages hold 100-175 requests near λ* here (B measured twice):
     python benchmarks/capacity_accuracy.py --fleet benchmarks/fleets/capacity-accuracy-tiny-seqs3.yaml \
         --model-a seqs8 --max-num-seqs-a 8 --model-b seqs3 --max-num-seqs-b 3 --replicas-b 1 \
         --slo ttft_p95=0.5,tpot_p95=0.06 --sweep-start 1.5 --sweep-step 0.25 --sweep-max 4 \
@@ -87,31 +87,33 @@ def main() -> int:
     from corral.loadtests.mockserver import spawn
 
     out = Path(a.reuse or a.out)
-    dirs_b = [out / ("b" if i == 0 else f"b{i + 1}") for i in range(a.repeat_b)]
-    if a.reuse:
-        dirs_b = sorted((d for d in out.glob("b*") if (d / "summary.json").exists()), key=lambda d: len(d.name))
-        a.fleet = None
-    if a.fleet:
+    measure = not a.reuse
+    if measure:
+        dirs_b = [out / ("b" if i == 0 else f"b{i + 1}") for i in range(a.repeat_b)]
+    else:  # b, b2, b3, ... as a previous run wrote them
+        dirs_b = sorted((d for d in out.glob("b*") if (d / "summary.json").exists()), key=lambda d: (len(d.name), d.name))
+    deploy = bool(a.fleet) and measure
+    if deploy:
         from corral.commands.up import apply_fleet, run_down
 
         with contextlib.redirect_stdout(sys.stderr):
             run_down(None)
         apply_fleet(a.fleet, timeout_s=1200, prometheus=False, say=lambda m: print(m, file=sys.stderr, flush=True))
-    ctx = spawn(MOCK) if a.mock else contextlib.nullcontext(a.base_url)
+    ctx = spawn(MOCK) if a.mock and measure else contextlib.nullcontext(a.base_url)
     started = time.time()
     try:
         with ctx as base_url:
-            if not a.reuse:
+            if measure:
                 sweep(base_url, a.model_a, out / "a", a, rates_a)
-            planner_a, _ = load_planner(str(out / "a"), a.slo, arm=a.model_a, replicas=a.replicas_a,
-                                        max_num_seqs=a.max_num_seqs_a)
-            predicted = planner_a.predict(replicas=a.replicas_b, max_num_seqs=a.max_num_seqs_b)
-            for d in dirs_b if not a.reuse else []:
-                sweep(base_url, a.model_b, d, a, rates_b)
+                for d in dirs_b:
+                    sweep(base_url, a.model_b, d, a, rates_b)
     finally:
-        if a.fleet:
+        if deploy:
             with contextlib.redirect_stdout(sys.stderr):
                 run_down(None)
+    planner_a, _ = load_planner(str(out / "a"), a.slo, arm=a.model_a, replicas=a.replicas_a,
+                                max_num_seqs=a.max_num_seqs_a)
+    predicted = planner_a.predict(replicas=a.replicas_b, max_num_seqs=a.max_num_seqs_b)
     lams_b, unusable = [], {}
     for d in dirs_b:
         try:
@@ -142,7 +144,7 @@ def main() -> int:
         "prediction_warnings": predicted.warnings,
         "sweeps": {"a": rates_a, "b": rates_b, "stage_s": a.duration, "warmup_s": a.warmup},
         "mock": a.mock,
-        "fleet": a.fleet,
+        "fleet": a.fleet if deploy else None,
         "reused_sweeps": a.reuse,
         "wall_s": time.time() - started,
     }
