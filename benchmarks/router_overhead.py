@@ -2,21 +2,35 @@
 
 Two Serve applications run side by side: the stock `build_openai_app` (route prefix /plain) and
 corral's ingress (prefix /corral, the request names a route over one arm). Each has its own
-SmolLM2 engine with the identical LLMConfig, bound to the same cores: the load goes to one app at
-a time (alternating who goes first each round), so each engine has the whole machine while it is
-measured and neither gets a "better" core. Levels are closed-loop concurrencies, non-streaming
-by default, `8:stream` for SSE (where corral reads every chunk for TTFT/ITL). Prints JSON with the
-ratios the router issue targets: p50 latency ratio <= 1.02 and throughput ratio >= 0.98.
+SmolLM2 engine with the identical LLMConfig, bound to the same cores; the load goes to one app at
+a time, so each engine has the whole machine while it is measured.
 
-    .venv/bin/python benchmarks/router_overhead.py [--rounds 3] [--requests 24] [--levels 1 8 8:stream]
+Two biases are designed out rather than hoped away:
+- drift (other processes, the scheduler): at one request at a time the apps take turns request
+  by request (`_load.alternating`); at higher concurrency they take turns block by block, the
+  first app alternating each round;
+- the slot (which app is deployed first, which engine instance it gets): an A/A run showed the
+  first slot about 8% slower at c=1 on this machine. With `--phases 2` (default) the run is
+  redeployed halfway with fresh engines and the apps' order exchanged; the pooled ratio then
+  carries the slot effect once each way, and the per-phase ratios show its size
+  (slot factor = sqrt(phase 1 ratio / phase 2 ratio)).
+
+Levels are closed-loop concurrencies, non-streaming by default, `8:stream` for SSE (where corral
+reads every chunk for TTFT/ITL). Prints JSON with the ratios the router issue targets: p50
+latency ratio <= 1.02 and throughput ratio >= 0.98. `--control` deploys the plain app in corral's
+place as well (A/A): its ratios show what the harness alone does.
+
+    .venv/bin/python benchmarks/router_overhead.py [--phases 2] [--rounds 4] [--requests 8] [--levels 1 8:stream]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import copy
 import json
+import math
 import os
 import statistics
 import sys
@@ -25,95 +39,141 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _load import run  # noqa: E402
+from _load import alternating, run  # noqa: E402
+
+APPS = ("corral", "plain")
+
+
+def deploy(cluster, apps: dict[str, dict], order: tuple[str, ...], port: int, timeout_s: float = 1200) -> None:
+    """Delete every Serve app (so the engines start afresh), deploy `apps` in `order`, wait until RUNNING."""
+    cluster.delete_apps()
+    deadline = time.monotonic() + timeout_s
+    while (cluster.serve_status() or {}).get("applications"):
+        if time.monotonic() > deadline:
+            raise SystemExit("old apps did not go away")
+        time.sleep(2)
+    config = {"applications": [apps[n] for n in order], "http_options": {"host": "127.0.0.1", "port": port}}
+    r = cluster._http("PUT", "/api/serve/applications/", json=config, timeout=60)
+    r.raise_for_status()
+    while not all((cluster.app_status(n) or {}).get("status") == "RUNNING" for n in order):
+        if time.monotonic() > deadline:
+            raise SystemExit("apps did not become healthy")
+        time.sleep(3)
+
+
+def pooled(blocks: list[dict]) -> tuple[float, float]:
+    """(p50 latency over every request, output tokens per second over every block's wall time)."""
+    p50 = statistics.median(x for b in blocks for x in b["latencies_s"])
+    return p50, sum(b["output_tokens"] for b in blocks) / sum(b["wall_s"] for b in blocks)
+
+
+def summarize(level: str, blocks: dict[str, list[dict]]) -> dict:
+    """Ratios corral/plain for one level; blocks carry `phase` (0, 1, ...) and pair up by index."""
+    (p50_c, tps_c), (p50_p, tps_p) = pooled(blocks["corral"]), pooled(blocks["plain"])
+    c, stream = int(level.split(":")[0]), level.endswith(":stream")
+    phases = sorted({b["phase"] for b in blocks["corral"]})
+    per_phase = []
+    for ph in phases:
+        (pc, tc), (pp, tp) = (pooled([b for b in blocks[n] if b["phase"] == ph]) for n in APPS)
+        slot = next(b["slot"] for b in blocks["corral"] if b["phase"] == ph)
+        per_phase.append({"phase": ph, "corral_slot": slot, "p50_latency_ratio": round(pc / pp, 4),
+                          "throughput_ratio": round(tc / tp, 4)})
+    pairs = list(zip(blocks["corral"], blocks["plain"]))
+    out = {
+        "concurrency": c, "stream": stream, "interleaved_per_request": c == 1,
+        "requests_per_app": sum(b["requests"] for b in blocks["corral"]),
+        "p50_latency_s": {"corral": round(p50_c, 4), "plain": round(p50_p, 4)},
+        "output_tokens_per_s": {"corral": round(tps_c, 3), "plain": round(tps_p, 3)},
+        "p50_latency_ratio_corral_vs_plain": round(p50_c / p50_p, 4),
+        "throughput_ratio_corral_vs_plain": round(tps_c / tps_p, 4),
+        "per_phase": per_phase,
+        # Block-pair ratios (same round) show how much the machine alone moves the numbers.
+        "per_round_p50_ratio_range": [round(f(a["latency_p50_s"] / b["latency_p50_s"] for a, b in pairs), 3) for f in (min, max)],
+        "per_round_throughput_ratio_range": [
+            round(f(a["output_tokens_per_s"] / b["output_tokens_per_s"] for a, b in pairs), 3) for f in (min, max)],
+        "failures": {n: sum(b["failures"] for b in blocks[n]) for n in APPS},
+    }
+    if len(per_phase) == 2 and per_phase[0]["corral_slot"] != per_phase[1]["corral_slot"]:
+        first = next(p for p in per_phase if p["corral_slot"] == 0)
+        second = next(p for p in per_phase if p["corral_slot"] == 1)
+        # ratio(phase) = router x slot^(+-1): the geometric mean cancels the slot, the quotient isolates it.
+        out["slot_factor_p50"] = round(math.sqrt(first["p50_latency_ratio"] / second["p50_latency_ratio"]), 4)
+        out["p50_latency_ratio_slot_cancelled"] = round(math.sqrt(first["p50_latency_ratio"] * second["p50_latency_ratio"]), 4)
+        out["throughput_ratio_slot_cancelled"] = round(math.sqrt(first["throughput_ratio"] * second["throughput_ratio"]), 4)
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=6, help="blocks per app per level")
-    parser.add_argument("--requests", type=int, default=8, help="requests per block (x concurrency/1 at c>1)")
+    parser.add_argument("--phases", type=int, default=2,
+                        help="deployments, each with fresh engines; the apps' order alternates between them")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per phase (one block per app and level each)")
+    parser.add_argument("--requests", type=int, default=8,
+                        help="requests per app per block (x concurrency/4 at c>4)")
     parser.add_argument("--levels", nargs="+", default=["1", "8:stream"],
                         help="closed-loop concurrency per level; suffix :stream for SSE")
     parser.add_argument("--control", action="store_true",
-                        help="A/A control: deploy the plain app in corral's place too (same order, prefix and "
-                             "cores), so the ratio shows what the harness alone does")
+                        help="A/A control: deploy the plain app in corral's place too (same slots and prefixes), "
+                             "so the ratios show what the harness alone does")
     args = parser.parse_args()
-    levels = [(int(lv.split(":")[0]), lv.endswith(":stream")) for lv in args.levels]
+    if args.phases < 1 or args.rounds < 1 or args.requests < 1:
+        parser.error("--phases, --rounds and --requests must be >= 1")
+    levels = [(lv, int(lv.split(":")[0]), lv.endswith(":stream")) for lv in args.levels]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from corral.commands.up import apply_fleet, run_down
-    from corral.serving.app import serve_config
+    from corral.serving.app import llm_config_dicts, serve_config
     from corral.serving.local import LocalCluster
 
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
         run_down(None)
     fleet = apply_fleet(None, timeout_s=1200, prometheus=False, say=lambda m: print(m, file=sys.stderr))
-    cluster = LocalCluster()
-    # Same fleet twice: corral's app under /corral, the plain Ray Serve LLM app under /plain with
-    # the identical LLMConfig (same cores, same KV cache); only one of them is loaded at a time.
     if len(fleet.arms) != 1:
         raise SystemExit("the benchmark compares one arm; the default fleet has one")
-    corral_app = serve_config(fleet, cluster.home)["applications"][0]
-    corral_app.update(name="corral", route_prefix="/corral")
-    from corral.serving.app import llm_config_dicts
-
+    cluster = LocalCluster()
+    # Same arm twice: the plain Ray Serve LLM app with the identical LLMConfig (same cores, same KV cache).
     (plain_llm,) = llm_config_dicts(fleet, cluster.home)
-    plain_llm = copy.deepcopy(plain_llm)
     plain_app = {"name": "plain", "route_prefix": "/plain", "import_path": "ray.serve.llm:build_openai_app",
-                 "args": {"llm_configs": [plain_llm]}}
+                 "args": {"llm_configs": [copy.deepcopy(plain_llm)]}}
     if args.control:
         corral_app = {**copy.deepcopy(plain_app), "name": "corral", "route_prefix": "/corral"}
-    config = {"applications": [corral_app, plain_app], "http_options": {"host": "127.0.0.1", "port": fleet.server.port}}
-    r = cluster._http("PUT", "/api/serve/applications/", json=config, timeout=60)
-    r.raise_for_status()
-    deadline = time.monotonic() + 1200
-    while not all((cluster.app_status(n) or {}).get("status") == "RUNNING" for n in ("corral", "plain")):
-        if time.monotonic() > deadline:
-            raise SystemExit("apps did not become healthy")
-        time.sleep(3)
+    else:
+        corral_app = {**serve_config(fleet, cluster.home)["applications"][0], "name": "corral", "route_prefix": "/corral"}
+    apps = {"corral": corral_app, "plain": plain_app}
     base = f"http://127.0.0.1:{fleet.server.port}"
     targets = {"corral": (f"{base}/corral", fleet.arms[0].name if args.control else fleet.routes[0].name),
                "plain": (f"{base}/plain", fleet.arms[0].name)}
+    results: dict[str, dict[str, list[dict]]] = {n: {lv: [] for lv, _, _ in levels} for n in APPS}
     try:
-        for name, (url, model) in targets.items():
-            run(url, model, 2, 4)  # warm-up, excluded
-            run(url, model, 2, 2, stream=True)
-        results: dict[str, dict[str, list[dict]]] = {n: {lv: [] for lv in args.levels} for n in targets}
-        for rnd in range(args.rounds):
-            for lv, (c, stream) in zip(args.levels, levels):
-                order = list(targets) if rnd % 2 == 0 else list(reversed(targets))  # alternate who goes first
-                for name in order:
-                    url, model = targets[name]
-                    n = args.requests * max(1, c // 4)  # c=8: two full waves per block
-                    results[name][lv].append(run(url, model, c, n, stream=stream))
-                    brief = {k: v for k, v in results[name][lv][-1].items() if k != "latencies_s"}
-                    print(f"round {rnd} level {lv} {name}: {brief}", file=sys.stderr)
+        for phase in range(args.phases):
+            order = APPS if phase % 2 == 0 else APPS[::-1]
+            print(f"phase {phase}: deploying {order} (fresh engines)", file=sys.stderr)
+            deploy(cluster, apps, order, fleet.server.port)
+            for url, model in targets.values():
+                run(url, model, 2, 4)  # warm-up, excluded
+                run(url, model, 2, 2, stream=True)
+            for rnd in range(args.rounds):
+                for lv, c, stream in levels:
+                    if c == 1:
+                        got = asyncio.run(alternating(targets, args.requests, stream=stream))
+                    else:
+                        got = {}
+                        for name in (APPS if rnd % 2 == 0 else APPS[::-1]):
+                            url, model = targets[name]
+                            got[name] = run(url, model, c, args.requests * max(1, c // 4), stream=stream)
+                    for name, block in got.items():
+                        results[name][lv].append({**block, "phase": phase, "slot": order.index(name), "round": rnd})
+                        brief = {k: v for k, v in block.items() if k != "latencies_s"}
+                        print(f"phase {phase} round {rnd} level {lv} {name}: {brief}", file=sys.stderr)
     finally:
         with contextlib.redirect_stdout(sys.stderr):
             run_down(None)
 
-    out = []
-    for lv, (c, stream) in zip(args.levels, levels):
-        blocks = results
-        p50 = {n: round(statistics.median(x for b in blocks[n][lv] for x in b["latencies_s"]), 4) for n in targets}
-        tps = {n: round(sum(b["output_tokens"] for b in blocks[n][lv]) / sum(b["wall_s"] for b in blocks[n][lv]), 3)
-               for n in targets}
-        # Block-pair ratios (same round) show how much the machine alone moves the numbers.
-        pair = [(a, b) for a, b in zip(blocks["corral"][lv], blocks["plain"][lv])]
-        p50_pairs = [a["latency_p50_s"] / b["latency_p50_s"] for a, b in pair]
-        tps_pairs = [a["output_tokens_per_s"] / b["output_tokens_per_s"] for a, b in pair]
-        out.append({
-            "concurrency": c, "stream": stream, "requests_per_app": sum(b["requests"] for b in blocks["corral"][lv]),
-            "p50_latency_s": p50, "output_tokens_per_s": tps,
-            "p50_latency_ratio_corral_vs_plain": round(p50["corral"] / p50["plain"], 4),
-            "throughput_ratio_corral_vs_plain": round(tps["corral"] / tps["plain"], 4),
-            "per_round_p50_ratio_range": [round(min(p50_pairs), 3), round(max(p50_pairs), 3)],
-            "per_round_throughput_ratio_range": [round(min(tps_pairs), 3), round(max(tps_pairs), 3)],
-            "failures": {n: sum(r["failures"] for r in results[n][lv]) for n in targets},
-        })
-    print(json.dumps({"benchmark": "router_overhead", "control": args.control, "rounds": args.rounds, "requests_per_level": args.requests,
+    print(json.dumps({"benchmark": "router_overhead", "control": args.control, "phases": args.phases,
+                      "rounds_per_phase": args.rounds, "requests_per_block": args.requests,
                       "goal": {"p50_latency_ratio_max": 1.02, "throughput_ratio_min": 0.98},
-                      "levels": out, "raw": results}, indent=2))
+                      "levels": [summarize(lv, {n: results[n][lv] for n in APPS}) for lv, _, _ in levels],
+                      "raw": results}, indent=2))
     return 0
 
 

@@ -1,0 +1,107 @@
+"""The router benchmark's harness: request-by-request turns and the slot-cancelling summary.
+
+The benchmark's verdict rests on these two pieces, so they are checked here against a local
+HTTP server speaking the OpenAI chat shape (no Ray, no engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from _load import alternating  # noqa: E402
+from router_overhead import summarize  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _serve_and_alternate(pairs: int, stream: bool, fail_model: str | None = None):
+    seen: list[str] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        seen.append(body["model"])
+        if body["model"] == fail_model:
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        usage = {"completion_tokens": body["max_tokens"]}
+        if not body.get("stream"):
+            return web.json_response({"choices": [], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n')
+        await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage}, separators=(',', ':'))}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/a/v1/chat/completions", chat)
+    app.router.add_post("/b/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        got = await alternating({"A": (f"{base}/a", "ma"), "B": (f"{base}/b", "mb")}, pairs, max_tokens=5,
+                                stream=stream)
+    finally:
+        await runner.cleanup()
+    return seen, got
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_alternating_takes_turns_and_counts_per_target(stream):
+    seen, got = asyncio.run(_serve_and_alternate(4, stream))
+    # Order inside each pair alternates, so neither target always goes first.
+    assert seen == ["ma", "mb", "mb", "ma", "ma", "mb", "mb", "ma"]
+    for name in ("A", "B"):
+        r = got[name]
+        assert r["requests"] == 4 and r["failures"] == 0 and r["output_tokens"] == 20
+        assert r["wall_s"] == pytest.approx(sum(r["latencies_s"]), abs=1e-3)
+        assert r["interleaved"] is True and r["stream"] is stream
+
+
+def test_alternating_counts_failures_apart_from_latencies():
+    _, got = asyncio.run(_serve_and_alternate(3, False, fail_model="mb"))
+    assert got["B"]["failures"] == 3 and got["B"]["requests"] == 0 and got["B"]["latency_p50_s"] is None
+    assert got["A"]["failures"] == 0 and got["A"]["requests"] == 3
+
+
+def _block(latency: float, phase: int, slot: int, n: int = 8, tokens: int = 32) -> dict:
+    return {"latencies_s": [latency] * n, "latency_p50_s": latency, "output_tokens": n * tokens,
+            "wall_s": latency * n, "output_tokens_per_s": tokens / latency, "requests": n, "failures": 0,
+            "phase": phase, "slot": slot}
+
+
+def test_summary_cancels_a_slot_bias_and_reports_its_size():
+    # Router adds 1%; the first slot is 8% slower. Phase 0: corral first; phase 1: corral second.
+    router, slot = 1.01, 1.08
+    blocks = {
+        "corral": [_block(4.0 * router * slot, 0, 0), _block(4.0 * router, 1, 1)],
+        "plain": [_block(4.0, 0, 1), _block(4.0 * slot, 1, 0)],
+    }
+    s = summarize("1", blocks)
+    assert [p["p50_latency_ratio"] for p in s["per_phase"]] == pytest.approx([router * slot, router / slot], abs=1e-3)
+    assert s["slot_factor_p50"] == pytest.approx(slot, abs=1e-3)
+    assert s["p50_latency_ratio_slot_cancelled"] == pytest.approx(router, abs=1e-3)
+    assert s["throughput_ratio_slot_cancelled"] == pytest.approx(1 / router, abs=1e-3)
+    assert s["concurrency"] == 1 and s["interleaved_per_request"] and s["requests_per_app"] == 16
+
+
+def test_summary_without_a_swap_has_no_slot_estimate():
+    blocks = {"corral": [_block(4.4, 0, 0)], "plain": [_block(4.0, 0, 1)]}
+    s = summarize("8:stream", blocks)
+    assert s["stream"] and s["p50_latency_ratio_corral_vs_plain"] == pytest.approx(1.1)
+    assert "slot_factor_p50" not in s
