@@ -43,7 +43,7 @@ def sweep(base_url: str, model: str, out: Path, a: argparse.Namespace, rates: tu
     start, step, top = rates
     cmd = [sys.executable, "-m", "corral.cli", "loadtest", "--base-url", base_url, "--model", model,
            "--mode", "sweep", "--slo", a.slo, "--sweep-start", str(start), "--sweep-step", str(step),
-           "--sweep-max", str(top), "--sweep-failures", "1", "--duration", str(a.duration),
+           "--sweep-max", str(top), "--sweep-failures", str(a.sweep_failures), "--duration", str(a.duration),
            "--warmup", str(a.warmup), "--input-tokens", str(a.input_tokens), "--output-tokens", str(a.output_tokens),
            "--progress-interval", "5", "--out", str(out)]
     subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout stays pure JSON
@@ -71,6 +71,8 @@ def main() -> int:
     p.add_argument("--reuse", default=None, metavar="DIR",
                    help="measure nothing: evaluate the planner on the sweeps already in DIR (a, b, b2, ...), "
                         "e.g. after a planner change")
+    p.add_argument("--sweep-failures", type=int, default=2,
+                   help="a sweep stops after this many consecutive stages that miss the SLO")
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--input-tokens", type=int, default=64)
@@ -142,7 +144,8 @@ def main() -> int:
         "prediction_error_per_run": [(predicted.lambda_star_rps - m) / m for m in each_b],
         "abs_error_within_8pct": abs(error) <= 0.08,
         "prediction_warnings": predicted.warnings,
-        "sweeps": {"a": rates_a, "b": rates_b, "stage_s": a.duration, "warmup_s": a.warmup},
+        "sweeps": {"a": rates_a, "b": rates_b, "stage_s": a.duration, "warmup_s": a.warmup,
+                   "stop_after_failed_stages": a.sweep_failures},
         "mock": a.mock,
         "fleet": a.fleet if deploy else None,
         "reused_sweeps": a.reuse,

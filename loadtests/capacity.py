@@ -3,8 +3,9 @@
 From the stages of a load test (a rate sweep, ideally) against an arm deployed with R replicas
 and `max_num_seqs` M, the planner
 
-1. finds the measured λ*: the highest offered rate meeting the SLO, interpolated between the
-   last stage that met it and the first that missed it, per replica (λ*_r = λ*/R);
+1. finds the measured λ*: the highest offered rate meeting the SLO, per replica (λ*_r = λ*/R),
+   where the stages' attainment, fitted non-increasing in rate (isotonic regression: one noisy
+   stage does not decide), crosses the target;
 2. fits a per-replica model of a continuous-batching engine:
    * iteration time vs running batch, `t_iter(B) = a + b·B`, from the stages' mean ITL and mean
      decode batch (Little's law: B = per-replica rate × mean time in decode);
@@ -17,7 +18,7 @@ and `max_num_seqs` M, the planner
      of service times (≈ 0 for forced output lengths, ≈ 1 for exponential ones): the rate at
      which the TTFT (or e2e) percentile reaches its threshold;
    * the model's λ*(M) is the smaller of the two. The measurement anchors it: the bound of the
-     clause that failed at the first missed stage (ITL/TPOT: the latency bound; TTFT/e2e: the
+     clause that failed just above the crossing (ITL/TPOT: the latency bound; TTFT/e2e: the
      queueing bound) is scaled to equal the measured λ*, and only that bound. A factor fitted on
      one mechanism says nothing about the other, which often binds at another max_num_seqs (at a
      large M the ITL limits, at a small M the wait for a slot);
@@ -63,6 +64,8 @@ class StagePoint:
     """Squared coefficient of variation of the requests' time in decode (variance / mean²)."""
     missed_metrics: tuple[str, ...] = ()
     """Metrics (ttft, itl, tpot, e2e) whose SLO clause this stage missed."""
+    requests: int = 0
+    """Measured requests in the stage (the weight of its attainment in `monotone_attainment`)."""
 
 
 # Which bound of the replica model limits each SLO metric.
@@ -106,6 +109,7 @@ def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord
             input_tokens_mean=sum(r.input_tokens or 0 for r in ok) / len(ok),
             service_cv2=cv2,
             missed_metrics=tuple(c.metric for c in clauses if not verdict["clauses"][c.key]["met"]),
+            requests=len(measured),
         ))
     return sorted(points, key=lambda p: p.rate_rps)
 
@@ -114,31 +118,57 @@ def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord
 class MeasuredLambda:
     per_replica_rps: float
     bracketed: bool
-    """False when every stage met the SLO: λ* is then only a lower bound."""
+    """False when the fitted attainment meets the SLO at every stage: λ* is then only a lower bound."""
     last_met: str | None
     first_missed: str | None
+    missed_metrics: tuple[str, ...] = ()
+    """Metrics whose clause failed just above the crossing (what limits λ*)."""
+
+
+def monotone_attainment(points: list[StagePoint]) -> list[float]:
+    """Each stage's attainment ratio, fitted non-increasing in rate (weighted isotonic regression,
+    pool-adjacent-violators, weights = measured requests).
+
+    A stage's attainment is a sample: with 100-200 requests and a p95 target, a handful of slow
+    requests moves it by a few points, so a single stage can dip below the target and the next pass
+    again. The true attainment only falls as the rate rises; pooling neighbours that contradict
+    that uses every stage instead of letting the first unlucky one decide λ*.
+    """
+    blocks: list[list[float]] = []  # [weighted sum, weight, stages]
+    for p in sorted(points, key=lambda p: p.rate_rps):
+        blocks.append([max(1, p.requests) * p.attainment_ratio, max(1, p.requests), 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            total, weight, n = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += weight
+            blocks[-1][2] += n
+    return [total / weight for total, weight, n in blocks for _ in range(int(n))]
 
 
 def measured_lambda_star(points: list[StagePoint]) -> MeasuredLambda:
-    """Highest rate meeting the SLO, interpolated on the attainment ratio between the last
-    stage of the initial run of passing stages and the first stage that missed."""
+    """Highest rate meeting the SLO: where the monotone fit of attainment (`monotone_attainment`)
+    crosses the target, interpolated between the last stage fitted to meet it and the next."""
     if not points:
         raise ValueError("no usable stages (each needs at least 3 successful measured requests)")
-    if not points[0].met:
+    points = sorted(points, key=lambda p: p.rate_rps)
+    fitted = monotone_attainment(points)
+    if fitted[0] < 1.0:
         raise ValueError(f"the SLO is missed already at the lowest measured rate ({points[0].name}, "
                          f"{points[0].rate_rps:g} rps): measure lower rates")
-    i = 0
-    while i + 1 < len(points) and points[i + 1].met:
-        i += 1
+    i = max(k for k, f in enumerate(fitted) if f >= 1.0)
     lo = points[i]
     if i + 1 == len(points):
         return MeasuredLambda(lo.rate_per_replica_rps, False, lo.name, None)
     hi = points[i + 1]
-    # attainment_ratio falls from >= 1 (lo) to < 1 (hi); find where it crosses 1.
-    span = lo.attainment_ratio - hi.attainment_ratio
-    frac = (lo.attainment_ratio - 1.0) / span if span > 0 else 0.0
+    # The fit falls from >= 1 (lo) to < 1 (hi); find where it crosses 1.
+    span = fitted[i] - fitted[i + 1]
+    frac = (fitted[i] - 1.0) / span if span > 0 else 0.0
     lam = lo.rate_per_replica_rps + max(0.0, min(1.0, frac)) * (hi.rate_per_replica_rps - lo.rate_per_replica_rps)
-    return MeasuredLambda(lam, True, lo.name, hi.name)
+    # What limits λ*: the clauses missed in the first pooled group below the target (not further up,
+    # where another mechanism may also give out).
+    group = [p for k, p in enumerate(points) if k > i and fitted[k] == fitted[i + 1]]
+    missed = tuple(sorted({m for p in group for m in p.missed_metrics}))
+    return MeasuredLambda(lam, True, lo.name, hi.name, missed)
 
 
 @dataclass
@@ -323,8 +353,8 @@ class Planner:
     model: ReplicaModel
     lam: MeasuredLambda
     calibration_latency: float = 1.0
-    """Measured λ*_r / the model's latency bound, when an ITL/TPOT clause failed at the first
-    missed stage (or the bound lies below the measured λ*); 1 otherwise."""
+    """Measured λ*_r / the model's latency bound, when an ITL/TPOT clause failed just above
+    the crossing (or the bound lies below the measured λ*); 1 otherwise."""
     calibration_queue: float = 1.0
     """Measured λ*_r / the model's queueing bound at the measured max_num_seqs, when a TTFT/e2e
     clause failed there (or the bound lies below the measured λ*); 1 otherwise."""
@@ -337,7 +367,7 @@ class Planner:
         model = fit_model(points, measured.max_num_seqs)
         # What broke the SLO at the measured λ*: only that mechanism's bound is anchored to it.
         # Without a failing stage λ* is a lower bound and can only lift a bound that lies below it.
-        failed = set(next(p for p in points if p.name == lam.first_missed).missed_metrics) if lam.bracketed else set()
+        failed = set(lam.missed_metrics)
 
         def factor(bound: float, metrics: frozenset[str]) -> float:
             if not 0 < bound < math.inf:

@@ -69,8 +69,9 @@ class LoadConfig:
     """sweep: rate increment per stage."""
     sweep_max_rps: float = 8.0
     """sweep: last rate tried if the SLO never fails."""
-    sweep_failures: int = 1
-    """sweep: stop after this many consecutive stages that miss the SLO."""
+    sweep_failures: int = 2
+    """sweep: stop after this many consecutive stages that miss the SLO. Two, so that one stage
+    missing by sampling noise does not end the sweep: the planner fits attainment over every stage."""
     slo: str | None = None
     """SLO clauses (`ttft_p95=0.5,itl_p95=0.05`): summaries report attainment; sweeps stop on it."""
     max_in_flight: int = 256

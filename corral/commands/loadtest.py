@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rate_rps": "offered requests/s (constant, poisson)",
         "trace_keep": "share of the trace's requests to send (seeded thinning, keeps burst timing)",
         "trace_token_scale": "factor on the trace's prompt and answer lengths",
+        "sweep_failures": "sweep: stop after this many consecutive stages that miss the SLO",
     }
     p = sub.add_parser("loadtest", help="measure a running fleet (TTFT, ITL, throughput, SLO attainment)",
                        description=__doc__)

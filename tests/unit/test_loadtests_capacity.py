@@ -7,7 +7,8 @@ import math
 import pytest
 import yaml
 
-from corral.loadtests.capacity import Measured, Planner, erlang_c, plan_capacity, stage_points
+from corral.loadtests.capacity import (Measured, Planner, StagePoint, erlang_c, measured_lambda_star,
+                                      monotone_attainment, plan_capacity, stage_points)
 from corral.loadtests.metrics import RequestRecord
 from corral.loadtests.report import summarize, write_results
 from corral.loadtests.slo import parse_slo
@@ -216,3 +217,34 @@ def test_summary_warns_when_a_stage_is_too_small_for_its_slo_percentile():
     warned = summarize({}, small, SLO, 0.05)["warnings"]
     assert any("16 measured requests" in w and "ttft_p95" in w and ">= 60 requests" in w for w in warned), warned
     assert not any("measured requests" in w for w in summarize({}, big, SLO, 0.05)["warnings"])
+
+
+def _point(rate: float, ratio: float, requests: int = 100, missed: tuple[str, ...] = ()) -> StagePoint:
+    return StagePoint(name=f"rate={rate:g}", rate_rps=rate, rate_per_replica_rps=rate, attainment_ratio=ratio,
+                      met=ratio >= 1, ttft_median_s=0.1, itl_mean_s=0.01, itl_tail_ratio=1.2, tpot_mean_s=0.01,
+                      tpot_tail_ratio=1.2, decode_batch=1.0, in_flight=1.0, output_tokens_mean=16,
+                      input_tokens_mean=64, missed_metrics=missed if ratio < 1 else (), requests=requests)
+
+
+def test_monotone_attainment_pools_stages_that_contradict_a_falling_curve():
+    # Weighted pooling: (0.97*100 + 1.03*300) / 400 = 1.015 for the dip and the stage after it.
+    fitted = monotone_attainment([_point(1, 1.05), _point(2, 0.97), _point(3, 1.03, requests=300), _point(4, 0.9)])
+    assert fitted == pytest.approx([1.05, 1.015, 1.015, 0.9])
+    assert monotone_attainment([_point(1, 1.0), _point(2, 0.99), _point(3, 0.95)]) == [1.0, 0.99, 0.95]
+
+
+def test_one_unlucky_stage_does_not_decide_lambda_star():
+    """A dip just below the target followed by passing stages (sampling noise at 100 requests):
+    λ* is where the fitted curve crosses, above the dip; the clause missed there is what limits."""
+    points = [_point(1, 1.05), _point(2, 0.99, missed=("tpot",)), _point(3, 1.03, requests=300),
+              _point(4, 0.95, missed=("ttft",)), _point(5, 0.8, missed=("ttft", "tpot"))]
+    lam = measured_lambda_star(points)
+    # Fitted: 1.05, 1.02, 1.02, 0.95, 0.8 -> crosses 1 between 3 and 4 at 3 + 0.02/0.07.
+    assert lam.bracketed and lam.last_met == "rate=3" and lam.first_missed == "rate=4"
+    assert lam.per_replica_rps == pytest.approx(3 + 0.02 / 0.07)
+    assert lam.missed_metrics == ("ttft",)
+    # A noisy first stage pooled with passing ones is no reason to refuse the sweep...
+    assert measured_lambda_star([_point(1, 0.98, requests=30, missed=("tpot",)), _point(2, 1.02), _point(3, 0.9)]).bracketed
+    # ...but a sweep that misses from its first stage on still is.
+    with pytest.raises(ValueError, match="lowest measured rate"):
+        measured_lambda_star([_point(1, 0.98, missed=("tpot",)), _point(2, 0.97, missed=("tpot",))])
