@@ -1,26 +1,26 @@
 """corral's router vs the plain Ray Serve LLM OpenAI app: same model, same load, one run.
 
-Two Serve applications run side by side: the stock `build_openai_app` (route prefix /plain) and
-corral's ingress (prefix /corral, the request names a route over one arm). Each has its own
-SmolLM2 engine with the identical LLMConfig, bound to the same cores; the load goes to one app at
-a time, so each engine has the whole machine while it is measured.
+`--engine shared` (default) isolates the router: corral's application runs the engine, and Ray
+Serve LLM's stock `OpenAiIngress` (`_shared_ingress.py`, prefix /plain) sends to that same
+LLMServer replica, so the two paths differ only in the ingress. `--engine separate` compares
+whole applications (corral's vs `build_openai_app`), each with its own engine with the identical
+LLMConfig, bound to the same cores; two engine instances differ by several percent on their own
+here, so it cannot resolve 2% (see benchmarks/results/router_overhead-swap-2026-12-01.json).
+The load goes to one path at a time.
 
-Two biases are designed out rather than hoped away:
-- drift (other processes, the scheduler): at one request at a time the apps take turns request
-  by request (`_load.alternating`); at higher concurrency they take turns block by block, the
-  first app alternating each round;
-- the slot (which app is deployed first, which engine instance it gets): an A/A run showed the
-  first slot about 8% slower at c=1 on this machine. With `--phases 2` (default) the run is
-  redeployed halfway with fresh engines and the apps' order exchanged; the pooled ratio then
-  carries the slot effect once each way, and the per-phase ratios show its size
-  (slot factor = sqrt(phase 1 ratio / phase 2 ratio)).
+Drift (other processes, the scheduler) is designed out: at one request at a time the paths take
+turns request by request (`_load.alternating`); at higher concurrency block by block, the first
+alternating each round. With separate engines `--phases 2` (the default there) redeploys halfway
+with fresh engines and the apps' order exchanged; the per-phase ratios show the slot effect
+(slot factor = sqrt(phase 1 ratio / phase 2 ratio)) and the slot-cancelled ratios remove it.
 
 Levels are closed-loop concurrencies, non-streaming by default, `8:stream` for SSE (where corral
 reads every chunk for TTFT/ITL). Prints JSON with the ratios the router issue targets: p50
-latency ratio <= 1.02 and throughput ratio >= 0.98. `--control` deploys the plain app in corral's
-place as well (A/A): its ratios show what the harness alone does.
+latency ratio <= 1.02 and throughput ratio >= 0.98. `--control` puts a second plain ingress
+(shared) or the plain app (separate) in corral's place (A/A): its ratios show what the harness
+alone does.
 
-    .venv/bin/python benchmarks/router_overhead.py [--phases 2] [--rounds 4] [--requests 8] [--levels 1 8:stream]
+    .venv/bin/python benchmarks/router_overhead.py [--engine shared] [--rounds 4] [--requests 8] [--levels 1 8:stream]
 """
 
 from __future__ import annotations
@@ -45,20 +45,22 @@ APPS = ("corral", "plain")
 
 
 def deploy(cluster, apps: dict[str, dict], order: tuple[str, ...], port: int, timeout_s: float = 1200) -> None:
-    """Delete every Serve app (so the engines start afresh), deploy `apps` in `order`, wait until RUNNING."""
+    """Delete every Serve app (so the engines start afresh), then deploy `apps` in `order`, each
+    one RUNNING before the next is added (a shared-engine ingress needs its engine's app)."""
     cluster.delete_apps()
     deadline = time.monotonic() + timeout_s
     while (cluster.serve_status() or {}).get("applications"):
         if time.monotonic() > deadline:
             raise SystemExit("old apps did not go away")
         time.sleep(2)
-    config = {"applications": [apps[n] for n in order], "http_options": {"host": "127.0.0.1", "port": port}}
-    r = cluster._http("PUT", "/api/serve/applications/", json=config, timeout=60)
-    r.raise_for_status()
-    while not all((cluster.app_status(n) or {}).get("status") == "RUNNING" for n in order):
-        if time.monotonic() > deadline:
-            raise SystemExit("apps did not become healthy")
-        time.sleep(3)
+    for k in range(1, len(order) + 1):
+        config = {"applications": [apps[n] for n in order[:k]], "http_options": {"host": "127.0.0.1", "port": port}}
+        r = cluster._http("PUT", "/api/serve/applications/", json=config, timeout=60)
+        r.raise_for_status()
+        while (cluster.app_status(order[k - 1]) or {}).get("status") != "RUNNING":
+            if time.monotonic() > deadline:
+                raise SystemExit(f"app {order[k - 1]!r} did not become healthy")
+            time.sleep(3)
 
 
 def pooled(blocks: list[dict]) -> tuple[float, float]:
@@ -103,26 +105,56 @@ def summarize(level: str, blocks: dict[str, list[dict]]) -> dict:
     return out
 
 
+def layout(fleet, home: Path, engine: str, control: bool) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
+    """(Serve apps by name, the app each target is, the model each target's requests name)."""
+    from corral.serving.app import llm_config_dicts, llm_deployment_name, serve_config
+
+    arm, route = fleet.arms[0].name, fleet.routes[0].name
+    (llm,) = llm_config_dicts(fleet, home)
+    corral_app = {**serve_config(fleet, home)["applications"][0], "name": "corral", "route_prefix": "/corral"}
+    if engine == "shared":
+        def plain(name: str) -> dict:
+            return {"name": name, "route_prefix": f"/{name}", "import_path": "_shared_ingress:build",
+                    "runtime_env": {"working_dir": str(Path(__file__).resolve().parent)},
+                    "args": {"llm_config": copy.deepcopy(llm), "app_name": "corral",
+                             "deployment": llm_deployment_name(arm)}}
+        apps = {"corral": corral_app, "plain": plain("plain")}
+        if control:
+            apps["twin"] = plain("twin")
+        return apps, {"corral": "twin" if control else "corral", "plain": "plain"}, {
+            "corral": arm if control else route, "plain": arm}
+    plain_app = {"name": "plain", "route_prefix": "/plain", "import_path": "ray.serve.llm:build_openai_app",
+                 "args": {"llm_configs": [copy.deepcopy(llm)]}}
+    if control:
+        corral_app = {**copy.deepcopy(plain_app), "name": "corral", "route_prefix": "/corral"}
+    return {"corral": corral_app, "plain": plain_app}, {"corral": "corral", "plain": "plain"}, {
+        "corral": arm if control else route, "plain": arm}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phases", type=int, default=2,
-                        help="deployments, each with fresh engines; the apps' order alternates between them")
+    parser.add_argument("--engine", choices=("shared", "separate"), default="shared",
+                        help="shared: both ingresses over corral's engine (the router alone); separate: whole apps, "
+                             "one engine each")
+    parser.add_argument("--phases", type=int, default=None,
+                        help="deployments, each with fresh engines; with separate engines the apps' order alternates "
+                             "between them (default: 1 shared, 2 separate)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per phase (one block per app and level each)")
     parser.add_argument("--requests", type=int, default=8,
                         help="requests per app per block (x concurrency/4 at c>4)")
     parser.add_argument("--levels", nargs="+", default=["1", "8:stream"],
                         help="closed-loop concurrency per level; suffix :stream for SSE")
     parser.add_argument("--control", action="store_true",
-                        help="A/A control: deploy the plain app in corral's place too (same slots and prefixes), "
-                             "so the ratios show what the harness alone does")
+                        help="A/A control: a plain ingress (shared) or app (separate) in corral's place, so the "
+                             "ratios show what the harness alone does")
     args = parser.parse_args()
-    if args.phases < 1 or args.rounds < 1 or args.requests < 1:
+    phases = args.phases or (1 if args.engine == "shared" else 2)
+    if phases < 1 or args.rounds < 1 or args.requests < 1:
         parser.error("--phases, --rounds and --requests must be >= 1")
     levels = [(lv, int(lv.split(":")[0]), lv.endswith(":stream")) for lv in args.levels]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from corral.commands.up import apply_fleet, run_down
-    from corral.serving.app import llm_config_dicts, serve_config
     from corral.serving.local import LocalCluster
 
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
@@ -131,22 +163,15 @@ def main() -> int:
     if len(fleet.arms) != 1:
         raise SystemExit("the benchmark compares one arm; the default fleet has one")
     cluster = LocalCluster()
-    # Same arm twice: the plain Ray Serve LLM app with the identical LLMConfig (same cores, same KV cache).
-    (plain_llm,) = llm_config_dicts(fleet, cluster.home)
-    plain_app = {"name": "plain", "route_prefix": "/plain", "import_path": "ray.serve.llm:build_openai_app",
-                 "args": {"llm_configs": [copy.deepcopy(plain_llm)]}}
-    if args.control:
-        corral_app = {**copy.deepcopy(plain_app), "name": "corral", "route_prefix": "/corral"}
-    else:
-        corral_app = {**serve_config(fleet, cluster.home)["applications"][0], "name": "corral", "route_prefix": "/corral"}
-    apps = {"corral": corral_app, "plain": plain_app}
+    apps, app_of, model_of = layout(fleet, cluster.home, args.engine, args.control)
     base = f"http://127.0.0.1:{fleet.server.port}"
-    targets = {"corral": (f"{base}/corral", fleet.arms[0].name if args.control else fleet.routes[0].name),
-               "plain": (f"{base}/plain", fleet.arms[0].name)}
+    targets = {t: (f"{base}{apps[app_of[t]]['route_prefix']}", model_of[t]) for t in APPS}
     results: dict[str, dict[str, list[dict]]] = {n: {lv: [] for lv, _, _ in levels} for n in APPS}
     try:
-        for phase in range(args.phases):
-            order = APPS if phase % 2 == 0 else APPS[::-1]
+        for phase in range(phases):
+            order = tuple(apps)  # a shared engine's app comes first
+            if args.engine == "separate" and phase % 2:
+                order = order[::-1]
             print(f"phase {phase}: deploying {order} (fresh engines)", file=sys.stderr)
             deploy(cluster, apps, order, fleet.server.port)
             for url, model in targets.values():
@@ -162,15 +187,16 @@ def main() -> int:
                             url, model = targets[name]
                             got[name] = run(url, model, c, args.requests * max(1, c // 4), stream=stream)
                     for name, block in got.items():
-                        results[name][lv].append({**block, "phase": phase, "slot": order.index(name), "round": rnd})
+                        slot = order.index(app_of[name])
+                        results[name][lv].append({**block, "phase": phase, "slot": slot, "round": rnd})
                         brief = {k: v for k, v in block.items() if k != "latencies_s"}
                         print(f"phase {phase} round {rnd} level {lv} {name}: {brief}", file=sys.stderr)
     finally:
         with contextlib.redirect_stdout(sys.stderr):
             run_down(None)
 
-    print(json.dumps({"benchmark": "router_overhead", "control": args.control, "phases": args.phases,
-                      "rounds_per_phase": args.rounds, "requests_per_block": args.requests,
+    print(json.dumps({"benchmark": "router_overhead", "engine": args.engine, "control": args.control,
+                      "phases": phases, "rounds_per_phase": args.rounds, "requests_per_block": args.requests,
                       "goal": {"p50_latency_ratio_max": 1.02, "throughput_ratio_min": 0.98},
                       "levels": [summarize(lv, {n: results[n][lv] for n in APPS}) for lv, _, _ in levels],
                       "raw": results}, indent=2))

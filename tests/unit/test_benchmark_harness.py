@@ -105,3 +105,25 @@ def test_summary_without_a_swap_has_no_slot_estimate():
     s = summarize("8:stream", blocks)
     assert s["stream"] and s["p50_latency_ratio_corral_vs_plain"] == pytest.approx(1.1)
     assert "slot_factor_p50" not in s
+
+
+def test_shared_layout_points_the_plain_ingress_at_corrals_engine(tmp_path):
+    from corral.cluster.spec import load_fleet
+    from corral.serving.app import llm_deployment_name
+    from router_overhead import layout
+
+    fleet = load_fleet()
+    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=False)
+    assert list(apps) == ["corral", "plain"]  # the engine's app is deployed first
+    plain = apps["plain"]
+    assert plain["import_path"] == "_shared_ingress:build" and plain["route_prefix"] == "/plain"
+    assert Path(plain["runtime_env"]["working_dir"], "_shared_ingress.py").is_file()
+    assert plain["args"]["app_name"] == "corral"
+    # The deployment it looks up is one corral's app really has.
+    corral_deployments = {d["name"] for d in apps["corral"]["deployments"]}
+    assert plain["args"]["deployment"] == llm_deployment_name(fleet.arms[0].name) in corral_deployments
+    assert model_of == {"corral": fleet.routes[0].name, "plain": fleet.arms[0].name}
+    # A/A: a second plain ingress takes corral's place.
+    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=True)
+    assert app_of["corral"] == "twin" and apps["twin"]["import_path"] == "_shared_ingress:build"
+    assert model_of["corral"] == fleet.arms[0].name
