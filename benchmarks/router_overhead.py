@@ -131,6 +131,22 @@ def layout(fleet, home: Path, engine: str, control: bool) -> tuple[dict[str, dic
         "corral": arm if control else route, "plain": arm}
 
 
+def stat_logger_cost_us(calls: int = 100_000) -> float:
+    """What corral adds on the engine side, which a shared engine leaves out of the comparison:
+    `EngineSignals.record`, called by vLLM once per engine iteration (µs per call, with a TTFT
+    sample in every call, more than a real iteration carries)."""
+    from vllm.v1.metrics.stats import IterationStats, SchedulerStats
+
+    from corral.serving.llm_server import EngineSignals
+
+    signals, scheduler, iteration = EngineSignals(), SchedulerStats(kv_cache_usage=0.5), IterationStats()
+    iteration.time_to_first_tokens_iter.append(0.1)
+    start = time.perf_counter()
+    for _ in range(calls):
+        signals.record(scheduler, iteration)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", choices=("shared", "separate"), default="shared",
@@ -195,11 +211,21 @@ def main() -> int:
         with contextlib.redirect_stdout(sys.stderr):
             run_down(None)
 
+    summary = [summarize(lv, {n: results[n][lv] for n in APPS}) for lv, _, _ in levels]
+    engine_side = None
+    if args.engine == "shared":
+        # At the lowest level (one request at a time) an engine iteration makes about one output token.
+        low = min(range(len(levels)), key=lambda i: levels[i][1])
+        token_s = sum(b["wall_s"] for b in results["plain"][levels[low][0]]) / sum(
+            b["output_tokens"] for b in results["plain"][levels[low][0]])
+        cost_us = stat_logger_cost_us()
+        engine_side = {"stat_logger_us_per_iteration": round(cost_us, 2),
+                       "plain_s_per_output_token": round(token_s, 4),
+                       "fraction_of_a_token": cost_us * 1e-6 / token_s}
     print(json.dumps({"benchmark": "router_overhead", "engine": args.engine, "control": args.control,
                       "phases": phases, "rounds_per_phase": args.rounds, "requests_per_block": args.requests,
                       "goal": {"p50_latency_ratio_max": 1.02, "throughput_ratio_min": 0.98},
-                      "levels": [summarize(lv, {n: results[n][lv] for n in APPS}) for lv, _, _ in levels],
-                      "raw": results}, indent=2))
+                      "levels": summary, "engine_side": engine_side, "raw": results}, indent=2))
     return 0
 
 
