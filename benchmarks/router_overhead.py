@@ -34,7 +34,9 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,7 +58,8 @@ def deploy(cluster, apps: dict[str, dict], order: tuple[str, ...], port: int, ti
     for k in range(1, len(order) + 1):
         config = {"applications": [apps[n] for n in order[:k]], "http_options": {"host": "127.0.0.1", "port": port}}
         r = cluster._http("PUT", "/api/serve/applications/", json=config, timeout=60)
-        r.raise_for_status()
+        if not r.ok:
+            raise SystemExit(f"Serve rejected the deploy ({r.status_code}): {r.text[:1000]}")
         while (cluster.app_status(order[k - 1]) or {}).get("status") != "RUNNING":
             if time.monotonic() > deadline:
                 raise SystemExit(f"app {order[k - 1]!r} did not become healthy")
@@ -105,8 +108,18 @@ def summarize(level: str, blocks: dict[str, list[dict]]) -> dict:
     return out
 
 
-def layout(fleet, home: Path, engine: str, control: bool) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
-    """(Serve apps by name, the app each target is, the model each target's requests name)."""
+def module_zip(folder: Path) -> Path:
+    """`_shared_ingress.py` zipped: Serve's REST API takes a local working_dir only as a zip file."""
+    target = folder / "shared_ingress.zip"
+    with zipfile.ZipFile(target, "w") as z:
+        z.write(Path(__file__).resolve().parent / "_shared_ingress.py", "_shared_ingress.py")
+    return target
+
+
+def layout(fleet, home: Path, engine: str, control: bool, working_dir: Path | None = None
+           ) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
+    """(Serve apps by name, the app each target is, the model each target's requests name).
+    `working_dir`: the zip of `_shared_ingress.py` (`module_zip`), for engine=shared."""
     from corral.serving.app import llm_config_dicts, llm_deployment_name, serve_config
 
     arm, route = fleet.arms[0].name, fleet.routes[0].name
@@ -115,7 +128,7 @@ def layout(fleet, home: Path, engine: str, control: bool) -> tuple[dict[str, dic
     if engine == "shared":
         def plain(name: str) -> dict:
             return {"name": name, "route_prefix": f"/{name}", "import_path": "_shared_ingress:build",
-                    "runtime_env": {"working_dir": str(Path(__file__).resolve().parent)},
+                    "runtime_env": {"working_dir": str(working_dir)},
                     "args": {"llm_config": copy.deepcopy(llm), "app_name": "corral",
                              "deployment": llm_deployment_name(arm)}}
         apps = {"corral": corral_app, "plain": plain("plain")}
@@ -179,7 +192,8 @@ def main() -> int:
     if len(fleet.arms) != 1:
         raise SystemExit("the benchmark compares one arm; the default fleet has one")
     cluster = LocalCluster()
-    apps, app_of, model_of = layout(fleet, cluster.home, args.engine, args.control)
+    apps, app_of, model_of = layout(fleet, cluster.home, args.engine, args.control,
+                                    module_zip(Path(tempfile.mkdtemp(prefix="router-overhead-"))))
     base = f"http://127.0.0.1:{fleet.server.port}"
     targets = {t: (f"{base}{apps[app_of[t]]['route_prefix']}", model_of[t]) for t in APPS}
     results: dict[str, dict[str, list[dict]]] = {n: {lv: [] for lv, _, _ in levels} for n in APPS}

@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -110,20 +111,21 @@ def test_summary_without_a_swap_has_no_slot_estimate():
 def test_shared_layout_points_the_plain_ingress_at_corrals_engine(tmp_path):
     from corral.cluster.spec import load_fleet
     from corral.serving.app import llm_deployment_name
-    from router_overhead import layout
+    from router_overhead import layout, module_zip
 
     fleet = load_fleet()
-    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=False)
+    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=False, working_dir=module_zip(tmp_path))
     assert list(apps) == ["corral", "plain"]  # the engine's app is deployed first
     plain = apps["plain"]
     assert plain["import_path"] == "_shared_ingress:build" and plain["route_prefix"] == "/plain"
-    assert Path(plain["runtime_env"]["working_dir"], "_shared_ingress.py").is_file()
+    with zipfile.ZipFile(plain["runtime_env"]["working_dir"]) as z:  # Serve's REST API takes a zip
+        assert z.namelist() == ["_shared_ingress.py"]
     assert plain["args"]["app_name"] == "corral"
     # The deployment it looks up is one corral's app really has.
     corral_deployments = {d["name"] for d in apps["corral"]["deployments"]}
     assert plain["args"]["deployment"] == llm_deployment_name(fleet.arms[0].name) in corral_deployments
     assert model_of == {"corral": fleet.routes[0].name, "plain": fleet.arms[0].name}
     # A/A: a second plain ingress takes corral's place.
-    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=True)
+    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=True, working_dir=module_zip(tmp_path))
     assert app_of["corral"] == "twin" and apps["twin"]["import_path"] == "_shared_ingress:build"
     assert model_of["corral"] == fleet.arms[0].name
