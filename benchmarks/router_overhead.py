@@ -34,9 +34,7 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,18 +106,8 @@ def summarize(level: str, blocks: dict[str, list[dict]]) -> dict:
     return out
 
 
-def module_zip(folder: Path) -> Path:
-    """`_shared_ingress.py` zipped: Serve's REST API takes a local working_dir only as a zip file."""
-    target = folder / "shared_ingress.zip"
-    with zipfile.ZipFile(target, "w") as z:
-        z.write(Path(__file__).resolve().parent / "_shared_ingress.py", "_shared_ingress.py")
-    return target
-
-
-def layout(fleet, home: Path, engine: str, control: bool, working_dir: Path | None = None
-           ) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
-    """(Serve apps by name, the app each target is, the model each target's requests name).
-    `working_dir`: the zip of `_shared_ingress.py` (`module_zip`), for engine=shared."""
+def layout(fleet, home: Path, engine: str, control: bool) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
+    """(Serve apps by name, the app each target is, the model each target's requests name)."""
     from corral.serving.app import llm_config_dicts, llm_deployment_name, serve_config
 
     arm, route = fleet.arms[0].name, fleet.routes[0].name
@@ -128,7 +116,8 @@ def layout(fleet, home: Path, engine: str, control: bool, working_dir: Path | No
     if engine == "shared":
         def plain(name: str) -> dict:
             return {"name": name, "route_prefix": f"/{name}", "import_path": "_shared_ingress:build",
-                    "runtime_env": {"working_dir": str(working_dir)},
+                    # A Serve config takes a local folder only as local:// (one machine here).
+                    "runtime_env": {"working_dir": f"local://{Path(__file__).resolve().parent}"},
                     "args": {"llm_config": copy.deepcopy(llm), "app_name": "corral",
                              "deployment": llm_deployment_name(arm)}}
         apps = {"corral": corral_app, "plain": plain("plain")}
@@ -192,8 +181,7 @@ def main() -> int:
     if len(fleet.arms) != 1:
         raise SystemExit("the benchmark compares one arm; the default fleet has one")
     cluster = LocalCluster()
-    apps, app_of, model_of = layout(fleet, cluster.home, args.engine, args.control,
-                                    module_zip(Path(tempfile.mkdtemp(prefix="router-overhead-"))))
+    apps, app_of, model_of = layout(fleet, cluster.home, args.engine, args.control)
     base = f"http://127.0.0.1:{fleet.server.port}"
     targets = {t: (f"{base}{apps[app_of[t]]['route_prefix']}", model_of[t]) for t in APPS}
     results: dict[str, dict[str, list[dict]]] = {n: {lv: [] for lv, _, _ in levels} for n in APPS}

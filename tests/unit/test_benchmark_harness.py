@@ -10,7 +10,6 @@ import asyncio
 import json
 import socket
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -110,22 +109,26 @@ def test_summary_without_a_swap_has_no_slot_estimate():
 
 def test_shared_layout_points_the_plain_ingress_at_corrals_engine(tmp_path):
     from corral.cluster.spec import load_fleet
+    from ray.serve.schema import ServeDeploySchema
+
     from corral.serving.app import llm_deployment_name
-    from router_overhead import layout, module_zip
+    from router_overhead import layout
 
     fleet = load_fleet()
-    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=False, working_dir=module_zip(tmp_path))
+    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=False)
     assert list(apps) == ["corral", "plain"]  # the engine's app is deployed first
     plain = apps["plain"]
     assert plain["import_path"] == "_shared_ingress:build" and plain["route_prefix"] == "/plain"
-    with zipfile.ZipFile(plain["runtime_env"]["working_dir"]) as z:  # Serve's REST API takes a zip
-        assert z.namelist() == ["_shared_ingress.py"]
+    working_dir = plain["runtime_env"]["working_dir"]
+    assert working_dir.startswith("local://")  # the only local folder a Serve config takes
+    assert Path(working_dir.removeprefix("local://"), "_shared_ingress.py").is_file()
     assert plain["args"]["app_name"] == "corral"
     # The deployment it looks up is one corral's app really has.
     corral_deployments = {d["name"] for d in apps["corral"]["deployments"]}
     assert plain["args"]["deployment"] == llm_deployment_name(fleet.arms[0].name) in corral_deployments
     assert model_of == {"corral": fleet.routes[0].name, "plain": fleet.arms[0].name}
+    ServeDeploySchema(applications=list(apps.values()))  # what Serve's REST API checks before deploying
     # A/A: a second plain ingress takes corral's place.
-    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=True, working_dir=module_zip(tmp_path))
+    apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=True)
     assert app_of["corral"] == "twin" and apps["twin"]["import_path"] == "_shared_ingress:build"
     assert model_of["corral"] == fleet.arms[0].name
