@@ -113,7 +113,9 @@ async def alternating(targets: dict[str, tuple[str, str]], pairs: int, max_token
                 lat[name].append(time.perf_counter() - t0)
                 tokens[name] += got
     # At one request at a time a target's busy time is the sum of its request times.
-    return {n: {**summary(lat[n], tokens[n], failures[n], sum(lat[n]), 1, stream), "interleaved": True} for n in names}
+    # `sequence_s` keeps the order, so the i-th requests of two targets (neighbours in time) pair up.
+    return {n: {**summary(lat[n], tokens[n], failures[n], sum(lat[n]), 1, stream), "interleaved": True,
+                "sequence_s": [round(x, 4) for x in lat[n]]} for n in names}
 
 
 def run(url: str, model: str, concurrency: int, requests_total: int, max_tokens: int = 32, stream: bool = False) -> dict:

@@ -70,6 +70,18 @@ def pooled(blocks: list[dict]) -> tuple[float, float]:
     return p50, sum(b["output_tokens"] for b in blocks) / sum(b["wall_s"] for b in blocks)
 
 
+def paired_ratio(ratios: list[float]) -> dict:
+    """Geometric mean of paired ratios (same round, or neighbouring requests) with a 95% t interval:
+    drift between rounds cancels inside each pair, which pooling every request does not do."""
+    from corral.autoscaler.abreport import t_quantile_975
+
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    half = t_quantile_975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
+    return {"ratio": round(math.exp(mean), 4), "ci95": [round(math.exp(mean - half), 4), round(math.exp(mean + half), 4)],
+            "pairs": len(logs)}
+
+
 def summarize(level: str, blocks: dict[str, list[dict]]) -> dict:
     """Ratios corral/plain for one level; blocks carry `phase` (0, 1, ...) and pair up by index."""
     (p50_c, tps_c), (p50_p, tps_p) = pooled(blocks["corral"]), pooled(blocks["plain"])
@@ -96,6 +108,18 @@ def summarize(level: str, blocks: dict[str, list[dict]]) -> dict:
             round(f(a["output_tokens_per_s"] / b["output_tokens_per_s"] for a, b in pairs), 3) for f in (min, max)],
         "failures": {n: sum(b["failures"] for b in blocks[n]) for n in APPS},
     }
+    # The verdict: paired ratios. Request by request where the apps took turns (and none failed),
+    # else block by block; throughput block by block (its blocks are the busy time of each app).
+    seq = [(a.get("sequence_s"), b.get("sequence_s")) for a, b in pairs]
+    if all(x and y and len(x) == len(y) for x, y in seq):
+        p50_pairs = [u / v for x, y in seq for u, v in zip(x, y)]
+    else:
+        p50_pairs = [a["latency_p50_s"] / b["latency_p50_s"] for a, b in pairs]
+    paired_p50 = paired_ratio(p50_pairs)
+    paired_tps = paired_ratio([a["output_tokens_per_s"] / b["output_tokens_per_s"] for a, b in pairs])
+    out["paired"] = {"latency_ratio": paired_p50, "throughput_ratio": paired_tps,
+                     "goal_met_at_95pct": paired_p50["ci95"][1] <= 1.02 and paired_tps["ci95"][0] >= 0.98,
+                     "goal_met_by_estimate": paired_p50["ratio"] <= 1.02 and paired_tps["ratio"] >= 0.98}
     if len(per_phase) == 2 and per_phase[0]["corral_slot"] != per_phase[1]["corral_slot"]:
         first = next(p for p in per_phase if p["corral_slot"] == 0)
         second = next(p for p in per_phase if p["corral_slot"] == 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import statistics
 import sys
 from pathlib import Path
 
@@ -132,3 +133,26 @@ def test_shared_layout_points_the_plain_ingress_at_corrals_engine(tmp_path):
     apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=True)
     assert app_of["corral"] == "twin" and apps["twin"]["import_path"] == "_shared_ingress:build"
     assert model_of["corral"] == fleet.arms[0].name
+
+
+def test_paired_verdict_uses_neighbouring_requests_and_a_t_interval():
+    # Drift: round 2 is 20% slower for both, which a pooled median mixes up; the pairs cancel it.
+    def block(seq, phase=0, slot=0):
+        b = _block(statistics.median(seq), phase, slot, n=len(seq))
+        b.update(latencies_s=sorted(seq), sequence_s=seq, wall_s=sum(seq), output_tokens=32 * len(seq))
+        b["output_tokens_per_s"] = b["output_tokens"] / b["wall_s"]
+        return b
+
+    plain = [[4.0, 4.4, 3.6, 4.2], [4.8, 5.3, 4.3, 5.0]]
+    corral = [[x * 1.01 for x in seq] for seq in plain]
+    s = summarize("1", {"corral": [block(c) for c in corral], "plain": [block(p, slot=1) for p in plain]})
+    paired = s["paired"]
+    assert paired["latency_ratio"]["pairs"] == 8  # request by request
+    assert paired["latency_ratio"]["ratio"] == pytest.approx(1.01, abs=1e-3)
+    assert paired["latency_ratio"]["ci95"][0] <= 1.01 <= paired["latency_ratio"]["ci95"][1]
+    assert paired["throughput_ratio"]["ratio"] == pytest.approx(1 / 1.01, abs=1e-3)
+    assert paired["goal_met_by_estimate"] and paired["goal_met_at_95pct"]
+    # Noisy pairs: the estimate may meet the goal while its interval does not.
+    corral[0] = [4.0 * 1.15, 4.4 * 0.9, 3.6 * 1.12, 4.2 * 0.88]
+    s = summarize("1", {"corral": [block(c) for c in corral], "plain": [block(p, slot=1) for p in plain]})
+    assert not s["paired"]["goal_met_at_95pct"]
