@@ -99,12 +99,12 @@ async def alternating(targets: dict[str, tuple[str, str]], pairs: int, max_token
     lat: dict[str, list[float]] = {n: [] for n in names}
     tokens = {n: 0 for n in names}
     failures = {n: 0 for n in names}
+    bodies = {n: request_body(model, prompt, max_tokens, stream) for n, (_, model) in targets.items()}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         for i in range(pairs):
             for name in (names if i % 2 == 0 else names[::-1]):
-                url, model = targets[name]
                 t0 = time.perf_counter()
-                async with session.post(f"{url}/v1/chat/completions", json=request_body(model, prompt, max_tokens, stream)) as r:
+                async with session.post(f"{targets[name][0]}/v1/chat/completions", json=bodies[name]) as r:
                     if r.status != 200:
                         await r.read()
                         failures[name] += 1

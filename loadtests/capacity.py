@@ -126,8 +126,8 @@ class MeasuredLambda:
 
 
 def monotone_attainment(points: list[StagePoint]) -> list[float]:
-    """Each stage's attainment ratio, fitted non-increasing in rate (weighted isotonic regression,
-    pool-adjacent-violators, weights = measured requests).
+    """Each stage's attainment ratio (stages in rising rate order), fitted non-increasing in rate
+    (weighted isotonic regression, pool-adjacent-violators, weights = measured requests).
 
     A stage's attainment is a sample: with 100-200 requests and a p95 target, a handful of slow
     requests moves it by a few points, so a single stage can dip below the target and the next pass
@@ -135,7 +135,7 @@ def monotone_attainment(points: list[StagePoint]) -> list[float]:
     that uses every stage instead of letting the first unlucky one decide λ*.
     """
     blocks: list[list[float]] = []  # [weighted sum, weight, stages]
-    for p in sorted(points, key=lambda p: p.rate_rps):
+    for p in points:
         blocks.append([max(1, p.requests) * p.attainment_ratio, max(1, p.requests), 1])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
             total, weight, n = blocks.pop()
