@@ -19,7 +19,6 @@ Both edit per-deployment overrides of the fleet's Serve application, never its `
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any, Callable, Protocol
 
 import yaml
@@ -215,24 +214,25 @@ class KubeRayActuator:
         write serveConfigV2 back with the resourceVersion we read (409 = changed meanwhile)."""
         from kubernetes.client.exceptions import ApiException
 
-        for attempt in range(self.retries):
-            obj = self._get()
+        from corral.autoscaler.kube import RayServiceConflict, patch_rayservice
+
+        def edit(obj: dict):
             config, app, _ = self._fleet(obj)
             if not change(app):
-                return False
-            meta = obj.get("metadata") or {}
-            body: dict[str, Any] = {"metadata": {"resourceVersion": meta.get("resourceVersion")},
-                                    "spec": {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)}}
-            try:
-                self.api.patch_namespaced_custom_object("ray.io", "v1", self.namespace, "rayservices",
-                                                        self.name, body)
-                return True
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise ActuatorError(f"patching rayservice {self.namespace}/{self.name}: "
-                                        f"HTTP {exc.status} {exc.reason}") from exc
-                time.sleep(0.05 * (attempt + 1))
-        raise ActuatorError(f"rayservice {self.namespace}/{self.name} kept changing under us ({self.retries} attempts)")
+                return None, False
+            return {"spec": {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)}}, True
+
+        def patch(body: dict):
+            return self.api.patch_namespaced_custom_object("ray.io", "v1", self.namespace, "rayservices",
+                                                           self.name, body)
+
+        try:
+            return patch_rayservice(self._get, patch, edit, self.retries, f"rayservice {self.namespace}/{self.name}")
+        except ApiException as exc:
+            raise ActuatorError(f"patching rayservice {self.namespace}/{self.name}: "
+                                f"HTTP {exc.status} {exc.reason}") from exc
+        except RayServiceConflict as exc:
+            raise ActuatorError(str(exc)) from None
 
     def set_weights(self, route, weights):
         return self._modify(lambda app: _apply_weights(app, route, weights))

@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -162,29 +161,23 @@ class RayServiceAnnotationStore:
         return RolloutDoc.model_validate_json(raw) if raw else None
 
     def update(self, fn):
-        from kubernetes.client.exceptions import ApiException
+        from corral.autoscaler.kube import RayServiceConflict, patch_rayservice
 
-        for attempt in range(self.retries):
-            obj = self._get()
-            meta = obj.get("metadata") or {}
-            raw = (meta.get("annotations") or {}).get(self.annotation)
+        def change(obj: dict):
+            raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(self.annotation)
             doc = fn(RolloutDoc.model_validate_json(raw) if raw else None)
-            if doc is None:
-                return None
-            # resourceVersion in a merge patch is a precondition: the API server answers 409
-            # if the object changed since we read it.
-            body = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
-                                 "annotations": {self.annotation: doc.model_dump_json()}}}
-            try:
-                self.api.patch_namespaced_custom_object("ray.io", "v1", self.namespace, "rayservices",
-                                                        self.name, body)
-                return doc
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        raise StoreConflict(f"rollout annotation on rayservice {self.namespace}/{self.name} kept changing "
-                            f"under us ({self.retries} attempts)")
+            body = None if doc is None else {"metadata": {"annotations": {self.annotation: doc.model_dump_json()}}}
+            return body, doc
+
+        def patch(body: dict):
+            return self.api.patch_namespaced_custom_object("ray.io", "v1", self.namespace, "rayservices",
+                                                           self.name, body)
+
+        try:
+            return patch_rayservice(self._get, patch, change, self.retries,
+                                    f"rollout annotation on rayservice {self.namespace}/{self.name}")
+        except RayServiceConflict as exc:
+            raise StoreConflict(str(exc)) from None
 
 
 def dump_json(doc: RolloutDoc) -> str:

@@ -22,7 +22,7 @@ from kubernetes import client  # noqa: E402
 from corral.autoscaler.actuators import ActuatorError, KubeRayActuator  # noqa: E402
 from corral.serving.app import route_weights  # noqa: E402
 from corral.autoscaler.controller import enqueue_command, start_rollout  # noqa: E402
-from corral.autoscaler.rollout_store import RayServiceAnnotationStore  # noqa: E402
+from corral.autoscaler.rollout_store import RayServiceAnnotationStore, StoreConflict  # noqa: E402
 from corral.cluster.spec.rollout import RolloutSpec, RolloutStep  # noqa: E402
 
 PATH = "/apis/ray.io/v1/namespaces/{ns}/rayservices/{name}"
@@ -210,6 +210,22 @@ def test_conflict_is_retried_on_fresh_read(stub, api):
     codes = [r for r in stub.requests if r[0] == "PATCH"]
     assert len(codes) == 2
     assert act.get_weights("chat") == {"llama2": 30, "llama3": 70}
+
+
+def test_a_writer_that_never_stops_is_an_error_and_nothing_is_written(stub, api):
+    before = stub.obj["spec"]["serveConfigV2"]
+    act = KubeRayActuator("corral", "llm", api=api, retries=3)
+    stub.conflict_next = 3
+    with pytest.raises(ActuatorError, match="kept changing under us \\(3 attempts\\)"):
+        act.set_weights("chat", {"llama2": 30, "llama3": 70})
+    assert len([r for r in stub.requests if r[0] == "PATCH"]) == 3
+    assert stub.obj["spec"]["serveConfigV2"] == before
+    store = RayServiceAnnotationStore("corral", "llm", api=api, retries=2)
+    spec = RolloutSpec(route="chat", baseline="llama2", candidate="llama3", steps=[RolloutStep(weight=100, bake_s=1)])
+    stub.conflict_next = 2
+    with pytest.raises(StoreConflict, match="rollout annotation on rayservice llm/corral kept changing"):
+        start_rollout(store, spec, 5.0)
+    assert store.load() is None
 
 
 def test_bad_weights_and_missing_objects_are_actuator_errors(stub, api):
