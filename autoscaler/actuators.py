@@ -222,12 +222,8 @@ class KubeRayActuator:
                 return None, False
             return {"spec": {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)}}, True
 
-        def patch(body: dict):
-            return self.api.patch_namespaced_custom_object("ray.io", "v1", self.namespace, "rayservices",
-                                                           self.name, body)
-
         try:
-            return patch_rayservice(self._get, patch, edit, self.retries, f"rayservice {self.namespace}/{self.name}")
+            return patch_rayservice(self.api, self.namespace, self.name, edit, self.retries, read=self._get)
         except ApiException as exc:
             raise ActuatorError(f"patching rayservice {self.namespace}/{self.name}: "
                                 f"HTTP {exc.status} {exc.reason}") from exc

@@ -169,15 +169,10 @@ class RayServiceAnnotationStore:
             body = None if doc is None else {"metadata": {"annotations": {self.annotation: doc.model_dump_json()}}}
             return body, doc
 
-        def patch(body: dict):
-            return self.api.patch_namespaced_custom_object("ray.io", "v1", self.namespace, "rayservices",
-                                                           self.name, body)
-
         try:
-            return patch_rayservice(self._get, patch, change, self.retries,
-                                    f"rollout annotation on rayservice {self.namespace}/{self.name}")
+            return patch_rayservice(self.api, self.namespace, self.name, change, self.retries)
         except RayServiceConflict as exc:
-            raise StoreConflict(str(exc)) from None
+            raise StoreConflict(f"rollout annotation: {exc}") from None
 
 
 def dump_json(doc: RolloutDoc) -> str:

@@ -223,7 +223,7 @@ def test_a_writer_that_never_stops_is_an_error_and_nothing_is_written(stub, api)
     store = RayServiceAnnotationStore("corral", "llm", api=api, retries=2)
     spec = RolloutSpec(route="chat", baseline="llama2", candidate="llama3", steps=[RolloutStep(weight=100, bake_s=1)])
     stub.conflict_next = 2
-    with pytest.raises(StoreConflict, match="rollout annotation on rayservice llm/corral kept changing"):
+    with pytest.raises(StoreConflict, match="rollout annotation: rayservice llm/corral kept changing"):
         start_rollout(store, spec, 5.0)
     assert store.load() is None
 
