@@ -134,6 +134,9 @@ def monotone_attainment(points: list[StagePoint]) -> list[float]:
     again. The true attainment only falls as the rate rises; pooling neighbours that contradict
     that uses every stage instead of letting the first unlucky one decide λ*.
     """
+    rates = [p.rate_rps for p in points]
+    if rates != sorted(rates):
+        raise ValueError(f"stages must be in rising rate order, got rates {rates}")
     blocks: list[list[float]] = []  # [weighted sum, weight, stages]
     for p in points:
         blocks.append([max(1, p.requests) * p.attainment_ratio, max(1, p.requests), 1])

@@ -231,6 +231,8 @@ def test_monotone_attainment_pools_stages_that_contradict_a_falling_curve():
     fitted = monotone_attainment([_point(1, 1.05), _point(2, 0.97), _point(3, 1.03, requests=300), _point(4, 0.9)])
     assert fitted == pytest.approx([1.05, 1.015, 1.015, 0.9])
     assert monotone_attainment([_point(1, 1.0), _point(2, 0.99), _point(3, 0.95)]) == [1.0, 0.99, 0.95]
+    with pytest.raises(ValueError, match=r"rising rate order, got rates \[2(\.0)?, 1(\.0)?\]"):
+        monotone_attainment([_point(2, 1.0), _point(1, 1.0)])
 
 
 def test_one_unlucky_stage_does_not_decide_lambda_star():
