@@ -1,1 +1,1 @@
-"""How the fleet adapts: scaling policy, rollout controller, gates."""
+"""How the fleet scales: the Ray Serve autoscaling policy and its trace-driven simulator."""

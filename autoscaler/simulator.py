@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from corral.autoscaler.policy import METRIC_ITL_P95, METRIC_TTFT_P95, LAST_DECISION_KEY
+from corral.autoscaler.policy import LAST_DECISION_KEY, METRIC_ITL_P95, METRIC_TTFT_P95
 
 CURVES_DIR = Path(__file__).resolve().parent / "curves"
 DEFAULT_TRACE = Path("../shared/traces/azure_llm_conv_2023.csv")

@@ -22,7 +22,6 @@ import time
 import warnings
 from pathlib import Path
 
-
 GOAL_ATTAINMENT = 0.99
 GOAL_COST_VS_ORACLE = 1.15
 

@@ -78,11 +78,11 @@ def pooled(blocks: list[dict]) -> tuple[float, float]:
 def paired_ratio(ratios: list[float]) -> dict:
     """Geometric mean of paired ratios (same round, or neighbouring requests) with a 95% t interval:
     drift between rounds cancels inside each pair, which pooling every request does not do."""
-    from corral.autoscaler.abreport import t_quantile_975
+    from corral.common.stats import t_critical
 
     logs = [math.log(r) for r in ratios]
     mean = statistics.fmean(logs)
-    half = t_quantile_975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
+    half = t_critical(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
     return {"ratio": round(math.exp(mean), 4), "ci95": [round(math.exp(mean - half), 4), round(math.exp(mean + half), 4)],
             "pairs": len(logs)}
 

@@ -1,7 +1,7 @@
-"""Names of the metrics corral's router exports, as Prometheus sees them (the contract between
-the router, dashboards, rollout gates and load tests; it lives in cluster/, the bottom layer).
+"""Names of the metrics corral's ingress exports, as Prometheus sees them (the contract between
+the ingress, dashboards, rollout gates and load tests; it lives in cluster/, the bottom layer).
 
-The router records them with `ray.util.metrics` (names without the `ray_` prefix); Ray's
+The ingress records them with `ray.util.metrics` (names without the `ray_` prefix); Ray's
 metrics agent exports them with the prefix. Dashboards, PromQL rollout gates and tests use
 these constants, so a rename happens here once.
 """

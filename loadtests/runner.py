@@ -16,8 +16,6 @@ token metrics (TTFT, ITL, TPOT) live in the per-request records, not in fake loc
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent must patch sockets before requests is imported)
-
 import logging
 import sys
 import time
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 
 import gevent
 import gevent.event
+import locust  # noqa: F401  (first: gevent must patch sockets before requests is imported)
 import requests
 from locust import User, constant, task
 from locust.env import Environment

@@ -1,1 +1,1 @@
-"""How requests are served: fleet -> Ray Serve LLM app, router, auth, metrics."""
+"""How requests are served: fleet -> Ray Serve LLM app, ingress, auth, metrics."""

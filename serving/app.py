@@ -126,7 +126,7 @@ def llm_deployment_name(arm: str) -> str:
     return f"LLMServer:{arm}"
 
 
-def router_user_config(fleet: FleetSpec) -> dict[str, Any]:
+def ingress_user_config(fleet: FleetSpec) -> dict[str, Any]:
     """What the ingress receives through Serve's user_config (lightweight, in-place updates)."""
     return {"routes": {r.name: r.weights() for r in fleet.routes}, "auth": fleet.auth.model_dump(mode="json")}
 
@@ -140,13 +140,13 @@ def app_builder(args: dict[str, Any]):
     """
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
     from ray.serve.llm import LLMConfig, build_llm_deployment
     from ray.serve.llm.ingress import make_fastapi_ingress
-    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 
     from corral.cluster.spec import parse_fleet
+    from corral.serving.ingress import CorralIngress, ingress_app
     from corral.serving.llm_server import CorralLLMServer
-    from corral.serving.router import CorralIngress, ingress_app
 
     fleet = parse_fleet(args.get("fleet"), source="serve args.fleet")
     home = Path(args["corral_home"]) if args.get("corral_home") else None
@@ -160,7 +160,7 @@ def app_builder(args: dict[str, Any]):
     ingress = make_fastapi_ingress(CorralIngress, endpoint_map=endpoints, app=ingress_app())
     options = CorralIngress.get_deployment_options(configs)
     # Initial weights; the Serve config's `deployments` override (see serve_config) wins.
-    options["user_config"] = router_user_config(fleet)
+    options["user_config"] = ingress_user_config(fleet)
     return serve.deployment(ingress, name=INGRESS_DEPLOYMENT, **options).bind(
         llm_deployments=deployments, model_cards=cards
     )
@@ -179,7 +179,7 @@ def serve_config(fleet: FleetSpec, home: Path | None = None) -> dict[str, Any]:
     args: dict[str, Any] = {"fleet": fleet.model_dump(mode="json", exclude_none=True, exclude={"routes", "rollout", "auth"})}
     if home is not None:
         args["corral_home"] = str(home)
-    deployments = [{"name": INGRESS_DEPLOYMENT, "user_config": router_user_config(fleet)}]
+    deployments = [{"name": INGRESS_DEPLOYMENT, "user_config": ingress_user_config(fleet)}]
     for cfg in llm_config_dicts(fleet, home):
         arm = cfg["model_loading_config"]["model_id"]
         deployments.append({"name": llm_deployment_name(arm), "autoscaling_config": cfg["deployment_config"]["autoscaling_config"]})

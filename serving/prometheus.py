@@ -1,12 +1,13 @@
 """A local Prometheus that scrapes Ray's metrics (the Debian `prometheus` package).
 
 Ray writes the metrics endpoints of every node into a file-based service discovery file;
-the generated config points Prometheus at it, so per-arm series recorded by the router and
+the generated config points Prometheus at it, so per-arm series recorded by the ingress and
 vLLM's engine metrics are scraped without further setup.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -31,6 +32,62 @@ def config_text(scrape_interval_s: float = 5.0, sd_file: str = RAY_SD_FILE) -> s
         f"      - files: ['{sd_file}']\n"
         "        refresh_interval: 5s\n"
     )
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not answer (unreachable, HTTP error, query error, unexpected shape)."""
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or math.isnan(value) or math.isinf(value):
+        return None
+    return value
+
+
+class PrometheusClient:
+    """The one client of Prometheus' instant-query HTTP API (`GET /api/v1/query`) in corral."""
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0, session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._session = session or requests.Session()
+
+    def _data(self, promql: str) -> dict:
+        try:
+            resp = self._session.get(f"{self.base_url}/api/v1/query", params={"query": promql}, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise PrometheusError(f"Prometheus at {self.base_url} unreachable: {exc}") from exc
+        try:
+            body = resp.json()
+        except ValueError:
+            raise PrometheusError(f"Prometheus answered HTTP {resp.status_code} with a non-JSON body") from None
+        if resp.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(
+                f"Prometheus query failed (HTTP {resp.status_code}, {body.get('errorType')}: {body.get('error')}): {promql}"
+            )
+        return body.get("data", {})
+
+    def vector(self, promql: str) -> list[dict]:
+        """Every sample of an instant query (`[{"metric": {...}, "value": [t, "v"]}, ...]`)."""
+        data = self._data(promql)
+        if data.get("resultType") != "vector":
+            raise PrometheusError(f"query returned a {data.get('resultType')}, expected a vector: {promql}")
+        return list(data.get("result") or [])
+
+    def query(self, promql: str) -> float | None:
+        """The value of a query that yields at most one sample; None if it yields none or NaN."""
+        data = self._data(promql)
+        kind, result = data.get("resultType"), data.get("result")
+        if kind == "scalar":
+            return _finite(float(result[1]))
+        if kind != "vector":
+            raise PrometheusError(f"query returned a {kind}, expected a vector: {promql}")
+        if not result:
+            return None
+        if len(result) > 1:
+            labels = [r.get("metric") for r in result]
+            raise PrometheusError(f"query returned {len(result)} series {labels}, expected one: {promql}")
+        return _finite(float(result[0]["value"][1]))
 
 
 @dataclass
@@ -106,6 +163,5 @@ class LocalPrometheus:
         self.pid_file.unlink(missing_ok=True)
 
     def query(self, promql: str) -> list[dict]:
-        r = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
-        r.raise_for_status()
-        return r.json()["data"]["result"]
+        """The raw result vector of an instant query."""
+        return PrometheusClient(self.url).vector(promql)

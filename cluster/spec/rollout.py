@@ -18,7 +18,7 @@ import math
 import string
 from typing import Literal
 
-from pydantic import ConfigDict, BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.cluster import metric_names as mn
 
@@ -139,7 +139,7 @@ def default_gates() -> list[MetricGate]:
         ),
         MetricGate(
             # Goodput: share of requests answered successfully with the end-to-end latency
-            # within the SLO bucket (10 s; the router's latency histogram must have a 10.0 boundary).
+            # within the SLO bucket (10 s; the ingress's latency histogram must have a 10.0 boundary).
             name="goodput",
             query=(f'sum(rate(${{latency}}_bucket{{{_SEL},le=~"10|10\\\\.0"}}[$window]))'
                    f" / sum(rate($requests{{{_SEL}}}[$window]))"),
@@ -164,7 +164,7 @@ class QualityGate(_Strict):
     enabled: bool = True
     """Run the golden set at all."""
     golden_set: str = "builtin:llama_basic"
-    """`builtin:<name>` (shipped in corral/autoscaler/golden/) or a JSONL path (relative
+    """`builtin:<name>` (shipped in corral/rollout/golden/) or a JSONL path (relative
     paths are resolved against the fleet file's folder by the controller)."""
     min_score: float = Field(0.5, ge=0, le=1)
     """Fewest share of golden prompts the candidate must answer acceptably."""

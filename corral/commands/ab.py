@@ -24,8 +24,8 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from corral.autoscaler.abreport import ab_report, group, load_records, render_rows
     from corral.commands._common import load_fleet_or_exit
+    from corral.rollout.ab import ab_report, group, load_records, render_rows
 
     fleet = load_fleet_or_exit(args.fleet, check_paths=False)
     try:

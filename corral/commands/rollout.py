@@ -83,7 +83,7 @@ def _rollout_spec(fleet_path: str | None):
 
 
 def _store(args, fleet_name: str):
-    from corral.autoscaler.rollout_store import FileStore, RayServiceAnnotationStore
+    from corral.rollout.store import FileStore, RayServiceAnnotationStore
 
     if args.kube:
         try:
@@ -105,7 +105,7 @@ def _load(args):
 
 
 def cmd_start(args) -> int:
-    from corral.autoscaler.controller import RolloutConflict, start_rollout
+    from corral.rollout.controller import RolloutConflict, start_rollout
 
     fleet, spec = _rollout_spec(args.fleet)
     store = _store(args, fleet.name)
@@ -126,7 +126,7 @@ def cmd_run(args) -> int:
 
 
 def _actuator(args, fleet):
-    from corral.autoscaler import actuators
+    from corral.rollout import actuators
 
     if args.kube:
         return actuators.KubeRayActuator(args.kube, args.namespace, app_name=fleet.name)
@@ -136,9 +136,10 @@ def _actuator(args, fleet):
 def _run_controller(args, fleet, spec, store) -> int:
     from rich.live import Live
 
-    from corral.autoscaler.controller import Controller
-    from corral.autoscaler.gates import PrometheusClient, PrometheusMetricSource
-    from corral.autoscaler.quality import GoldenSetRunner, load_golden, resolve_golden_path
+    from corral.rollout.controller import Controller
+    from corral.rollout.metrics import PrometheusMetricSource
+    from corral.rollout.quality import GoldenSetRunner, load_golden, resolve_golden_path
+    from corral.serving.prometheus import PrometheusClient
 
     base_dir = Path(args.fleet).resolve().parent if args.fleet else None
     runner = None
@@ -197,7 +198,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_command(args) -> int:
-    from corral.autoscaler.controller import enqueue_command
+    from corral.rollout.controller import enqueue_command
 
     fleet, store, doc = _load(args)
     if doc.state.terminal:

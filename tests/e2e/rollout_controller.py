@@ -7,11 +7,12 @@ The rollout spec is read from the store, which `start_rollout` wrote.
 import sys
 
 if __name__ == "__main__":
-    from corral.autoscaler.actuators import LocalServeActuator
-    from corral.autoscaler.controller import Controller
-    from corral.autoscaler.gates import PrometheusClient, PrometheusMetricSource
-    from corral.autoscaler.rollout_store import FileStore
     from corral.cluster.spec.rollout import RolloutSpec
+    from corral.rollout.actuators import LocalServeActuator
+    from corral.rollout.controller import Controller
+    from corral.rollout.metrics import PrometheusMetricSource
+    from corral.rollout.store import FileStore
+    from corral.serving.prometheus import PrometheusClient
 
     store_path, prom_url, app_name = sys.argv[1:4]
     store = FileStore(store_path)

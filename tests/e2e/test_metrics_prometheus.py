@@ -22,7 +22,7 @@ def test_per_arm_series_count_known_traffic(fleet_url, prometheus_url):
         body = {"model": "tiny-random", "prompt": "hello", "max_tokens": 3, "stream": i % 2 == 0, "ignore_eos": True}
         r = requests.post(f"{fleet_url}/v1/completions", json=body, timeout=60)
         assert r.status_code == 200
-        r.content  # drain the stream
+        _ = r.content  # drain the stream
     want = (before[0] + n, before[1] + 3 * n, before[2] + (n + 1) // 2)  # TTFT only from streams
     deadline = time.monotonic() + 90  # Ray exports every few seconds; Prometheus scrapes every 5 s
     while time.monotonic() < deadline:

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from corral.autoscaler.actuators import LocalServeActuator
-from corral.autoscaler.controller import Controller, start_rollout
-from corral.autoscaler.gates import PrometheusClient, PrometheusMetricSource
-from corral.autoscaler.quality import GoldenSetRunner, load_golden, resolve_golden_path
-from corral.autoscaler.rollout_store import FileStore
 from corral.cluster.spec.rollout import MetricGate, QualityGate, RolloutSpec, RolloutStep, default_gates
+from corral.rollout.actuators import LocalServeActuator
+from corral.rollout.controller import Controller, start_rollout
+from corral.rollout.metrics import PrometheusMetricSource
+from corral.rollout.quality import GoldenSetRunner, load_golden, resolve_golden_path
+from corral.rollout.store import FileStore
+from corral.serving.prometheus import PrometheusClient
 
 HERE = Path(__file__).parent
 # Short intervals, but patience for evidence: a new arm's first series reach Prometheus only after Ray's
@@ -55,7 +56,7 @@ class Load:
             body = {"model": self.route, "prompt": "Hello", "max_tokens": 2, "stream": True, "user": f"u{i}"}
             try:
                 r = requests.post(f"{self.url}/v1/completions", json=body, timeout=60)
-                r.content
+                _ = r.content
                 self.codes[r.status_code] += 1
             except requests.RequestException as exc:
                 self.codes[type(exc).__name__] += 1

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from corral.cluster.spec import load_fleet, parse_fleet
 import pytest
 
+from corral.cluster.spec import load_fleet, parse_fleet
 from corral.serving.app import (
     cpu_thread_binds,
+    ingress_user_config,
     llm_config_dicts,
     route_weights,
-    router_user_config,
     serve_config,
     set_replica_floor,
     set_route_weights,
@@ -74,7 +74,7 @@ def test_serve_config_carries_the_fleet_and_live_knobs_as_overrides():
     assert parse_fleet(app["args"]["fleet"]) == fleet.model_copy(update={"routes": []})
     routes = {"llama": {"smollm2": 50, "tiny-random": 50}, "tiny": {"tiny-random": 100, "tiny-random-tp2": 0}}
     assert route_weights(app) == routes
-    assert router_user_config(fleet) == {"routes": routes, "auth": {"enabled": False, "keys": []}}
+    assert ingress_user_config(fleet) == {"routes": routes, "auth": {"enabled": False, "keys": []}}
 
 
 def test_live_changes_keep_serves_code_version():

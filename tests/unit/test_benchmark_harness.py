@@ -109,11 +109,11 @@ def test_summary_without_a_swap_has_no_slot_estimate():
 
 
 def test_shared_layout_points_the_plain_ingress_at_corrals_engine(tmp_path):
-    from corral.cluster.spec import load_fleet
     from ray.serve.schema import ServeDeploySchema
-
-    from corral.serving.app import llm_deployment_name
     from router_overhead import layout
+
+    from corral.cluster.spec import load_fleet
+    from corral.serving.app import llm_deployment_name
 
     fleet = load_fleet()
     apps, app_of, model_of = layout(fleet, tmp_path, "shared", control=False)

@@ -340,8 +340,8 @@ def test_every_value_is_documented():
 
 
 def test_dashboard_queries_use_exported_series_and_resolve():
-    from corral.cluster.dashboards import panel_queries
     from corral.cluster import metric_names as mn
+    from corral.cluster.dashboards import panel_queries
 
     queries = panel_queries()
     assert {q.dashboard for q in queries} == {"fleet", "arm", "rollout"}

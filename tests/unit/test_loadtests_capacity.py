@@ -7,8 +7,16 @@ import math
 import pytest
 import yaml
 
-from corral.loadtests.capacity import (Measured, Planner, StagePoint, erlang_c, measured_lambda_star,
-                                      monotone_attainment, plan_capacity, stage_points)
+from corral.loadtests.capacity import (
+    Measured,
+    Planner,
+    StagePoint,
+    erlang_c,
+    measured_lambda_star,
+    monotone_attainment,
+    plan_capacity,
+    stage_points,
+)
 from corral.loadtests.metrics import RequestRecord
 from corral.loadtests.report import summarize, write_results
 from corral.loadtests.slo import parse_slo

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from corral.loadtests.metrics import RequestRecord, StreamMeter, describe, percentile
-from corral.loadtests.slo import parse_slo, evaluate
+from corral.loadtests.slo import evaluate, parse_slo
 
 
 def sse(obj) -> bytes:

@@ -4,18 +4,37 @@ import random
 
 import pytest
 
-from corral.autoscaler.abreport import (
-    ab_report, betainc, group, mean_ci, proportion_ci, quantile_ci, t_quantile_975,
-    t_sf_two_sided, two_proportion_z_test, welch_t_test,
+from corral.common.stats import (
+    mean_ci,
+    percentile,
+    proportion_ci,
+    quantile,
+    quantile_ci,
+    t_critical,
+    t_sf_two_sided,
+    two_proportion_z_test,
+    welch_t_test,
 )
+from corral.rollout.ab import ab_report, group
 
 
 def test_t_distribution_against_tables():
-    assert t_quantile_975(1) == pytest.approx(12.706, abs=1e-3)
-    assert t_quantile_975(10) == pytest.approx(2.228, abs=1e-3)
-    assert t_quantile_975(30) == pytest.approx(2.042, abs=1e-3)
+    assert t_critical(1) == pytest.approx(12.706, abs=1e-3)
+    assert t_critical(10) == pytest.approx(2.228, abs=1e-3)
+    assert t_critical(30) == pytest.approx(2.042, abs=1e-3)
     assert t_sf_two_sided(2.0, 10) == pytest.approx(0.07339, abs=1e-4)
-    assert betainc(2, 3, 0.4) == pytest.approx(0.5248, abs=1e-4)
+
+
+def test_quantile_is_linear_interpolation_everywhere():
+    # Hyndman & Fan type 7 (numpy's default): position (n-1)q between order statistics.
+    xs = [10.0, 1.0, 4.0, 2.0, 3.0]
+    assert quantile(xs, 0.5) == 3.0
+    assert quantile(xs, 0.95) == pytest.approx(4 + 0.8 * 6)
+    assert quantile(xs, 0.0) == 1.0 and quantile(xs, 1.0) == 10.0
+    assert percentile(xs, 95) == quantile(xs, 0.95)
+    assert quantile([], 0.5) is None
+    with pytest.raises(ValueError):
+        quantile(xs, 95)
 
 
 def test_welch_matches_reference():
@@ -53,7 +72,7 @@ def test_intervals_cover_the_truth_about_95_percent():
 def test_quantile_ci_brackets_sample_quantile():
     xs = list(range(1, 1001))
     e = quantile_ci([float(x) for x in xs], 0.95)
-    assert e.value == 950 and e.low < 950 < e.high and e.high - e.low < 40
+    assert e.value == pytest.approx(950.05) and e.low < 950 < e.high and e.high - e.low < 40
 
 
 def test_report_detects_slower_candidate_and_costs():

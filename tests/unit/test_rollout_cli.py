@@ -2,10 +2,10 @@
 
 import json
 
-from corral.autoscaler.controller import start_rollout
-from corral.autoscaler.rollout_store import FileStore
 from corral.cli import main
 from corral.cluster.spec.rollout import RolloutSpec
+from corral.rollout.controller import start_rollout
+from corral.rollout.store import FileStore
 
 
 def test_rollout_commands_queue_in_store(tmp_path, capsys):

@@ -7,12 +7,13 @@ import threading
 
 import pytest
 
-from corral.autoscaler.actuators import InMemoryActuator
-from corral.autoscaler.controller import Controller, RolloutConflict, enqueue_command, start_rollout
-from corral.autoscaler.gates import MetricReadings, MetricSourceError
-from corral.autoscaler.rollout import Phase, QualityScores, Stage
-from corral.autoscaler.rollout_store import FileStore
 from corral.cluster.spec.rollout import MetricGate, RolloutSpec, RolloutStep
+from corral.rollout.actuators import InMemoryActuator
+from corral.rollout.controller import Controller, RolloutConflict, enqueue_command, start_rollout
+from corral.rollout.gates import MetricReadings
+from corral.rollout.machine import Phase, QualityScores, Stage
+from corral.rollout.metrics import MetricSourceError
+from corral.rollout.store import FileStore
 
 B, C = "llama2", "llama3"
 

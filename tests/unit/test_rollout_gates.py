@@ -9,12 +9,12 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from corral.autoscaler.gates import (
-    MetricSourceError, PrometheusClient, PrometheusMetricSource, Verdict, evaluate_gate, render,
-)
-from corral.autoscaler.quality import GoldenPrompt, GoldenSetRunner, load_golden, resolve_golden_path, score
-from corral.cluster.spec.rollout import MetricGate, RolloutSpec, default_gates
 from corral.cluster import metric_names as mn
+from corral.cluster.spec.rollout import MetricGate, RolloutSpec, default_gates
+from corral.rollout.gates import Verdict, evaluate_gate, render
+from corral.rollout.metrics import MetricSourceError, PrometheusMetricSource
+from corral.rollout.quality import GoldenPrompt, GoldenSetRunner, load_golden, resolve_golden_path, score
+from corral.serving.prometheus import PrometheusClient, PrometheusError
 
 
 def test_default_gates_render_with_exported_metric_names():
@@ -120,14 +120,24 @@ def test_prometheus_client_edge_cases():
         c = PrometheusClient(stub.url)
         assert c.query("a") is None
         assert c.query("b") is None
-        with pytest.raises(MetricSourceError, match="2 series"):
+        with pytest.raises(PrometheusError, match="2 series"):
             c.query("c")
-        with pytest.raises(MetricSourceError, match="parse error"):
+        with pytest.raises(PrometheusError, match="parse error"):
             c.query("d")
     finally:
         stub.close()
-    with pytest.raises(MetricSourceError, match="unreachable"):
+    with pytest.raises(PrometheusError, match="unreachable"):
         PrometheusClient(stub.url, timeout_s=0.5).query("up")
+
+
+def test_prometheus_source_turns_client_failures_into_metric_source_errors():
+    stub = PromStub(lambda q: (500, {"status": "error", "errorType": "internal", "error": "boom"}))
+    try:
+        spec = RolloutSpec(route="chat", baseline="llama2", candidate="llama3")
+        with pytest.raises(MetricSourceError, match="boom"):
+            PrometheusMetricSource(PrometheusClient(stub.url)).collect(spec, 60, 45)
+    finally:
+        stub.close()
 
 
 def test_builtin_golden_set_loads_and_is_scorable():

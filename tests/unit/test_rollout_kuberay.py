@@ -19,11 +19,11 @@ import yaml
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client  # noqa: E402
 
-from corral.autoscaler.actuators import ActuatorError, KubeRayActuator  # noqa: E402
-from corral.serving.app import route_weights  # noqa: E402
-from corral.autoscaler.controller import enqueue_command, start_rollout  # noqa: E402
-from corral.autoscaler.rollout_store import RayServiceAnnotationStore, StoreConflict  # noqa: E402
 from corral.cluster.spec.rollout import RolloutSpec, RolloutStep  # noqa: E402
+from corral.rollout.actuators import ActuatorError, KubeRayActuator  # noqa: E402
+from corral.rollout.controller import enqueue_command, start_rollout  # noqa: E402
+from corral.rollout.store import RayServiceAnnotationStore, StoreConflict  # noqa: E402
+from corral.serving.app import route_weights  # noqa: E402
 
 PATH = "/apis/ray.io/v1/namespaces/{ns}/rayservices/{name}"
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from corral.autoscaler.gates import MetricReadings
-from corral.autoscaler.rollout import (
-    Command, Operator, Phase, QualityScores, RolloutState, Snapshot, Stage, decide, needs,
-)
 from corral.cluster.spec.rollout import MetricGate, QualityGate, RolloutSpec, RolloutStep
+from corral.rollout.gates import MetricReadings
+from corral.rollout.machine import (
+    Command,
+    Operator,
+    Phase,
+    QualityScores,
+    RolloutState,
+    Snapshot,
+    Stage,
+    decide,
+    needs,
+)
 
 B, C = "llama2", "llama3"
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from fastapi import FastAPI, Request
 from starlette.testclient import TestClient
 
-import pytest
-
-from corral.serving.router import (
+from corral.serving.ingress import (
     ITL_BUCKETS_S,
     LATENCY_BUCKETS_S,
     TTFT_BUCKETS_S,

@@ -214,7 +214,7 @@ class KubeRayActuator:
         write serveConfigV2 back with the resourceVersion we read (409 = changed meanwhile)."""
         from kubernetes.client.exceptions import ApiException
 
-        from corral.autoscaler.kube import RayServiceConflict, patch_rayservice
+        from corral.rollout.kube import RayServiceConflict, patch_rayservice
 
         def edit(obj: dict):
             config, app, _ = self._fleet(obj)
@@ -241,7 +241,7 @@ class LocalServeActuator:
 
     The running application's config is the state: a change re-applies the whole Serve config
     with edited per-deployment overrides (`PUT /api/serve/applications/`), like `corral up`.
-    Weights reach the router as a user_config change; a floor is the
+    Weights reach the ingress as a user_config change; a floor is the
     arm's `min_replicas` override (see corral.serving.app.serve_config: neither restarts replicas).
     """
 

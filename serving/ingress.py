@@ -98,7 +98,7 @@ class RequestMetrics:
 
 class ArrivalStamp:
     """Pure ASGI middleware (the outermost one): stamps when a request reached the ingress, so
-    the router's TTFT and latency include body parsing and validation, as a client sees them."""
+    the ingress's TTFT and latency include body parsing and validation, as a client sees them."""
 
     def __init__(self, app) -> None:
         self.app = app

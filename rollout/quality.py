@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from corral.autoscaler.rollout import QualityScores
+from corral.rollout.machine import QualityScores
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 Match = Literal["contains", "exact", "regex", "number"]

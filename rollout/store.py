@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.autoscaler.rollout import Command, RolloutState
+from corral.rollout.machine import Command, RolloutState
 
 MAX_EVENTS = 200
 """Events kept per rollout (annotations are limited to 256 KiB per object)."""
@@ -161,7 +161,7 @@ class RayServiceAnnotationStore:
         return RolloutDoc.model_validate_json(raw) if raw else None
 
     def update(self, fn):
-        from corral.autoscaler.kube import RayServiceConflict, patch_rayservice
+        from corral.rollout.kube import RayServiceConflict, patch_rayservice
 
         def change(obj: dict):
             raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(self.annotation)

@@ -1,6 +1,6 @@
 """The staged-rollout state machine: `decide(snapshot, spec, state, now)`.
 
-Pure: no I/O, no clock. The controller (autoscaler/controller.py) gathers a `Snapshot`
+Pure: no I/O, no clock. The controller (rollout/controller.py) gathers a `Snapshot`
 (observed weights and readiness, metric readings when `needs()` asks for an analysis,
 golden-set scores when it asks for a quality run, operator commands), calls `decide`,
 persists the new state and then makes the world match the state's *intent*
@@ -31,8 +31,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.autoscaler.gates import GateResult, MetricReadings, Verdict, evaluate_gate
 from corral.cluster.spec.rollout import RolloutSpec, needed_replicas
+from corral.rollout.gates import GateResult, MetricReadings, Verdict, evaluate_gate
 
 
 class Phase(str, Enum):

@@ -17,13 +17,19 @@ import time
 import uuid
 from typing import Callable, Protocol
 
-from corral.autoscaler.actuators import Actuator, ActuatorError
-from corral.autoscaler.gates import MetricSource, MetricSourceError
-from corral.autoscaler.rollout import (
-    Decision, Operator, QualityScores, RolloutState, Snapshot, decide, needs,
-)
-from corral.autoscaler.rollout_store import Event, RolloutDoc, RolloutStore
 from corral.cluster.spec.rollout import RolloutSpec
+from corral.rollout.actuators import Actuator, ActuatorError
+from corral.rollout.machine import (
+    Decision,
+    Operator,
+    QualityScores,
+    RolloutState,
+    Snapshot,
+    decide,
+    needs,
+)
+from corral.rollout.metrics import MetricSource, MetricSourceError
+from corral.rollout.store import Event, RolloutDoc, RolloutStore
 
 
 class QualityRunner(Protocol):

@@ -1,0 +1,86 @@
+"""Metric gates: PromQL rendering and pure evaluation of readings.
+
+Pure: no I/O. `evaluate_gate` is used by the rollout state machine; the readings come from a
+metric provider (`corral.rollout.metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from dataclasses import dataclass, field
+from enum import Enum
+
+from corral.cluster import metric_names as mn
+from corral.cluster.spec.rollout import METRIC_PLACEHOLDERS, MetricGate
+
+
+class Verdict(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    verdict: Verdict
+    candidate: float | None
+    baseline: float | None
+    value: float | None
+    """What was compared with the bounds: the ratio (compare=ratio) or the candidate's value."""
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"gate": self.gate, "verdict": self.verdict.value, "candidate": self.candidate,
+                "baseline": self.baseline, "value": self.value, "message": self.message}
+
+
+@dataclass(frozen=True)
+class MetricReadings:
+    """One analysis' measurements: gate -> arm -> value (None = no data), and the
+    requests each arm served since the step's weights took effect."""
+
+    values: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    requests: dict[str, float] = field(default_factory=dict)
+
+
+def format_window(seconds: float) -> str:
+    return f"{max(1, int(round(seconds)))}s"
+
+
+def render(template: str, route: str, arm: str, window_s: float) -> str:
+    """A gate template with route, arm, window and metric names filled in."""
+    mapping = dict(METRIC_PLACEHOLDERS, route=route, arm=arm, window=format_window(window_s))
+    return string.Template(template).substitute(mapping)
+
+
+def requests_query(route: str, arm: str, elapsed_s: float) -> str:
+    """Requests an arm served on a route in the last `elapsed_s` (the step so far)."""
+    name = mn.exported(mn.REQUESTS)
+    return f'sum(increase({name}{{route="{route}",arm="{arm}"}}[{format_window(elapsed_s)}])) or vector(0)'
+
+
+def _clean(value: float | None) -> float | None:
+    if value is None or math.isnan(value) or math.isinf(value):
+        return None
+    return value
+
+
+def evaluate_gate(gate: MetricGate, candidate: float | None, baseline: float | None) -> GateResult:
+    """Compare one gate's readings with its bounds. Missing data is inconclusive, never a pass."""
+    candidate, baseline = _clean(candidate), _clean(baseline)
+    if candidate is None or (gate.compare == "ratio" and baseline is None):
+        missing = "candidate" if candidate is None else "baseline"
+        return GateResult(gate.name, Verdict.INCONCLUSIVE, candidate, baseline, None, f"no data for the {missing}")
+    if gate.compare == "ratio":
+        value = max(candidate, gate.floor) / max(baseline, gate.floor)
+        what = f"candidate/baseline = {max(candidate, gate.floor):.4g}/{max(baseline, gate.floor):.4g} = {value:.3g}"
+    else:
+        value = max(candidate, gate.floor)
+        what = f"candidate = {value:.4g}"
+    if gate.max is not None and value > gate.max:
+        return GateResult(gate.name, Verdict.FAIL, candidate, baseline, value, f"{what} > max {gate.max}")
+    if gate.min is not None and value < gate.min:
+        return GateResult(gate.name, Verdict.FAIL, candidate, baseline, value, f"{what} < min {gate.min}")
+    return GateResult(gate.name, Verdict.PASS, candidate, baseline, value, what)

@@ -1,0 +1,49 @@
+"""Metric provider for rollout analyses: the `MetricSource` protocol and its Prometheus implementation.
+
+`PrometheusMetricSource` renders each gate's PromQL for baseline and candidate and asks
+Prometheus (through `corral.serving.prometheus.PrometheusClient`). When Prometheus cannot answer it
+raises `MetricSourceError`, which the state machine turns into phase Error, then Paused — never a
+promotion.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from corral.cluster.spec.rollout import RolloutSpec
+from corral.rollout.gates import MetricReadings, render, requests_query
+from corral.serving.prometheus import PrometheusClient, PrometheusError
+
+
+class MetricSourceError(RuntimeError):
+    """The metric source could not answer (unreachable, HTTP error, query error)."""
+
+
+class MetricSource(Protocol):
+    """Where analyses get their numbers (Prometheus in production, a fake in tests)."""
+
+    def collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float) -> MetricReadings:
+        """Measure every gate for baseline and candidate; raise MetricSourceError if unreachable."""
+        ...
+
+
+class PrometheusMetricSource:
+    """Gates and request counts from Prometheus."""
+
+    def __init__(self, client: PrometheusClient):
+        self.client = client
+
+    def collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float) -> MetricReadings:
+        try:
+            return self._collect(spec, window_s, elapsed_s)
+        except PrometheusError as exc:
+            raise MetricSourceError(str(exc)) from exc
+
+    def _collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float) -> MetricReadings:
+        arms = (spec.baseline, spec.candidate)
+        values = {
+            g.name: {arm: self.client.query(render(g.query, spec.route, arm, window_s)) for arm in arms}
+            for g in spec.gates
+        }
+        requests = {arm: self.client.query(requests_query(spec.route, arm, elapsed_s)) or 0.0 for arm in arms}
+        return MetricReadings(values=values, requests=requests)
