@@ -30,9 +30,10 @@ class SharedEngineIngress(OpenAiIngress):
 
 def build(args: dict[str, Any]):
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import LLMConfig
     from ray.serve.llm.ingress import make_fastapi_ingress
+
+    from corral.serving._ray_compat import to_model_metadata
 
     config = LLMConfig(**args["llm_config"])
     options = OpenAiIngress.get_deployment_options([config])

@@ -110,8 +110,8 @@ def _free_gpus(accelerator_resource: str) -> dict[str, float]:
         if node.get("Alive") and accelerator_resource in node.get("Resources", {}):
             free[node["NodeID"]] = 0.0
     # Available (not total) resources: what is left after other placement groups and actors.
-    # The public API has no per-node availability; this is what `ray status` reads.
-    from ray._private.state import available_resources_per_node
+    # The public API has no per-node availability (see serving/_ray_compat.py).
+    from corral.serving._ray_compat import available_resources_per_node
 
     for node_id, res in available_resources_per_node().items():
         if node_id in free:

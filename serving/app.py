@@ -139,12 +139,11 @@ def app_builder(args: dict[str, Any]):
     fails the deploy before any replica starts.
     """
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
     from ray.serve.llm import LLMConfig, build_llm_deployment
     from ray.serve.llm.ingress import make_fastapi_ingress
 
     from corral.cluster.spec import parse_fleet
+    from corral.serving._ray_compat import DEFAULT_ENDPOINTS, to_model_metadata
     from corral.serving.ingress import CorralIngress, ingress_app
     from corral.serving.llm_server import CorralLLMServer
 

@@ -17,17 +17,18 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import Request, status
-from ray.llm._internal.serve.core.configs.openai_api_models import (
+from ray.serve.llm.ingress import OpenAiIngress
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from corral.cluster import metric_names as names
+from corral.serving import _ray_compat
+from corral.serving._ray_compat import (
     ChatCompletionRequest,
     CompletionRequest,
     ModelCard,
     ModelList,
     OpenAIHTTPException,
 )
-from ray.serve.llm.ingress import OpenAiIngress
-from starlette.responses import JSONResponse, Response, StreamingResponse
-
-from corral.cluster import metric_names as names
 from corral.serving.auth import Denied, KeyRing
 from corral.serving.split import pick_arm
 
@@ -114,9 +115,7 @@ ARRIVAL_KEY = "corral_arrival_s"
 
 def ingress_app():
     """Ray Serve LLM's FastAPI app (its middleware and error handlers) plus ArrivalStamp."""
-    from ray.llm._internal.serve.core.ingress.ingress import init
-
-    app = init()
+    app = _ray_compat.ingress_fastapi_app()
     app.add_middleware(ArrivalStamp)  # added last = runs first
     return app
 
@@ -207,7 +206,7 @@ class CorralIngress(OpenAiIngress):
             body.stream_options = _with_usage(body)
         start = _arrival(request)
         try:
-            response = await self._process_llm_request(body, call_method=call_method, raw_request=request)
+            response = await _ray_compat.process_llm_request(self, body, call_method, request)
         except OpenAIHTTPException as exc:
             self._metrics.record(route, arm, exc.status_code, time.perf_counter() - start, None, None, None)
             raise

@@ -1,0 +1,128 @@
+"""The one place corral touches Ray's private APIs (Ray 2.60.0).
+
+Ray Serve LLM and Ray Serve keep some of what corral needs in private modules
+(`ray.llm._internal…`, `ray._private…`) or private functions (`ray.serve.autoscaling_policy._…`).
+These names move between Ray releases, so every such import and call goes through this module:
+a Ray upgrade is a change to this file, and `tests/unit/test_ray_compat.py` names the symbol
+that moved. Nothing here is imported until it is used, so importing this module costs nothing
+(the autoscaler simulator runs without Ray installed).
+
+Private classes and constants are resolved on attribute access (`from corral.serving._ray_compat
+import ChatCompletionRequest`); private functions are wrapped by functions of the same arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# The Ray release whose private shapes this module encodes (pyproject pins ray[serve]==2.60.0).
+RAY_VERSION = "2.60.0"
+
+_OPENAI_MODELS = "ray.llm._internal.serve.core.configs.openai_api_models"
+_INGRESS = "ray.llm._internal.serve.core.ingress.ingress"
+_POLICY = "ray.serve.autoscaling_policy"
+
+# Public name here -> (private module, attribute) in Ray.
+PRIVATE_NAMES: dict[str, tuple[str, str]] = {
+    # OpenAI request/response models of Ray Serve LLM's ingress.
+    "ChatCompletionRequest": (_OPENAI_MODELS, "ChatCompletionRequest"),
+    "CompletionRequest": (_OPENAI_MODELS, "CompletionRequest"),
+    "ModelCard": (_OPENAI_MODELS, "ModelCard"),
+    "ModelList": (_OPENAI_MODELS, "ModelList"),
+    "OpenAIHTTPException": (_OPENAI_MODELS, "OpenAIHTTPException"),
+    # to_model_metadata(model_id, llm_config) -> ModelCard for /v1/models.
+    "to_model_metadata": (_OPENAI_MODELS, "to_model_metadata"),
+    # The stock ingress's endpoint map (name -> lambda app: app.post(path)).
+    "DEFAULT_ENDPOINTS": (_INGRESS, "DEFAULT_ENDPOINTS"),
+    # init() -> the FastAPI app with Ray Serve LLM's middleware and error handlers.
+    "ingress_fastapi_app": (_INGRESS, "init"),
+}
+
+
+class RayCompatError(ImportError):
+    """Ray no longer has a private symbol corral relies on (raised with the Ray version and the symbol)."""
+
+
+def ray_version() -> str:
+    try:
+        import ray
+    except ImportError:
+        return "not installed"
+    return str(getattr(ray, "__version__", "unknown"))
+
+
+def _missing(symbol: str, exc: BaseException) -> RayCompatError:
+    return RayCompatError(
+        f"Ray {ray_version()} has no {symbol} (corral was written against Ray {RAY_VERSION}): {exc}. "
+        "Update corral/serving/_ray_compat.py for this Ray release.")
+
+
+def resolve(module: str, attr: str) -> Any:
+    """`module.attr` from Ray, or RayCompatError naming the Ray version and the symbol."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise _missing(f"{module}.{attr}", exc) from exc
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: private classes and constants, resolved on first use
+    if name in PRIVATE_NAMES:
+        return resolve(*PRIVATE_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------- Ray core
+
+def available_resources_per_node() -> dict[str, dict[str, float]]:
+    """Available (not total) resources of each live node of the connected Ray cluster, by node id.
+
+    The public API has no per-node availability; this is what `ray status` reads
+    (ray/_private/state.py `available_resources_per_node`)."""
+    fn = resolve("ray._private.state", "available_resources_per_node")
+    return dict(fn())
+
+
+# ---------------------------------------------------------------- Ray Serve LLM ingress
+
+async def process_llm_request(ingress: Any, body: Any, call_method: str, raw_request: Any = None) -> Any:
+    """`OpenAiIngress._process_llm_request(body, call_method=, raw_request=)`: send a parsed OpenAI
+    request to the model's LLMServer and turn the answer into a response, as the stock endpoints do
+    (ray/llm/_internal/serve/core/ingress/ingress.py `OpenAiIngress._process_llm_request`)."""
+    method = getattr(ingress, "_process_llm_request", None)
+    if method is None:
+        raise _missing("ray.serve.llm.ingress.OpenAiIngress._process_llm_request",
+                       AttributeError("no such method"))
+    return await method(body, call_method=call_method, raw_request=raw_request)
+
+
+# ---------------------------------------------------------------- Ray Serve autoscaling (controller side)
+# What Serve's controller applies around a custom policy's answer (ray/serve/autoscaling_policy.py
+# `_apply_autoscaling_config`); the autoscaler simulator replays it with a simulated clock.
+
+def cold_start_replicas(ctx: Any) -> int | None:
+    """Replicas of Serve's cold-start fast path (0 replicas, requests waiting), else None
+    (`_get_cold_start_scale_up_replicas(ctx)`)."""
+    result: int | None = resolve(_POLICY, "_get_cold_start_scale_up_replicas")(ctx)
+    return result
+
+
+def internal_policy_state(policy_state: dict[str, Any]) -> dict[str, Any]:
+    """Serve's own keys (delay counters, timestamps) of a policy state (`_extract_internal_policy_state`)."""
+    result: dict[str, Any] = resolve(_POLICY, "_extract_internal_policy_state")(policy_state)
+    return result
+
+
+def apply_scaling_factors(desired_num_replicas: float, current_num_replicas: int, autoscaling_config: Any) -> int:
+    """Desired replicas after upscaling_factor / downscaling_factor (`_apply_scaling_factors`)."""
+    result: int = resolve(_POLICY, "_apply_scaling_factors")(desired_num_replicas, current_num_replicas,
+                                                             autoscaling_config)
+    return result
+
+
+def apply_delay_logic(desired_num_replicas: int, curr_target_num_replicas: int, config: Any,
+                      policy_state: dict[str, Any], _now: float | None = None) -> tuple[int, dict[str, Any]]:
+    """Serve's upscale/downscale delays (`_apply_delay_logic`); `_now` replaces the wall clock."""
+    result: tuple[int, dict[str, Any]] = resolve(_POLICY, "_apply_delay_logic")(
+        desired_num_replicas, curr_target_num_replicas, config, policy_state, _now=_now)
+    return result
