@@ -1,5 +1,10 @@
 """The Grafana dashboards shipped in helm/corral/dashboards, and their PromQL.
 
+The JSON files live in the chart (helm reads only files inside a chart: `.Files.Glob` in
+templates/dashboards-configmap.yaml) and are installed with corral as the data-only package
+`corral.cluster.grafana` (pyproject `package-dir`), so the loader finds them in a wheel install
+as in a checkout.
+
 `panel_queries()` lists (dashboard, panel title, expr) for every query of every panel, so a
 check can run each one against a Prometheus scraping a live fleet. `resolve()` replaces the
 Grafana variables with values plain Prometheus accepts.
@@ -9,11 +14,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "helm" / "corral" / "dashboards"
+DASHBOARD_PACKAGE = "corral.cluster.grafana"
+
+
+def dashboard_dir() -> Traversable:
+    """The installed dashboards (helm/corral/dashboards in a checkout)."""
+    return files(DASHBOARD_PACKAGE)
 
 # Grafana variables -> what Prometheus' HTTP API understands (every route/arm, a 1m window).
 DEFAULT_VARIABLES = {
@@ -49,21 +62,22 @@ def resolve(expr: str, variables: dict[str, str] | None = None) -> str:
     return expr
 
 
-def load_dashboards(directory: Path = DASHBOARD_DIR) -> dict[str, dict[str, Any]]:
-    """Dashboard JSON by file stem."""
-    files = sorted(directory.glob("*.json"))
-    if not files:
-        raise FileNotFoundError(f"no dashboards in {directory}")
-    return {p.stem: json.loads(p.read_text()) for p in files}
+def load_dashboards(directory: Path | Traversable | None = None) -> dict[str, dict[str, Any]]:
+    """Dashboard JSON by file stem (default: the installed dashboards)."""
+    where = dashboard_dir() if directory is None else directory
+    found = sorted((p for p in where.iterdir() if p.name.endswith(".json")), key=lambda p: p.name)
+    if not found:
+        raise FileNotFoundError(f"no dashboards in {where}")
+    return {p.name.removesuffix(".json"): json.loads(p.read_text()) for p in found}
 
 
-def _panels(items: list[dict[str, Any]]):
+def _panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for p in items:
         yield p
         yield from _panels(p.get("panels", []))  # rows nest their panels
 
 
-def panel_queries(directory: Path = DASHBOARD_DIR) -> list[PanelQuery]:
+def panel_queries(directory: Path | Traversable | None = None) -> list[PanelQuery]:
     """(dashboard, panel title, expr) for every Prometheus query of every panel."""
     out = []
     for name, dash in load_dashboards(directory).items():
