@@ -3,7 +3,7 @@
 * `helm lint` and `helm template` for the default values and both examples;
 * every rendered built-in kind validated strictly with kubernetes-validate;
 * RayService (and its rayClusterConfig as a RayCluster spec) validated against the KubeRay CRD
-  openAPIV3Schema from ../shared/k8s-schemas (skipped, visibly, only when that folder is absent);
+  openAPIV3Schema shipped in tests/k8s-schemas (see its README for source and licence);
 * the rendered serveConfigV2 `args.fleet` parses as a fleet spec and equals the values' fleet;
 * bad values rejected by values.schema.json with a message naming the field;
 * values.schema.json equals what scripts/gen-values-schema.py generates from the pydantic model.
@@ -30,7 +30,7 @@ from corral.cluster.spec import parse_fleet
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "corral"
 HELM = ROOT / ".tools" / "bin" / "helm"
-CRDS = ROOT.parent / "shared" / "k8s-schemas"
+CRDS = ROOT / "tests" / "k8s-schemas"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 K8S_VERSION = "1.30.0"
 
@@ -102,8 +102,6 @@ def crd_validator(filename: str) -> jsonschema.Draft7Validator:
 
 
 def validate_against_crd(obj: dict, filename: str) -> None:
-    if not CRDS.is_dir():
-        pytest.skip(f"KubeRay CRD schemas not found at {CRDS}: RayService/RayCluster not validated")
     errors = sorted(crd_validator(filename).iter_errors(obj), key=lambda e: list(e.absolute_path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:10])
 
