@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -262,7 +263,7 @@ def guard(
 
     if assessment.breach:
         why = f"{assessment.breach} (at max_replicas {upper})"
-    elif want_down < current and in_cold_start:
+    elif want_down < current and in_cold_start and state.last_scale_up_s is not None:
         why = f"load fits {want_down} but replicas added {now - state.last_scale_up_s:.0f}s ago are still starting"
     else:
         why = "load on target"
@@ -283,7 +284,8 @@ def decide(
     return guard(assess(signals, config, trend), signals, config, state, now)
 
 
-def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str, reduce=max) -> float | None:
+def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str,
+                 reduce: Callable[[list[float]], float] = max) -> float | None:
     values = [v for v in ((metrics or {}).get(name) or {}).values() if v is not None and math.isfinite(v)]
     return reduce(values) if values else None
 

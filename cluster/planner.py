@@ -308,7 +308,7 @@ def _evaluate(r: PlanRequest, tp: int, pp: int) -> Candidate | Rejection:
     bw = gpu.bandwidth_gb_s * 1e9
     flops = gpu.bf16_tflops * 1e12
 
-    def step(b: int) -> tuple[float, str]:
+    def step(b: int) -> tuple[float, Literal["memory", "compute"]]:
         mem_t = (arch.weight_bytes(wb) + b * r.avg_context * kv_token_total) / (tp * bw)
         cmp_t = 2 * arch.num_params * b / (tp * flops)
         return (mem_t, "memory") if mem_t >= cmp_t else (cmp_t, "compute")
@@ -366,7 +366,10 @@ def plan_cluster(request: PlanRequest) -> ClusterPlan:
                 rejected.append(Rejection(tp, pp, f"more stages than the model's {arch.num_hidden_layers} layers"))
                 continue
             result = _evaluate(request, tp, pp)
-            (candidates if isinstance(result, Candidate) else rejected).append(result)
+            if isinstance(result, Candidate):
+                candidates.append(result)
+            else:
+                rejected.append(result)
     if not candidates:
         raise InfeasiblePlan(request, rejected)
     candidates.sort(key=lambda c: (-c.tokens_per_usd, c.decode_step_s, c.gpus_per_replica))

@@ -102,8 +102,11 @@ def geometric_mean_ci(ratios: Sequence[float]) -> Estimate:
     e = mean_ci(logs)
     if e.value is None:
         return e
-    exp = (lambda v: math.exp(v) if v is not None else None)
-    return Estimate(exp(e.value), exp(e.low), exp(e.high), e.n)
+    return Estimate(_exp(e.value), _exp(e.low), _exp(e.high), e.n)
+
+
+def _exp(v: float | None) -> float | None:
+    return math.exp(v) if v is not None else None
 
 
 def proportion_ci(successes: int, n: int) -> Estimate:

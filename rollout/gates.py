@@ -10,6 +10,7 @@ import math
 import string
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from corral.cluster import metric_names as mn
 from corral.cluster.spec.rollout import METRIC_PLACEHOLDERS, MetricGate
@@ -31,7 +32,7 @@ class GateResult:
     """What was compared with the bounds: the ratio (compare=ratio) or the candidate's value."""
     message: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"gate": self.gate, "verdict": self.verdict.value, "candidate": self.candidate,
                 "baseline": self.baseline, "value": self.value, "message": self.message}
 
@@ -73,7 +74,7 @@ def evaluate_gate(gate: MetricGate, candidate: float | None, baseline: float | N
     if candidate is None or (gate.compare == "ratio" and baseline is None):
         missing = "candidate" if candidate is None else "baseline"
         return GateResult(gate.name, Verdict.INCONCLUSIVE, candidate, baseline, None, f"no data for the {missing}")
-    if gate.compare == "ratio":
+    if gate.compare == "ratio" and baseline is not None:  # (a ratio without a baseline returned above)
         value = max(candidate, gate.floor) / max(baseline, gate.floor)
         what = f"candidate/baseline = {max(candidate, gate.floor):.4g}/{max(baseline, gate.floor):.4g} = {value:.3g}"
     else:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -142,7 +142,7 @@ class RolloutState(BaseModel):
     quality_scores: dict[str, float] = Field(default_factory=dict)
     baseline_reference: dict[str, float] = Field(default_factory=dict)
     """Last baseline value per gate, used at 100% when the baseline has no traffic."""
-    last_gates: list[dict] = Field(default_factory=list)
+    last_gates: list[dict[str, Any]] = Field(default_factory=list)
     last_command_seq: int = 0
     pause_reason: str | None = None
     reason: str = ""

@@ -64,7 +64,7 @@ def score(prompt: GoldenPrompt, reply: str) -> float:
     text = reply.strip()
     if prompt.match == "number":
         found = _NUMBER.search(text.replace(",", ""))
-        return float(bool(found) and any(float(found.group()) == float(a) for a in prompt.answers))
+        return float(found is not None and any(float(found.group()) == float(a) for a in prompt.answers))
     if prompt.match == "regex":
         return float(any(re.search(a, text, re.IGNORECASE) for a in prompt.answers))
     if prompt.match == "exact":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import typing
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any
 
 from fastapi import Request, status
@@ -47,7 +47,8 @@ def log_buckets(low_s: float, high_s: float, per_decade: int = 20) -> list[float
     """
     if not 0 < low_s < high_s or per_decade < 1:
         raise ValueError(f"need 0 < low_s ({low_s}) < high_s ({high_s}) and per_decade ({per_decade}) >= 1")
-    out, k = [], 0
+    out: list[float] = []
+    k = 0
     while True:
         b = float(f"{low_s * 10 ** (k / per_decade):.3g}")
         if b > high_s * (1 + 1e-9):
@@ -167,7 +168,7 @@ class CorralIngress(OpenAiIngress):
         key = body.user or request.headers.get(SESSION_HEADER) or _api_key(request)
         return model, pick_arm(weights, key)
 
-    async def models(self, request: Request = None) -> ModelList | Response:
+    async def models(self, request: Request | None = None) -> ModelList | Response:
         # Ray Serve LLM also calls models() internally, without a request.
         if request is not None:
             _, denied = self._authorize(request)
@@ -222,13 +223,13 @@ class CorralIngress(OpenAiIngress):
         response.headers.update(headers)
         return response
 
-    async def _measured_stream(self, packets: AsyncGenerator[str, None], route: str, arm: str,
+    async def _measured_stream(self, packets: AsyncIterable[str | bytes | memoryview], route: str, arm: str,
                                start: float, keep_usage: bool, key: str | None = None) -> AsyncGenerator[str, None]:
         first = last = None
         usage = None
         try:
             async for packet in packets:
-                text = packet if isinstance(packet, str) else packet.decode()
+                text = packet if isinstance(packet, str) else bytes(packet).decode()
                 now = time.perf_counter()
                 if '"usage":{' in text:
                     text, usage = _split_usage(text, keep_usage, usage)

@@ -151,7 +151,7 @@ class LocalCluster:
         app = (status.get("applications") or {}).get(name)
         if not app or not app.get("deployed_app_config"):
             raise LocalError(f"no running serve application {name!r}")
-        config = {"applications": [copy.deepcopy(app["deployed_app_config"])]}
+        config: dict[str, Any] = {"applications": [copy.deepcopy(app["deployed_app_config"])]}
         http = status.get("http_options") or {}
         if http:
             config["http_options"] = {"host": http.get("host"), "port": http.get("port")}
@@ -192,7 +192,10 @@ class LocalCluster:
 def prepare_models(fleet: FleetSpec, say: Callable[[str], None]) -> None:
     """Build missing demo models and verify checksums of every demo model the fleet uses."""
     for name in sorted({a.model.demo for a in fleet.arms if a.model.demo}):
-        path = prepare(name, say=lambda msg, n=name: say(f"{n}: {msg}"))
+        def prefixed(msg: str, n: str = name) -> None:
+            say(f"{n}: {msg}")
+
+        path = prepare(name, say=prefixed)
         try:
             verify(path)
         except ModelError as exc:

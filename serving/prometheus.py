@@ -78,7 +78,7 @@ class PrometheusClient:
         """The value of a query that yields at most one sample; None if it yields none or NaN."""
         data = self._data(promql)
         kind, result = data.get("resultType"), data.get("result")
-        if kind == "scalar":
+        if kind == "scalar" and result is not None:
             return _finite(float(result[1]))
         if kind != "vector":
             raise PrometheusError(f"query returned a {kind}, expected a vector: {promql}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 # Ray Serve imports this in its controller (`AutoscalingPolicy.policy_function`).
 POLICY_IMPORT_PATH = "corral.autoscaler.policy:CorralAutoscalingPolicy"
@@ -83,7 +83,7 @@ class AutoscalingSpec(BaseModel):
         "breach_upscale_fraction", "downscale_max_fraction",
     )
     @classmethod
-    def _positive(cls, v: float, info) -> float:
+    def _positive(cls, v: float, info: ValidationInfo) -> float:
         if not v > 0:
             raise ValueError(f"{info.field_name} must be > 0, got {v!r}")
         return v
@@ -91,7 +91,7 @@ class AutoscalingSpec(BaseModel):
     @field_validator("upscale_delay_s", "downscale_delay_s", "cold_start_s", "queue_per_replica_trigger",
                      "trend_horizon_s")
     @classmethod
-    def _non_negative(cls, v: float, info) -> float:
+    def _non_negative(cls, v: float, info: ValidationInfo) -> float:
         if not v >= 0:
             raise ValueError(f"{info.field_name} must be >= 0, got {v!r}")
         return v

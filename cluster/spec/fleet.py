@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from corral.cluster.spec.autoscaling import AutoscalingSpec, check_against_arm
 from corral.cluster.spec.rollout import RolloutSpec
 
-API_VERSION = "corral/v1"
+API_VERSION: Final = "corral/v1"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 
 # Demo models built by `corral models prepare` (see corral.cluster.models).
@@ -222,6 +222,13 @@ class Route(StrictModel):
         return {a.arm: a.weight for a in self.arms}
 
 
+Scope = Literal["inference", "admin"]
+
+
+def _default_scopes() -> list[Scope]:
+    return ["inference"]
+
+
 class ApiKey(StrictModel):
     """One API key, stored as a hash (`corral keys add` creates it and prints the key once)."""
 
@@ -229,7 +236,7 @@ class ApiKey(StrictModel):
     """Who the key belongs to (shown in errors and logs, never the key itself)."""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """SHA-256 hex digest of the key."""
-    scopes: list[Literal["inference", "admin"]] = Field(default_factory=lambda: ["inference"])
+    scopes: list[Scope] = Field(default_factory=_default_scopes)
     """`inference` calls the OpenAI API; `admin` also reads control endpoints (/v1/corral/*)."""
     requests_per_minute: int | None = Field(None, gt=0)
     """Request rate limit (None = unlimited); over it the API answers 429 with Retry-After."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def default_fleet_path() -> Path:
     return Path(__file__).resolve().parent.parent / "fleets" / "demo.yaml"
 
 
-def _loc(err: dict[str, Any], data: Any) -> str:
+def _loc(err: Mapping[str, Any], data: Any) -> str:
     """Render a pydantic error location as a dotted path, naming list items by their `name`."""
     parts: list[str] = []
     node = data
