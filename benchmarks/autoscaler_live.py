@@ -163,9 +163,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from corral.cluster.spec import load_fleet
-    from corral.commands.up import apply_fleet, run_down
     from corral.loadtests.arrivals import load_trace
     from corral.serving.app import llm_deployment_name
+    from corral.serving.fleet_ops import apply_fleet, stop_fleet
     from corral.serving.local import LocalCluster
 
     fleet = load_fleet(FLEET)
@@ -173,7 +173,7 @@ def main() -> int:
     spec = arm.autoscaling
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     with contextlib.redirect_stdout(sys.stderr):
-        run_down(None)
+        stop_fleet()
     apply_fleet(str(FLEET), timeout_s=1200, prometheus=False, say=say)
     cluster = LocalCluster()
     rows = load_trace(TRACE)
@@ -208,7 +208,7 @@ def main() -> int:
     finally:
         if not args.keep_fleet:
             with contextlib.redirect_stdout(sys.stderr):
-                run_down(None)
+                stop_fleet()
 
     stage = summary["stages"][0]
     t0 = stage["started_unix"]

@@ -84,9 +84,8 @@ def main() -> int:
     if len(rates_b) != 3 or a.repeat_b < 1:
         p.error(f"--sweep-b must be START:STEP:MAX (got {a.sweep_b!r}) and --repeat-b >= 1 (got {a.repeat_b})")
 
-    from corral.commands._common import CliError
-    from corral.commands._plan_capacity import load_planner
     from corral.loadtests.mockserver import spawn
+    from corral.loadtests.planning import PlanningInputError, load_planner
 
     out = Path(a.reuse or a.out)
     measure = not a.reuse
@@ -96,10 +95,10 @@ def main() -> int:
         dirs_b = sorted((d for d in out.glob("b*") if (d / "summary.json").exists()), key=lambda d: (len(d.name), d.name))
     deploy = bool(a.fleet) and measure
     if deploy:
-        from corral.commands.up import apply_fleet, run_down
+        from corral.serving.fleet_ops import apply_fleet, stop_fleet
 
         with contextlib.redirect_stdout(sys.stderr):
-            run_down(None)
+            stop_fleet()
         apply_fleet(a.fleet, timeout_s=1200, prometheus=False, say=lambda m: print(m, file=sys.stderr, flush=True))
     ctx = spawn(MOCK) if a.mock and measure else contextlib.nullcontext(a.base_url)
     started = time.time()
@@ -112,7 +111,7 @@ def main() -> int:
     finally:
         if deploy:
             with contextlib.redirect_stdout(sys.stderr):
-                run_down(None)
+                stop_fleet()
     planner_a, _ = load_planner(str(out / "a"), a.slo, arm=a.model_a, replicas=a.replicas_a,
                                 max_num_seqs=a.max_num_seqs_a)
     predicted = planner_a.predict(replicas=a.replicas_b, max_num_seqs=a.max_num_seqs_b)
@@ -121,7 +120,7 @@ def main() -> int:
         try:
             lams_b.append(load_planner(str(d), a.slo, arm=a.model_b, replicas=a.replicas_b,
                                        max_num_seqs=a.max_num_seqs_b)[0].lam)
-        except CliError as exc:  # e.g. a noisy first stage missed the SLO: that sweep measured no λ*
+        except PlanningInputError as exc:  # e.g. a noisy first stage missed the SLO: that sweep measured no λ*
             unusable[d.name] = str(exc)
     if not lams_b:
         raise SystemExit(f"no sweep of B measured a λ*: {unusable}")

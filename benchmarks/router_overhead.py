@@ -203,11 +203,11 @@ def main() -> int:
     levels = [(lv, int(lv.split(":")[0]), lv.endswith(":stream")) for lv in args.levels]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from corral.commands.up import apply_fleet, run_down
+    from corral.serving.fleet_ops import apply_fleet, stop_fleet
     from corral.serving.local import LocalCluster
 
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
-        run_down(None)
+        stop_fleet()
     fleet = apply_fleet(None, timeout_s=1200, prometheus=False, say=lambda m: print(m, file=sys.stderr))
     if len(fleet.arms) != 1:
         raise SystemExit("the benchmark compares one arm; the default fleet has one")
@@ -242,7 +242,7 @@ def main() -> int:
                         print(f"phase {phase} round {rnd} level {lv} {name}: {brief}", file=sys.stderr)
     finally:
         with contextlib.redirect_stdout(sys.stderr):
-            run_down(None)
+            stop_fleet()
 
     summary = [summarize(lv, {n: results[n][lv] for n in APPS}) for lv, _, _ in levels]
     engine_side = None

@@ -28,10 +28,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from corral.commands.up import apply_fleet, run_down
+    from corral.serving.fleet_ops import apply_fleet, stop_fleet
 
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
-        run_down(None)
+        stop_fleet()
     fleet = apply_fleet(None, timeout_s=1200, prometheus=False, say=lambda m: print(m, file=sys.stderr))
     url = f"http://127.0.0.1:{fleet.server.port}"
     model = fleet.routes[0].name
@@ -41,7 +41,7 @@ def main() -> int:
     finally:
         if not args.keep:
             with contextlib.redirect_stdout(sys.stderr):
-                run_down(None)
+                stop_fleet()
     print(json.dumps({
         "benchmark": "serving_baseline", "fleet": fleet.name, "model": model, "max_tokens": args.max_tokens,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

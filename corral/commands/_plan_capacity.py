@@ -1,6 +1,8 @@
-"""`corral plan capacity`: size an arm from `corral loadtest` results.
+"""`corral plan capacity [FLEET]`: size an arm from `corral loadtest` results.
 
-The lead's corral/commands/plan.py calls `register(plan_subparsers)`.
+Registered by `corral plan` (corral/commands/plan.py) through `register(plan_subparsers)`.
+The planner is fitted by `corral.loadtests.planning.load_planner`; the overlay is merged into
+FLEET by `corral.cluster.spec.editor`.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from corral.commands._common import EXIT_BAD_INPUT, CliError
+from corral.commands._common import EXIT_BAD_INPUT, CliError, add_fleet_arg
 
 
 def register(plan_sub: argparse._SubParsersAction) -> None:
@@ -35,76 +38,36 @@ def register(plan_sub: argparse._SubParsersAction) -> None:
                    help="deploy this max_num_seqs instead of the recommended one")
     p.add_argument("--predict-replicas", type=int, default=None, help="also predict λ* with this many replicas")
     p.add_argument("--predict-max-num-seqs", type=int, default=None, help="also predict λ* with this max_num_seqs")
-    p.add_argument("--fleet", default=None, help="fleet spec to check the overlay against (merged by arm name)")
+    add_fleet_arg(p, help="fleet spec the overlay is merged into by arm name and checked against "
+                          "(optional: without it the overlay is not checked)")
+    p.add_argument("--write", action="store_true",
+                   help="also write the merged overlay into FLEET (validated, replaced atomically; comments and "
+                        "formatting in FLEET are not preserved)")
     p.add_argument("--out", default=None, help="overlay YAML path (default: RESULTS/capacity-overlay.yaml); "
                    "capacity-plan.json and latency-curve.json (for the autoscaler simulator) go beside it")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_capacity)
+
+
+# Flag of each planner input, for error messages.
+_FLAGS = {"slo": "--slo", "results": "--results", "arm": "--arm", "replicas": "--replicas/--max-num-seqs"}
 
 
 def load_planner(results: str, slo: str, arm: str | None = None, replicas: int | None = None,
-                 max_num_seqs: int | None = None, devices_per_replica: int | None = None):
-    """Read a results folder and fit the planner. Raises CliError (exit 2) naming the bad input."""
-    from corral.loadtests.capacity import Measured, Planner, stage_points
-    from corral.loadtests.report import read_records
-    from corral.loadtests.slo import parse_slo
+                 max_num_seqs: int | None = None, devices_per_replica: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """`corral.loadtests.planning.load_planner` with its errors as CliError (exit 2) naming the flag."""
+    from corral.loadtests.planning import PlanningInputError
+    from corral.loadtests.planning import load_planner as fit
 
     try:
-        clauses = parse_slo(slo)
-    except ValueError as exc:
-        raise CliError(f"--slo: {exc}", EXIT_BAD_INPUT) from None
-    d = Path(results)
-    try:
-        summary = json.loads((d / "summary.json").read_text())
-        records = read_records(d / "requests.jsonl")
-    except (OSError, ValueError) as exc:
-        raise CliError(f"--results {results}: cannot read load-test results ({exc})", EXIT_BAD_INPUT) from None
-    deployment = summary.get("deployment") or {}
-    dep_arms = deployment.get("arms") or {}
-    seen_arms = sorted({r.arm for r in records if r.arm})
-    if arm is None:
-        candidates = list(dep_arms) or seen_arms
-        if len(candidates) != 1:
-            raise CliError(f"--arm: the results span arms {candidates}; name the one to plan", EXIT_BAD_INPUT)
-        arm = candidates[0]
-    info = dep_arms.get(arm, {})
-    weight = info.get("weight", 100) / 100
-    replicas = replicas or info.get("replicas")
-    max_num_seqs = max_num_seqs or info.get("max_num_seqs")
-    if replicas is None or max_num_seqs is None:
-        raise CliError("--replicas/--max-num-seqs: the results do not record the arm's deployment "
-                       "(run `corral loadtest --fleet FILE`); give both", EXIT_BAD_INPUT)
-    multi = len(seen_arms) > 1
-    stages = []
-    for s in summary.get("stages", []):
-        recs = [r for r in records if r.stage == s["name"] and (not multi or r.arm == arm)]
-        rate = s.get("offered_rate_rps")
-        stages.append((s["name"], None if rate is None else rate * weight, s["duration_s"], recs))
-    points = stage_points(stages, clauses, replicas)
-    measured = Measured(arm, replicas, max_num_seqs, devices_per_replica or info.get("devices_per_replica", 1))
-    try:
-        return Planner.fit(measured, clauses, points), summary
-    except ValueError as exc:
-        raise CliError(f"--results {results}: {exc}", EXIT_BAD_INPUT) from None
+        return fit(results, slo, arm, replicas, max_num_seqs, devices_per_replica)
+    except PlanningInputError as exc:
+        flag = _FLAGS.get(exc.field, exc.field)
+        where = f"{flag} {results}" if exc.field == "results" else flag
+        raise CliError(f"{where}: {exc}", EXIT_BAD_INPUT) from None
 
 
-def merge_overlay(fleet_doc: dict, overlay: dict) -> dict:
-    """Apply a capacity overlay to a fleet document: arms merged by name, nested mappings merged."""
-    out = json.loads(json.dumps(fleet_doc))
-    by_name = {a.get("name"): a for a in out.get("arms", [])}
-    for patch in overlay.get("arms", []):
-        target = by_name.get(patch["name"])
-        if target is None:
-            raise CliError(f"overlay arm {patch['name']!r} is not in the fleet (arms: {sorted(by_name)})", EXIT_BAD_INPUT)
-        for key, value in patch.items():
-            if isinstance(value, dict):
-                target[key] = {**(target.get(key) or {}), **value}
-            else:
-                target[key] = value
-    return out
-
-
-def run(args: argparse.Namespace) -> int:
+def cmd_capacity(args: argparse.Namespace) -> int:
     import yaml
 
     from corral.loadtests.capacity import plan_capacity
@@ -118,14 +81,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     overlay = plan.overlay()
+    if args.write and not args.fleet:
+        raise CliError("--write needs FLEET (the fleet file to merge the overlay into)", EXIT_BAD_INPUT)
     if args.fleet:
         from corral.cluster.spec import SpecError
-        from corral.cluster.spec.loader import default_fleet_path, parse_fleet
+        from corral.cluster.spec.editor import apply_change, edit_fleet_file, merge_overlay, read_fleet_document
 
-        path = Path(args.fleet) if args.fleet != "demo" else default_fleet_path()
-        doc = yaml.safe_load(path.read_text())
+        def merge(doc: dict[str, Any]) -> None:
+            merged = merge_overlay(doc, overlay)
+            doc.clear()
+            doc.update(merged)
+
         try:
-            parse_fleet(merge_overlay(doc, overlay), source=f"{path} + capacity overlay")
+            if args.write:
+                edit_fleet_file(args.fleet, merge, where="capacity overlay")
+            else:
+                apply_change(read_fleet_document(args.fleet), merge, source=f"{args.fleet} + capacity overlay",
+                             where="capacity overlay")
         except SpecError as exc:
             raise CliError(f"the overlay does not fit the fleet: {exc}", EXIT_BAD_INPUT) from None
     header = (f"# corral plan capacity: {args.target_rps:g} rps under {args.slo}\n"
@@ -162,5 +134,7 @@ def run(args: argparse.Namespace) -> int:
         for w in plan.warnings + [w for p in predictions for w in p.warnings if w not in plan.warnings]:
             print(f"  warning: {w}", file=sys.stderr)
         print(f"overlay   {out}")
+        if args.write:
+            print(f"fleet     {args.fleet}  (overlay merged in; apply with `corral up {args.fleet}`)")
         print(f"curve     {curve_path}  (latency vs batch, for benchmarks/autoscaler_sim.py --curve)")
     return 0

@@ -43,7 +43,7 @@ def register(plan_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--values-out", default=None, metavar="FILE",
                    help="write a Helm values overlay (fleet + workerGroups) for helm/corral")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_cluster)
 
 
 REQUEST_FIELDS = (
@@ -125,7 +125,7 @@ def plan_json(plan, values: dict) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_cluster(args: argparse.Namespace) -> int:
     import yaml
 
     from corral.cluster import kuberay

@@ -1,7 +1,7 @@
 """`corral dashboards push`: upload the chart's Grafana dashboards with grafana-client.
 
 Untested against a live Grafana (none runs in this project's environment); the dashboards
-themselves ship in helm/corral/dashboards and reach Grafana through the sidecar on Kubernetes.
+themselves ship in helm/corral/dashboards (and in the wheel) and reach Grafana through the sidecar on Kubernetes.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--user", default=os.environ.get("GRAFANA_USER", "admin"))
     push.add_argument("--password", default=os.environ.get("GRAFANA_PASSWORD"))
     push.add_argument("--folder", default="corral", help="Grafana folder (created if missing)")
-    push.set_defaults(func=run_push)
+    push.set_defaults(func=cmd_push)
 
 
-def run_push(args: argparse.Namespace) -> int:
+def cmd_push(args: argparse.Namespace) -> int:
     try:
         from grafana_client import GrafanaApi
     except ImportError:

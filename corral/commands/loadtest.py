@@ -1,4 +1,4 @@
-"""`corral loadtest`: measure a running fleet the way clients see it (locust, headless).
+"""`corral loadtest [FLEET]`: measure a running fleet the way clients see it (locust, headless).
 
 Writes requests.jsonl, summary.json and report.html into --out; `corral plan capacity` reads them.
 """
@@ -9,7 +9,7 @@ import argparse
 import time
 from dataclasses import fields
 
-from corral.commands._common import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, CliError
+from corral.commands._common import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, CliError, add_fleet_arg, load_fleet_or_exit
 
 # CLI flag -> LoadConfig field (flags use dashes; every flag's default is the field's default).
 _FIELDS = {
@@ -55,20 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-calibrate", dest="calibrate_tokens", action="store_false",
                    help="assume one prompt token per word instead of probing the server's usage")
     p.add_argument("--out", default=None, help="results folder (default: loadtest-results/<time>)")
-    p.add_argument("--fleet", default=None,
-                   help="fleet spec of the fleet under test: its replicas and max_num_seqs are recorded for the planner")
-    p.set_defaults(func=run)
+    add_fleet_arg(p, help="fleet spec of the fleet under test, optional: its replicas and max_num_seqs are "
+                          "recorded for `corral plan capacity` (nothing is recorded without it)")
+    p.set_defaults(func=cmd_loadtest)
 
 
 def deployment_from_fleet(path: str, model: str) -> dict:
     """Replicas, max_num_seqs and devices of the arms behind `model`, from a fleet spec."""
-    from corral.commands._common import load_fleet_or_exit
-
     fleet = load_fleet_or_exit(path, check_paths=False)
     route = next((r for r in fleet.effective_routes() if r.name == model), None)
     if route is None:
         names = [r.name for r in fleet.effective_routes()]
-        raise CliError(f"--model {model!r} is not a route or arm of fleet {path} (has {names})", EXIT_BAD_INPUT)
+        raise CliError(f"--model {model!r} is not a route or arm of FLEET {path} (has {names})", EXIT_BAD_INPUT)
     arms = {}
     for ra in route.arms:
         arm = fleet.arm(ra.arm)
@@ -79,7 +77,7 @@ def deployment_from_fleet(path: str, model: str) -> dict:
             "gpu_hourly_usd": fleet.cluster.gpu_hourly_usd, "arms": arms}
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_loadtest(args: argparse.Namespace) -> int:
     from corral.loadtests.config import LoadConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(LoadConfig) if hasattr(args, f.name)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from corral.commands._common import CliError
+from corral.commands._common import EXIT_BAD_INPUT, CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,12 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep = msub.add_parser("prepare", help="build demo models into the cache (idempotent, checksummed)")
     prep.add_argument("names", nargs="*", help="demo models to build (default: all)")
     prep.add_argument("--force", action="store_true", help="rebuild even if a verified copy exists")
-    prep.set_defaults(func=prepare)
+    prep.set_defaults(func=cmd_prepare)
     ls = msub.add_parser("list", help="show demo models and whether they are prepared")
-    ls.set_defaults(func=list_models)
+    ls.set_defaults(func=cmd_list)
 
 
-def prepare(args: argparse.Namespace) -> int:
+def cmd_prepare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from corral.cluster import models
@@ -26,7 +26,7 @@ def prepare(args: argparse.Namespace) -> int:
     names = args.names or list(models.DEMO_MODELS)
     unknown = [n for n in names if n not in models.DEMO_MODELS]
     if unknown:
-        raise CliError(f"unknown demo model(s) {unknown}; known: {sorted(models.DEMO_MODELS)}", 2)
+        raise CliError(f"unknown demo model(s) {unknown}; known: {sorted(models.DEMO_MODELS)}", EXIT_BAD_INPUT)
     console = Console(stderr=True)
     for name in names:
         with console.status(f"[bold]{name}[/]: starting") as status:
@@ -41,7 +41,7 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_models(args: argparse.Namespace) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     from corral.cluster import models
 
     for name, m in models.DEMO_MODELS.items():

@@ -1,4 +1,4 @@
-"""`corral validate FILE`: check a fleet spec without deploying anything."""
+"""`corral validate [FLEET]`: check a fleet spec without deploying anything."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fleet_arg(p)
     p.add_argument("--no-check-paths", action="store_true",
                    help="do not require local model paths to exist (e.g. paths inside Kubernetes pods)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_validate)
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     fleet = load_fleet_or_exit(args.fleet, check_paths=not args.no_check_paths)
     print(f"{args.fleet or 'demo fleet'}: valid fleet {fleet.name!r} "
           f"({len(fleet.arms)} arm(s): {', '.join(a.name for a in fleet.arms)}; "

@@ -25,12 +25,12 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def fleet():
-    from corral.commands.up import apply_fleet, run_down
+    from corral.serving.fleet_ops import apply_fleet, stop_fleet
 
     spec = apply_fleet(str(FLEET_FILE), timeout_s=1200, prometheus=True, say=lambda m: print(f"[fleet] {m}", flush=True))
     yield spec
     if not os.environ.get("CORRAL_E2E_KEEP"):
-        run_down(None)
+        stop_fleet()
 
 
 @pytest.fixture(scope="session")

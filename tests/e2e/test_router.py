@@ -61,7 +61,7 @@ def _replica_ids(status: dict, app: str) -> dict[str, set[str]]:
 
 def test_live_reweighting_under_load_drops_nothing(fleet, fleet_url, tmp_path):
     """Weights move 0 -> 50 -> 100 on tiny-random while clients keep calling the route."""
-    from corral.commands.up import apply_fleet
+    from corral.serving.fleet_ops import apply_fleet
     from corral.serving.local import LocalCluster
 
     cluster = LocalCluster()

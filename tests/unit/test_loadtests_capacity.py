@@ -186,7 +186,7 @@ def test_cli_writes_an_overlay_the_demo_fleet_accepts(results_dir, capsys):
     from corral.cluster.spec.loader import default_fleet_path
 
     assert _cli(["--results", str(results_dir), "--slo", SLO, "--target-rps", "25", "--gpu-price", "3",
-                 "--fleet", str(default_fleet_path()), "--predict-replicas", "2"]) == 0
+                 str(default_fleet_path()), "--predict-replicas", "2"]) == 0
     out = capsys.readouterr().out
     assert "replicas" in out and "predicted λ* with 2 replica(s)" in out
     overlay = yaml.safe_load((results_dir / "capacity-overlay.yaml").read_text())
