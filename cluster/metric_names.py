@@ -20,8 +20,6 @@ OUTPUT_TOKENS = "corral_output_tokens_total"
 # Histogram of user ratings in [0, 1] sent to POST /v1/feedback (labels: route, arm).
 FEEDBACK = "corral_feedback_score"
 
-LABELS = ("route", "arm")
-
 
 def exported(name: str) -> str:
     """The series name Prometheus scrapes for one of the names above."""

@@ -20,9 +20,6 @@ from corral.cluster.spec.rollout import RolloutSpec
 API_VERSION: Final = "corral/v1"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 
-# Demo models built by `corral models prepare` (see corral.cluster.models).
-DEMO_MODELS = ("smollm2-135m-instruct", "tiny-llama2-random")
-
 
 class StrictModel(BaseModel):
     """Base for every spec model: unknown keys are errors, not silently dropped."""
