@@ -202,6 +202,23 @@ def test_cli_writes_an_overlay_the_demo_fleet_accepts(results_dir, capsys):
     assert curve.itl(8) == pytest.approx(A + 8 * B_PER_SEQ, rel=0.02)
 
 
+def test_cli_write_merges_the_overlay_into_the_fleet_file(results_dir, tmp_path, capsys):
+    from corral.cluster.spec import load_fleet
+    from corral.cluster.spec.loader import default_fleet_path
+    from corral.commands._common import CliError
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(default_fleet_path().read_text())
+    out = tmp_path / "overlay.yaml"
+    assert _cli(["--results", str(results_dir), "--slo", SLO, "--target-rps", "25", "--out", str(out),
+                 str(fleet), "--write"]) == 0
+    overlay = yaml.safe_load(out.read_text())["arms"][0]
+    arm = load_fleet(str(fleet), check_paths=False).arm("smollm2-135m")
+    assert (arm.replicas.max, arm.engine.max_num_seqs) == (overlay["replicas"]["max"], overlay["engine"]["max_num_seqs"])
+    with pytest.raises(CliError, match="--write needs FLEET"):
+        _cli(["--results", str(results_dir), "--slo", SLO, "--target-rps", "25", "--write"])
+
+
 @pytest.mark.parametrize("argv, field", [
     (["--slo", "ttft=1"], "--slo"),
     (["--target-rps", "-1"], "target_rps"),
