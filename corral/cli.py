@@ -1,6 +1,7 @@
 """The `corral` command line. Each command group lives in corral/commands/<group>.py and
-exposes `register(subparsers)`; heavy libraries (Ray, vLLM, torch) are imported inside the
-handlers, so `corral --help` and `corral validate` start fast."""
+exposes `register(subparsers)`; its handlers (`cmd_<name>`) parse, call the packages and print.
+Heavy libraries (Ray, vLLM, torch) are imported inside the handlers, so `corral --help` and
+`corral validate` start fast."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corral",
         description="Orchestrate Llama fleets on Ray Serve LLM + vLLM: serve, split, roll out, scale, plan.",
+        epilog="FLEET: a fleet spec YAML, always the last positional argument. Commands that read a fleet default "
+               "to the embedded demo fleet; commands that change one (keys add, tune) require it. "
+               "Exit codes: 1 failure, 2 bad input, 3 environment.",
     )
     parser.add_argument("--version", action="version", version=f"corral {corral.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
