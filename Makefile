@@ -21,7 +21,7 @@ test: setup
 # Unit tests only: no Ray cluster starts (tests/unit/conftest.py refuses ray.init) and no engine runs.
 # 18 of the 25 test files import neither Ray nor vLLM. These import Ray because their module under test
 # is built on it: test_app, test_autoscaler_policy (Serve's policy loader), test_benchmark_harness (Serve's
-# config schema), test_simulator (Serve's controller helpers); these also import vLLM through Ray Serve
+# config schema), test_simulator (Serve's controller functions); these also import vLLM through Ray Serve
 # LLM: test_llm_server_signals, test_router_timing, test_ray_compat.
 test-fast: setup
 	$(VENV)/bin/python -m pytest tests/unit

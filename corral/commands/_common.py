@@ -1,4 +1,4 @@
-"""Shared CLI helpers: exit codes, errors, the FLEET argument, fleet loading.
+"""What every CLI command shares: exit codes, errors, the FLEET argument, fleet loading.
 
 Conventions of every command module: `register(subparsers)` builds its parser; handlers are
 named `cmd_<name>` and only parse, call the packages and print; a fleet file is always the
