@@ -15,7 +15,9 @@ ROOT=$PWD
 VENV=${VENV:-.venv}
 PY=$ROOT/$VENV/bin/python
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/corral-static-gate.XXXXXX")
-trap 'rm -rf "$WORK" "$ROOT/build"' EXIT
+# setuptools leaves build/ in the checkout; remove it afterwards only if it was not there before.
+if [ -e build ]; then keep_build=1; else keep_build=0; fi
+trap 'rm -rf "$WORK"; [ "$keep_build" = 1 ] || rm -rf "$ROOT/build"' EXIT
 step() { printf '\033[1m[static-gate]\033[0m %s\n' "$*"; }
 t0=$SECONDS
 
