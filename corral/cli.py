@@ -12,7 +12,7 @@ import sys
 
 import corral
 import corral.commands
-from corral.commands._common import CliError
+from corral.commands._common import EXIT_INTERRUPTED, CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         print("corral: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Output piped into e.g. `head`: the reader left; that is not an error of ours.
         sys.stderr.close()

@@ -15,6 +15,8 @@ from typing import Any
 # Exit codes: 1 runtime failure, 2 bad input (spec, flags), 3 environment problem
 # (port in use, Ray running with other settings, missing model).
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_ENVIRONMENT = 1, 2, 3
+# Interrupted by Ctrl-C: 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
 
 FLEET_HELP = "fleet spec YAML (default: the embedded demo fleet)"
 FLEET_EDIT_HELP = ("fleet spec YAML to change (required: the embedded demo is read-only); rewritten atomically "
