@@ -78,3 +78,15 @@ def test_help_and_validate_import_neither_ray_nor_vllm():
             "assert not bad, bad[:5]")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_apply_fleet_refuses_an_invalid_fleet_before_touching_ray(tmp_path, capsys):
+    from corral.cluster.spec import SpecError
+    from corral.serving.fleet_ops import apply_fleet
+
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text("arms: [{name: a, model: {demo: tiny-llama2-random}, replicas: {min: 3, max: 2}}]\n")
+    with pytest.raises(SpecError, match=r"arms\[a\]\.replicas"):
+        apply_fleet(bad, say=lambda m: pytest.fail(f"progress before validation: {m}"))
+    assert main(["up", str(bad)]) == _common.EXIT_BAD_INPUT  # ray.init would raise: nothing was started
+    assert "arms[a].replicas" in capsys.readouterr().err
