@@ -33,7 +33,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral.loadtests.metrics import RequestRecord, percentile
+from corral.common.stats import percentile
+from corral.loadtests.metrics import RequestRecord
 from corral.loadtests.slo import SloClause, evaluate
 
 

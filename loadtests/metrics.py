@@ -9,9 +9,10 @@ counting chunks, because one SSE event may carry several tokens.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from corral.common.stats import percentile
 
 
 @dataclass
@@ -157,20 +158,8 @@ def _choice_text(choice: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- statistics
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100) with linear interpolation (numpy's default); None if empty."""
-    if not values:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q={q} is outside 0..100")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def describe(values: list[float], percentiles: tuple[int, ...] = (50, 90, 95, 99)) -> dict[str, float | None]:
-    """count, mean, min, max and percentiles of a sample."""
+    """count, mean, min, max and percentiles (`corral.common.stats`, type 7) of a sample."""
     out: dict[str, float | None] = {
         "count": len(values),
         "mean": sum(values) / len(values) if values else None,

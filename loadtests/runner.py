@@ -30,10 +30,11 @@ from locust.env import Environment
 from locust.event import Events
 from locust.exception import StopUser
 
+from corral.common.stats import percentile
 from corral.loadtests.arrivals import Arrival, TokenCalibration, request_body, synthesize_prompt
 from corral.loadtests.client import endpoint_path, send_and_measure
 from corral.loadtests.config import LoadConfig, StagePlan, stages
-from corral.loadtests.metrics import RequestRecord, percentile
+from corral.loadtests.metrics import RequestRecord
 from corral.loadtests.slo import evaluate, parse_slo
 
 

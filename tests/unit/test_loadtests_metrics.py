@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from corral.loadtests.metrics import RequestRecord, StreamMeter, describe, percentile
+from corral.common.stats import percentile
+from corral.loadtests.metrics import RequestRecord, StreamMeter, describe
 from corral.loadtests.slo import evaluate, parse_slo
 
 
@@ -74,14 +75,17 @@ def test_record_roundtrip():
     assert RequestRecord.from_dict(d) == r
 
 
-def test_percentile_matches_numpy():
+def test_describe_uses_the_one_percentile_which_matches_numpy():
     rng = np.random.default_rng(0)
     xs = list(rng.exponential(size=101))
     for q in (0, 50, 90, 95, 99, 100):
         assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
-    assert percentile([], 50) is None
+    d = describe(xs[:20], percentiles=(50, 95))
+    assert d["p95"] == pytest.approx(float(np.percentile(xs[:20], 95)))
+    assert d["p50"] == pytest.approx(float(np.percentile(xs[:20], 50)))
+    assert percentile([], 50) is None and describe([])["p95"] is None
     assert describe([1.0, 2.0, 3.0])["mean"] == 2.0
-    with pytest.raises(ValueError, match="q=101"):
+    with pytest.raises(ValueError, match="p=101"):
         percentile(xs, 101)
 
 
