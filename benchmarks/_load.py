@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import time
 
 import aiohttp
+
+from corral.common.stats import quantile
 
 
 def request_body(model: str, prompt: str, max_tokens: int, stream: bool) -> dict:
@@ -69,7 +70,8 @@ async def closed_loop(url: str, model: str, concurrency: int, requests_total: in
 
 def summary(latencies: list[float], out_tokens: int, failures: int, wall: float, concurrency: int,
             stream: bool) -> dict:
-    """One block's result: counts, rates over `wall`, p50/p95 and the sorted latencies."""
+    """One block's result: counts, rates over `wall`, p50/p95 (`corral.common.stats`, type 7) and
+    the sorted latencies."""
     xs = sorted(latencies)
     return {
         "concurrency": concurrency,
@@ -78,8 +80,8 @@ def summary(latencies: list[float], out_tokens: int, failures: int, wall: float,
         "failures": failures,
         "output_tokens_per_s": round(out_tokens / wall, 2) if wall else None,
         "requests_per_s": round(len(xs) / wall, 3) if wall else None,
-        "latency_p50_s": round(statistics.median(xs), 4) if xs else None,
-        "latency_p95_s": round(xs[int(0.95 * (len(xs) - 1))], 4) if xs else None,
+        "latency_p50_s": round(quantile(xs, 0.5), 4) if xs else None,
+        "latency_p95_s": round(quantile(xs, 0.95), 4) if xs else None,
         "wall_s": round(wall, 4),
         "output_tokens": out_tokens,
         "latencies_s": [round(x, 4) for x in xs],

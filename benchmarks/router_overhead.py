@@ -76,15 +76,15 @@ def pooled(blocks: list[dict]) -> tuple[float, float]:
 
 
 def paired_ratio(ratios: list[float]) -> dict:
-    """Geometric mean of paired ratios (same round, or neighbouring requests) with a 95% t interval:
-    drift between rounds cancels inside each pair, which pooling every request does not do."""
-    from corral.common.stats import t_critical
+    """Geometric mean of paired ratios (same round, or neighbouring requests) with a 95% t interval
+    on their logarithms (`corral.common.stats.geometric_mean_ci`): drift between rounds cancels
+    inside each pair, which pooling every request does not do. One pair gives no interval: [0, inf]."""
+    from corral.common.stats import geometric_mean_ci
 
-    logs = [math.log(r) for r in ratios]
-    mean = statistics.fmean(logs)
-    half = t_critical(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
-    return {"ratio": round(math.exp(mean), 4), "ci95": [round(math.exp(mean - half), 4), round(math.exp(mean + half), 4)],
-            "pairs": len(logs)}
+    e = geometric_mean_ci(ratios)
+    low = 0.0 if e.low is None else e.low
+    high = math.inf if e.high is None else e.high
+    return {"ratio": round(e.value, 4), "ci95": [round(low, 4), round(high, 4)], "pairs": e.n}
 
 
 def summarize(level: str, blocks: dict[str, list[dict]]) -> dict:
