@@ -169,3 +169,9 @@ def describe(values: list[float], percentiles: tuple[int, ...] = (50, 90, 95, 99
     for q in percentiles:
         out[f"p{q}"] = percentile(values, q)
     return out
+
+
+def realised_rate(measured: list[RequestRecord], duration_s: float) -> float | None:
+    """A stage's realised rate: the requests it sent in its measured window (warm-up excluded,
+    failures included) / that window, in requests/s. None for a stage with no window."""
+    return len(measured) / duration_s if duration_s > 0 else None
