@@ -1,4 +1,4 @@
-"""A small closed-loop HTTP load helper shared by the serving benchmarks (127.0.0.1 only, bounded)."""
+"""A small closed-loop HTTP load generator shared by the serving benchmarks (127.0.0.1 only, bounded)."""
 
 from __future__ import annotations
 

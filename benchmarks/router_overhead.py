@@ -15,7 +15,7 @@ with fresh engines and the apps' order exchanged; the per-phase ratios show the 
 (slot factor = sqrt(phase 1 ratio / phase 2 ratio)) and the slot-cancelled ratios remove it.
 
 Levels are closed-loop concurrencies, non-streaming by default, `8:stream` for SSE (where corral
-reads every chunk for TTFT/ITL). Prints JSON with the ratios the router issue targets: p50
+reads every chunk for TTFT/ITL). Prints JSON with the ratios the router goal names: p50
 latency ratio <= 1.02 and throughput ratio >= 0.98. `--control` puts a second plain ingress
 (shared) or the plain app (separate) in corral's place (A/A): its ratios show what the harness
 alone does.
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import alternating, run  # noqa: E402
 
 APPS = ("corral", "plain")
-GOAL = {"p50_latency_ratio_max": 1.02, "throughput_ratio_min": 0.98}  # the router issue's
+GOAL = {"p50_latency_ratio_max": 1.02, "throughput_ratio_min": 0.98}  # the router goal
 
 
 def deploy(cluster, apps: dict[str, dict], order: tuple[str, ...], port: int, timeout_s: float = 1200) -> None:

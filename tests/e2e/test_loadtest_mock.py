@@ -135,7 +135,7 @@ def test_sweep_then_plan_capacity(tmp_path):
     assert "replicas:" in (tmp_path / "capacity-overlay.yaml").read_text()
 
 
-# `corral plan` is the lead's command group; drive the capacity subcommand through its own parser.
+# Drive `corral plan capacity` through its own parser.
 PLAN_CLI = """
 import argparse, sys
 from corral.commands import _plan_capacity
