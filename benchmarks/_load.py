@@ -1,13 +1,14 @@
-"""A small closed-loop HTTP load helper shared by the serving benchmarks (127.0.0.1 only, bounded)."""
+"""A small closed-loop HTTP load generator shared by the serving benchmarks (127.0.0.1 only, bounded)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import statistics
 import time
 
 import aiohttp
+
+from corral.common.openai_http import apost
+from corral.common.stats import quantile
 
 
 def request_body(model: str, prompt: str, max_tokens: int, stream: bool) -> dict:
@@ -19,18 +20,13 @@ def request_body(model: str, prompt: str, max_tokens: int, stream: bool) -> dict
     return body
 
 
-async def completion_tokens(r: aiohttp.ClientResponse, stream: bool) -> int:
-    """Completion tokens of one response, read to the end (raises on a malformed one)."""
-    if not stream:
-        return (await r.json(content_type=None))["usage"]["completion_tokens"]
-    tokens = None
-    async for raw in r.content:
-        line = raw.decode().strip()
-        if line.startswith("data: {") and '"usage":{' in line:
-            tokens = json.loads(line[6:])["usage"]["completion_tokens"]
-    if tokens is None:
-        raise ValueError("stream ended without a usage chunk")
-    return tokens
+async def measured(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, int] | None:
+    """(latency, completion tokens) of one request read to its end (`corral.common.openai_http`);
+    None when it failed (not 200, a broken stream, or no usage)."""
+    reply = await apost(session, url, body)
+    if not reply.ok or reply.output_tokens is None:
+        return None
+    return reply.e2e_s, reply.output_tokens
 
 
 async def closed_loop(url: str, model: str, concurrency: int, requests_total: int, max_tokens: int = 32,
@@ -38,6 +34,7 @@ async def closed_loop(url: str, model: str, concurrency: int, requests_total: in
     """`concurrency` workers send `requests_total` chat requests; output length forced with ignore_eos.
 
     With `stream`, the response is read as SSE to the end and tokens come from the usage chunk.
+    A request's latency is send to end of response, as `corral.common.openai_http` measures it.
     """
     latencies: list[float] = []
     out_tokens = 0
@@ -49,15 +46,12 @@ async def closed_loop(url: str, model: str, concurrency: int, requests_total: in
         nonlocal remaining, out_tokens, failures
         while remaining > 0:
             remaining -= 1
-            t0 = time.perf_counter()
-            async with session.post(f"{url}/v1/chat/completions", json=body) as r:
-                if r.status != 200:
-                    await r.read()
-                    failures += 1
-                    continue
-                tokens = await completion_tokens(r, stream)
-            latencies.append(time.perf_counter() - t0)
-            out_tokens += tokens
+            got = await measured(session, url, body)
+            if got is None:
+                failures += 1
+                continue
+            latencies.append(got[0])
+            out_tokens += got[1]
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -69,7 +63,8 @@ async def closed_loop(url: str, model: str, concurrency: int, requests_total: in
 
 def summary(latencies: list[float], out_tokens: int, failures: int, wall: float, concurrency: int,
             stream: bool) -> dict:
-    """One block's result: counts, rates over `wall`, p50/p95 and the sorted latencies."""
+    """One block's result: counts, rates over `wall`, p50/p95 (`corral.common.stats`, type 7) and
+    the sorted latencies."""
     xs = sorted(latencies)
     return {
         "concurrency": concurrency,
@@ -78,8 +73,8 @@ def summary(latencies: list[float], out_tokens: int, failures: int, wall: float,
         "failures": failures,
         "output_tokens_per_s": round(out_tokens / wall, 2) if wall else None,
         "requests_per_s": round(len(xs) / wall, 3) if wall else None,
-        "latency_p50_s": round(statistics.median(xs), 4) if xs else None,
-        "latency_p95_s": round(xs[int(0.95 * (len(xs) - 1))], 4) if xs else None,
+        "latency_p50_s": round(quantile(xs, 0.5), 4) if xs else None,
+        "latency_p95_s": round(quantile(xs, 0.95), 4) if xs else None,
         "wall_s": round(wall, 4),
         "output_tokens": out_tokens,
         "latencies_s": [round(x, 4) for x in xs],
@@ -103,15 +98,12 @@ async def alternating(targets: dict[str, tuple[str, str]], pairs: int, max_token
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         for i in range(pairs):
             for name in (names if i % 2 == 0 else names[::-1]):
-                t0 = time.perf_counter()
-                async with session.post(f"{targets[name][0]}/v1/chat/completions", json=bodies[name]) as r:
-                    if r.status != 200:
-                        await r.read()
-                        failures[name] += 1
-                        continue
-                    got = await completion_tokens(r, stream)
-                lat[name].append(time.perf_counter() - t0)
-                tokens[name] += got
+                got = await measured(session, targets[name][0], bodies[name])
+                if got is None:
+                    failures[name] += 1
+                    continue
+                lat[name].append(got[0])
+                tokens[name] += got[1]
     # At one request at a time a target's busy time is the sum of its request times.
     # `sequence_s` keeps the order, so the i-th requests of two targets (neighbours in time) pair up.
     return {n: {**summary(lat[n], tokens[n], failures[n], sum(lat[n]), 1, stream), "interleaved": True,

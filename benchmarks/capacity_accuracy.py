@@ -1,4 +1,4 @@
-"""Prediction accuracy of `corral plan capacity` (issue 7, goal: error <= 8 %).
+"""Prediction accuracy of `corral plan capacity` (goal: error <= 8 %).
 
 Measure a rate sweep at configuration A, fit the planner, predict λ* (highest rate meeting the
 SLO) at configuration B (e.g. two replicas, or another max_num_seqs), then measure B's λ* with

@@ -15,7 +15,7 @@ with fresh engines and the apps' order exchanged; the per-phase ratios show the 
 (slot factor = sqrt(phase 1 ratio / phase 2 ratio)) and the slot-cancelled ratios remove it.
 
 Levels are closed-loop concurrencies, non-streaming by default, `8:stream` for SSE (where corral
-reads every chunk for TTFT/ITL). Prints JSON with the ratios the router issue targets: p50
+reads every chunk for TTFT/ITL). Prints JSON with the ratios the router goal names: p50
 latency ratio <= 1.02 and throughput ratio >= 0.98. `--control` puts a second plain ingress
 (shared) or the plain app (separate) in corral's place (A/A): its ratios show what the harness
 alone does.
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import alternating, run  # noqa: E402
 
 APPS = ("corral", "plain")
-GOAL = {"p50_latency_ratio_max": 1.02, "throughput_ratio_min": 0.98}  # the router issue's
+GOAL = {"p50_latency_ratio_max": 1.02, "throughput_ratio_min": 0.98}  # the router goal
 
 
 def deploy(cluster, apps: dict[str, dict], order: tuple[str, ...], port: int, timeout_s: float = 1200) -> None:
@@ -76,15 +76,15 @@ def pooled(blocks: list[dict]) -> tuple[float, float]:
 
 
 def paired_ratio(ratios: list[float]) -> dict:
-    """Geometric mean of paired ratios (same round, or neighbouring requests) with a 95% t interval:
-    drift between rounds cancels inside each pair, which pooling every request does not do."""
-    from corral.common.stats import t_critical
+    """Geometric mean of paired ratios (same round, or neighbouring requests) with a 95% t interval
+    on their logarithms (`corral.common.stats.geometric_mean_ci`): drift between rounds cancels
+    inside each pair, which pooling every request does not do. One pair gives no interval: [0, inf]."""
+    from corral.common.stats import geometric_mean_ci
 
-    logs = [math.log(r) for r in ratios]
-    mean = statistics.fmean(logs)
-    half = t_critical(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
-    return {"ratio": round(math.exp(mean), 4), "ci95": [round(math.exp(mean - half), 4), round(math.exp(mean + half), 4)],
-            "pairs": len(logs)}
+    e = geometric_mean_ci(ratios)
+    low = 0.0 if e.low is None else e.low
+    high = math.inf if e.high is None else e.high
+    return {"ratio": round(e.value, 4), "ci95": [round(low, 4), round(high, 4)], "pairs": e.n}
 
 
 def summarize(level: str, blocks: dict[str, list[dict]]) -> dict:

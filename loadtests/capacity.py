@@ -3,7 +3,8 @@
 From the stages of a load test (a rate sweep, ideally) against an arm deployed with R replicas
 and `max_num_seqs` M, the planner
 
-1. finds the measured λ*: the highest offered rate meeting the SLO, per replica (λ*_r = λ*/R),
+1. finds the measured λ*: the highest realised rate (a stage's requests sent in its measured
+   window / the window) meeting the SLO, per replica (λ*_r = λ*/R),
    where the stages' attainment, fitted non-increasing in rate (isotonic regression: one noisy
    stage does not decide), crosses the target;
 2. fits a per-replica model of a continuous-batching engine:
@@ -33,7 +34,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral.loadtests.metrics import RequestRecord, percentile
+from corral.common.stats import percentile
+from corral.loadtests.metrics import RequestRecord, realised_rate
 from corral.loadtests.slo import SloClause, evaluate
 
 
@@ -43,7 +45,7 @@ class StagePoint:
 
     name: str
     rate_rps: float
-    """Offered rate to the arm (achieved rate for closed-loop stages)."""
+    """Realised rate to the arm: the stage's measured requests / its measured window."""
     rate_per_replica_rps: float
     attainment_ratio: float
     """min over SLO clauses of attainment / target; >= 1 means the SLO was met."""
@@ -66,6 +68,8 @@ class StagePoint:
     """Metrics (ttft, itl, tpot, e2e) whose SLO clause this stage missed."""
     requests: int = 0
     """Measured requests in the stage (the weight of its attainment in `monotone_attainment`)."""
+    offered_rate_rps: float | None = None
+    """The stage's nominal rate (None for closed loop), for reports only."""
 
 
 # Which bound of the replica model limits each SLO metric.
@@ -77,7 +81,13 @@ QUEUE_METRICS = frozenset({"ttft", "e2e"})
 
 def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord]]], clauses: list[SloClause],
                  replicas: int) -> list[StagePoint]:
-    """From (name, offered rate or None, duration_s, records) per stage, measured requests only."""
+    """From (name, offered rate or None, duration_s, records) per stage, measured requests only.
+
+    A point's rate is the stage's **realised** rate, `metrics.realised_rate`: the requests sent in
+    its measured window / the window (`duration_s`), not the nominal offered rate, which a
+    stage's arrival process only approximates. The records are those of the arm being planned,
+    so on a split route the count is that arm's share as it was routed. Points come back in
+    rising realised-rate order (the order `monotone_attainment` needs)."""
     if replicas < 1:
         raise ValueError(f"replicas={replicas} must be >= 1")
     q = {c.metric: c.quantile_pct for c in clauses}
@@ -85,9 +95,9 @@ def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord
     for name, rate, duration_s, records in stages:
         measured = [r for r in records if r.phase == "measure"]
         ok = [r for r in measured if r.ok and r.ttft_s is not None and r.itl_s]
-        if len(ok) < 3:
+        if len(ok) < 3 or not duration_s > 0:
             continue
-        rate = rate if rate is not None else len(ok) / duration_s
+        offered, rate = rate, realised_rate(measured, duration_s)
         itls = [x for r in ok for x in r.itl_s]
         tpots = [r.tpot_s for r in ok if r.tpot_s is not None]
         itl_mean = sum(itls) / len(itls)
@@ -109,7 +119,7 @@ def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord
             input_tokens_mean=sum(r.input_tokens or 0 for r in ok) / len(ok),
             service_cv2=cv2,
             missed_metrics=tuple(c.metric for c in clauses if not verdict["clauses"][c.key]["met"]),
-            requests=len(measured),
+            requests=len(measured), offered_rate_rps=offered,
         ))
     return sorted(points, key=lambda p: p.rate_rps)
 

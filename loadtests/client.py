@@ -1,7 +1,8 @@
-"""One measured OpenAI streaming request over a `requests` session.
+"""One measured OpenAI streaming request of a load test, as a `RequestRecord`.
 
-Used by the locust users (where gevent makes `requests` cooperative) and by plain scripts.
-Timing uses time.perf_counter; `sent_at` is taken just before the request goes out.
+The request and the reading of its stream are `corral.common.openai_http.post` (over a
+`requests` session: the locust users, where gevent makes it cooperative, and plain scripts);
+this module only copies the measured reply into the load test's record.
 """
 
 from __future__ import annotations
@@ -10,39 +11,26 @@ import time
 
 import requests
 
-from corral.loadtests.metrics import RequestRecord, StreamMeter
-
-
-def endpoint_path(chat: bool) -> str:
-    return "/v1/chat/completions" if chat else "/v1/completions"
+from corral.common.openai_http import Reply, post
+from corral.loadtests.metrics import RequestRecord
 
 
 def send_and_measure(session: requests.Session, base_url: str, body: dict, record: RequestRecord,
-                     chat: bool = False, timeout_s: float = 120.0, clock=time.perf_counter) -> RequestRecord:
+                     timeout_s: float = 120.0, api_key: str | None = None, clock=time.perf_counter) -> RequestRecord:
     """POST body (stream=True), read the SSE stream to its end, fill and return record.
 
     Never raises for HTTP or connection failures: they become `record.error`, so a failing
     server shows up in the results instead of killing the load generator.
     """
-    sent_at = clock()
-    meter = StreamMeter(record, sent_at)
-    try:
-        with session.post(base_url.rstrip("/") + endpoint_path(chat), json=body, stream=True,
-                          timeout=timeout_s) as resp:
-            record.status = resp.status_code
-            record.arm = resp.headers.get("x-corral-arm")
-            if resp.status_code != 200:
-                record.error = f"HTTP {resp.status_code}: {resp.text[:300]}"
-                record.e2e_s = clock() - sent_at
-                return record
-            # chunk_size=None yields each chunk of a chunked response as it arrives.
-            for chunk in resp.iter_content(chunk_size=None):
-                meter.feed(chunk, clock())
-                if clock() - sent_at > timeout_s:
-                    record.error = f"stream exceeded timeout_s={timeout_s:g}"
-                    break
-        return meter.finish(clock())
-    except (requests.RequestException, ValueError) as exc:
-        record.error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        record.e2e_s = clock() - sent_at
-        return record
+    return fill_record(record, post(session, base_url, body, api_key=api_key, timeout_s=timeout_s, clock=clock))
+
+
+def fill_record(record: RequestRecord, reply: Reply) -> RequestRecord:
+    """Copy a measured reply's status, arm, timings, token counts and error into `record`."""
+    record.status, record.model, record.arm = reply.status, reply.model, reply.arm
+    record.ttft_s, record.e2e_s, record.itl_s = reply.ttft_s, reply.e2e_s, list(reply.itl_s)
+    record.tpot_s = reply.tpot_s
+    record.input_tokens, record.output_tokens = reply.input_tokens, reply.output_tokens
+    record.content_events = reply.content_events
+    record.error = reply.error
+    return record

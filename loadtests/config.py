@@ -84,7 +84,7 @@ class LoadConfig:
     calibrate_tokens: bool = True
     """Probe the server's usage to map prompt words to tokens before the run."""
     seed: int = 0
-    """Seed for Poisson gaps and prompt text."""
+    """Seed for Poisson arrivals (with the rate: one rate, one schedule, in every sweep) and prompt text."""
     progress_interval_s: float = 2.0
     """Seconds between progress lines on stderr (0 = quiet)."""
     trace_meta: dict = field(default_factory=dict)
@@ -140,7 +140,8 @@ class StagePlan:
     schedule: list[Arrival] | None = None
     """open loop only (times include the warm-up)."""
     rate_rps: float | None = None
-    """Offered rate (open loop), for reports and the planner."""
+    """Nominal offered rate (open loop). Reports and the planner use the realised rate: the
+    stage's measured requests / `duration_s` (loadtests/METRICS.md)."""
 
 
 def stages(config: LoadConfig) -> list[StagePlan]:
@@ -150,18 +151,20 @@ def stages(config: LoadConfig) -> list[StagePlan]:
     if c.mode == "closed":
         return [StagePlan(f"concurrency={c.concurrency}", c.duration_s, c.warmup_s, concurrency=c.concurrency)]
 
-    def open_stage(name: str, rate: float, arrival: str, seed: int) -> StagePlan:
+    def open_stage(name: str, rate: float, arrival: str) -> StagePlan:
         if arrival == "constant":
             sched = constant_schedule(rate, total, c.input_tokens, c.output_tokens)
         else:
-            sched = poisson_schedule(rate, total, c.input_tokens, c.output_tokens, seed=seed)
+            # Seeded by (seed, rate) alone: the same rate gets the same arrivals in every sweep.
+            sched = poisson_schedule(rate, c.duration_s, c.input_tokens, c.output_tokens, seed=c.seed,
+                                     warmup_s=c.warmup_s)
         return StagePlan(name, c.duration_s, c.warmup_s, schedule=_cap(sched, c.max_requests), rate_rps=rate)
 
     if c.mode in ("constant", "poisson"):
-        return [open_stage(f"rate={c.rate_rps:g}", c.rate_rps, c.mode, c.seed)]
+        return [open_stage(f"rate={c.rate_rps:g}", c.rate_rps, c.mode)]
     if c.mode == "sweep":
-        return [open_stage(f"rate={r:g}", r, c.sweep_arrival, c.seed + i)
-                for i, r in enumerate(sweep_rates(c.sweep_start_rps, c.sweep_step_rps, c.sweep_max_rps))]
+        return [open_stage(f"rate={r:g}", r, c.sweep_arrival)
+                for r in sweep_rates(c.sweep_start_rps, c.sweep_step_rps, c.sweep_max_rps)]
     # trace
     rows = load_trace(c.trace_path)
     sl = trace_schedule(rows, start_s=c.trace_start_s, duration_s=total, speedup=c.trace_speedup,

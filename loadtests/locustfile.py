@@ -13,8 +13,9 @@ import locust  # noqa: F401  (gevent patching first)
 import requests
 from locust import User, constant, events, task
 
+from corral.common.openai_http import endpoint_path
 from corral.loadtests.arrivals import request_body, synthesize_prompt
-from corral.loadtests.client import endpoint_path, send_and_measure
+from corral.loadtests.client import send_and_measure
 from corral.loadtests.metrics import RequestRecord
 
 MODEL = os.environ.get("CORRAL_MODEL", "llama")
@@ -43,7 +44,7 @@ class OpenAIStreamingUser(User):
         record = RequestRecord(rid, stage="locust", target_input_tokens=INPUT_TOKENS,
                                target_output_tokens=OUTPUT_TOKENS)
         body = request_body(MODEL, synthesize_prompt(INPUT_TOKENS, salt=rid), OUTPUT_TOKENS, chat=CHAT)
-        send_and_measure(self.session, self.host, body, record, chat=CHAT)
+        send_and_measure(self.session, self.host, body, record)
         self.environment.events.request.fire(
             request_type="POST", name=endpoint_path(CHAT), response_time=(record.e2e_s or 0) * 1000,
             response_length=record.output_tokens or 0, response=None, context={"arm": record.arm},

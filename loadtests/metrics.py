@@ -1,17 +1,17 @@
-"""Per-request client-side metrics of an OpenAI streaming response (spec: loadtests/METRICS.md).
+"""Per-request client-side metrics of a load test and their statistics (spec: loadtests/METRICS.md).
 
-Pure code: the caller feeds the bytes it receives with the time it received them, so the same
-meter serves the locust user, the tests and any other HTTP client. Token counts come from the
-server's `usage` block (requested with `stream_options: {include_usage: true}`), never from
-counting chunks, because one SSE event may carry several tokens.
+Pure code. A `RequestRecord` is one line of requests.jsonl; its timings and token counts are
+measured by `corral.common.openai_http` (the SSE reading shared with the quality gate and the
+benchmarks) and copied in by `loadtests.client`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from corral.common.stats import percentile
 
 
 @dataclass
@@ -72,105 +72,11 @@ class RequestRecord:
         return cls(**known)
 
 
-class StreamMeter:
-    """Turns the bytes of one SSE response, with their arrival times, into a RequestRecord.
-
-    Usage: `meter = StreamMeter(record, sent_at)`, then `meter.feed(chunk, now)` for each piece
-    received, then `meter.finish(now)`. `sent_at` and `now` come from the same monotonic clock.
-    """
-
-    def __init__(self, record: RequestRecord, sent_at: float):
-        self.record = record
-        self.sent_at = sent_at
-        self._buffer = b""
-        self._first_at: float | None = None
-        self._last_at: float | None = None
-        self._usage: dict[str, Any] | None = None
-        self._done = False
-
-    def feed(self, data: bytes, now: float) -> None:
-        self._buffer += data
-        # SSE events end with a blank line; lines may be split across network reads.
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self._line(line.strip(), now)
-
-    def _line(self, line: bytes, now: float) -> None:
-        if not line.startswith(b"data:"):
-            return  # blank separators, comments (": ping") and other SSE fields
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            self._done = True
-            return
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            raise ValueError(f"malformed SSE data line: {payload[:200]!r}") from None
-        if "error" in event and "choices" not in event:
-            self.record.error = f"server error event: {json.dumps(event['error'])[:300]}"
-            return
-        if event.get("model"):
-            self.record.model = event["model"]
-        if event.get("usage"):
-            self._usage = event["usage"]
-        if any(_choice_text(c) for c in event.get("choices") or []):
-            if self._first_at is None:
-                self._first_at = now
-            else:
-                self.record.itl_s.append(now - self._last_at)
-            self._last_at = now
-            self.record.content_events += 1
-
-    def finish(self, now: float) -> RequestRecord:
-        r = self.record
-        if self._buffer.strip():
-            self._line(self._buffer.strip(), now)
-            self._buffer = b""
-        r.e2e_s = now - self.sent_at
-        if self._first_at is not None:
-            r.ttft_s = self._first_at - self.sent_at
-        if self._usage:
-            r.input_tokens = self._usage.get("prompt_tokens")
-            r.output_tokens = self._usage.get("completion_tokens")
-        if r.arm is None:
-            r.arm = r.model
-        if r.error is None:
-            if not self._done:
-                r.error = "stream ended without [DONE]"
-            elif self._usage is None:
-                r.error = "no usage in the stream (server ignored stream_options.include_usage)"
-            elif r.ttft_s is None:
-                r.error = "no generated text in the stream"
-        if r.error is None and r.output_tokens and r.output_tokens > 1:
-            r.tpot_s = (r.e2e_s - r.ttft_s) / (r.output_tokens - 1)
-        return r
-
-
-def _choice_text(choice: dict[str, Any]) -> str:
-    """Generated text of one streamed choice: completions `text` or chat `delta.content`."""
-    if "text" in choice:
-        return choice.get("text") or ""
-    delta = choice.get("delta") or {}
-    return (delta.get("content") or "") + (delta.get("reasoning_content") or "")
-
-
 # ---------------------------------------------------------------------------- statistics
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100) with linear interpolation (numpy's default); None if empty."""
-    if not values:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q={q} is outside 0..100")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def describe(values: list[float], percentiles: tuple[int, ...] = (50, 90, 95, 99)) -> dict[str, float | None]:
-    """count, mean, min, max and percentiles of a sample."""
+    """count, mean, min, max and percentiles (`corral.common.stats`, type 7) of a sample."""
     out: dict[str, float | None] = {
         "count": len(values),
         "mean": sum(values) / len(values) if values else None,
@@ -180,3 +86,9 @@ def describe(values: list[float], percentiles: tuple[int, ...] = (50, 90, 95, 99
     for q in percentiles:
         out[f"p{q}"] = percentile(values, q)
     return out
+
+
+def realised_rate(measured: list[RequestRecord], duration_s: float) -> float | None:
+    """A stage's realised rate: the requests it sent in its measured window (warm-up excluded,
+    failures included) / that window, in requests/s. None for a stage with no window."""
+    return len(measured) / duration_s if duration_s > 0 else None

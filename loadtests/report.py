@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from corral.loadtests.metrics import RequestRecord, describe
+from corral.loadtests.metrics import RequestRecord, describe, realised_rate
 from corral.loadtests.slo import SloClause, evaluate, format_slo, parse_slo
 
 SUMMARY_VERSION = 1
@@ -54,6 +54,7 @@ def summarize_stage(name: str, records: list[RequestRecord], duration_s: float, 
     out = {
         "name": name,
         "offered_rate_rps": rate_rps,
+        "realised_rate_rps": realised_rate(measured, duration_s),
         "concurrency": concurrency,
         "duration_s": duration_s,
         "started_unix": started_unix,
@@ -85,13 +86,14 @@ def summarize(run: dict[str, Any], stage_records: list[tuple[dict[str, Any], lis
                         meta.get("concurrency"), meta.get("started_unix"))
         for meta, recs in stage_records
     ]
-    met = [s for s in stage_summaries if s["slo"] and s["slo"]["met"] and s["offered_rate_rps"]]
+    met = [s for s in stage_summaries if s["slo"] and s["slo"]["met"] and s["offered_rate_rps"]
+           and s["realised_rate_rps"]]
     return {
         "version": SUMMARY_VERSION,
         **run,
         "slo": format_slo(clauses) if clauses else None,
         "stages": stage_summaries,
-        "highest_rate_meeting_slo_rps": max((s["offered_rate_rps"] for s in met), default=None),
+        "highest_rate_meeting_slo_rps": max((s["realised_rate_rps"] for s in met), default=None),
         "warnings": [f"stage {s['name']}: load generator fell behind its schedule (p99 send lag "
                      f"{s['lag_s']['p99']:.3f}s > {max_lag_s:g}s, {s['late_requests']} late requests); "
                      "its latencies understate the offered load" for s in stage_summaries if s["generator_behind"]]
@@ -193,14 +195,15 @@ def _plots(summary: dict[str, Any], records: list[RequestRecord]) -> list[tuple[
         out.append((title, _png(fig)))
         plt.close(fig)
 
-    rated = [s for s in stages if s["slo"] and s["offered_rate_rps"] is not None]
+    rated = sorted((s for s in stages if s["slo"] and s["offered_rate_rps"] is not None
+                    and s.get("realised_rate_rps") is not None), key=lambda s: s["realised_rate_rps"])
     if rated:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for key in rated[0]["slo"]["clauses"]:
-            ax.plot([s["offered_rate_rps"] for s in rated],
+            ax.plot([s["realised_rate_rps"] for s in rated],
                     [s["slo"]["clauses"][key]["attainment"] for s in rated], "o-", label=key)
             ax.axhline(rated[0]["slo"]["clauses"][key]["target"], ls=":", color="grey")
-        ax.set_xlabel("offered rate (requests/s)")
+        ax.set_xlabel("realised rate (requests/s)")
         ax.set_ylabel("SLO attainment (fraction within threshold)")
         ax.set_title("SLO attainment vs rate")
         ax.set_ylim(0, 1.02)
@@ -221,6 +224,7 @@ def _fmt(v: Any) -> str:
 
 def render_html(summary: dict[str, Any], records: list[RequestRecord]) -> str:
     cols = [("stage", lambda s: s["name"]), ("offered rps", lambda s: s["offered_rate_rps"]),
+            ("realised rps", lambda s: s.get("realised_rate_rps")),
             ("users", lambda s: s["concurrency"]), ("requests", lambda s: s["requests"]),
             ("errors", lambda s: s["errors"]), ("throughput rps", lambda s: s["throughput_rps"]),
             ("out tok/s", lambda s: s["output_tokens_per_s"]), ("in flight", lambda s: s["in_flight_mean"]),

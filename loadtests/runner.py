@@ -30,10 +30,12 @@ from locust.env import Environment
 from locust.event import Events
 from locust.exception import StopUser
 
+from corral.common.openai_http import endpoint_path
+from corral.common.stats import percentile
 from corral.loadtests.arrivals import Arrival, TokenCalibration, request_body, synthesize_prompt
-from corral.loadtests.client import endpoint_path, send_and_measure
+from corral.loadtests.client import send_and_measure
 from corral.loadtests.config import LoadConfig, StagePlan, stages
-from corral.loadtests.metrics import RequestRecord, percentile
+from corral.loadtests.metrics import RequestRecord
 from corral.loadtests.slo import evaluate, parse_slo
 
 
@@ -148,7 +150,7 @@ class LoadUser(User):
         prompt = synthesize_prompt(stage.calibration.words_for(arrival.input_tokens), salt=c.seed * 1_000_003 + rid)
         body = request_body(c.model, prompt, arrival.output_tokens, chat=c.chat, force_output=c.force_output)
         try:
-            send_and_measure(self.session, c.base_url, body, record, chat=c.chat, timeout_s=c.request_timeout_s)
+            send_and_measure(self.session, c.base_url, body, record, timeout_s=c.request_timeout_s)
         finally:
             stage.records.append(record)
         self.environment.events.request.fire(
@@ -169,7 +171,7 @@ def calibrate(config: LoadConfig, log=print) -> TokenCalibration:
         rec = send_and_measure(session, config.base_url,
                                request_body(config.model, synthesize_prompt(words, salt=words), 2,
                                             chat=config.chat, force_output=config.force_output),
-                               RequestRecord(-1), chat=config.chat, timeout_s=config.request_timeout_s)
+                               RequestRecord(-1), timeout_s=config.request_timeout_s)
         if rec.error or rec.input_tokens is None:
             raise RuntimeError(f"calibration probe to {config.base_url} failed: {rec.error}")
         samples.append((words, rec.input_tokens))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from corral.common.openai_http import post
 from corral.rollout.machine import QualityScores
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
@@ -74,37 +75,42 @@ def score(prompt: GoldenPrompt, reply: str) -> float:
 
 
 class GoldenSetRunner:
-    """Runs a golden set against arms through the fleet's OpenAI-compatible endpoint."""
+    """Runs a golden set against arms through the fleet's OpenAI-compatible endpoint
+    (`corral.common.openai_http`), sending `api_key` as a bearer token when one is given."""
 
     def __init__(self, base_url: str, prompts: list[GoldenPrompt], timeout_s: float = 60.0, session=None,
-                 api_key: str = "corral"):
+                 api_key: str | None = None):
         import requests
 
         self.base_url = base_url.rstrip("/")
         self.prompts, self.timeout_s = prompts, timeout_s
         self.session = session or requests.Session()
-        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.api_key = api_key
         self.last_replies: dict[str, dict[str, str]] = {}
 
     def ask(self, arm: str, prompt: GoldenPrompt) -> str:
-        resp = self.session.post(
-            f"{self.base_url}/v1/chat/completions", headers=self.headers, timeout=self.timeout_s,
-            json={"model": arm, "messages": [{"role": "user", "content": prompt.prompt}],
-                  "temperature": 0, "max_tokens": prompt.max_tokens})
-        if resp.status_code >= 500:
+        """The arm's reply; "" when the arm failed it (5xx); GoldenSetError when the endpoint did
+        (unreachable, or refusing the request: a bad key, an unknown arm)."""
+        reply = post(self.session, self.base_url, timeout_s=self.timeout_s, api_key=self.api_key, body={
+            "model": arm, "messages": [{"role": "user", "content": prompt.prompt}],
+            "temperature": 0, "max_tokens": prompt.max_tokens})
+        if reply.status is not None and reply.status >= 500:
             return ""  # the arm failed this prompt: scored 0, not an infrastructure error
-        resp.raise_for_status()
-        return resp.json()["choices"][0]["message"]["content"] or ""
+        if reply.error:
+            raise GoldenSetError(reply.error)
+        return reply.text
 
     def run(self, arms: list[str]) -> QualityScores:
-        import requests
-
         scores = {}
         try:
             for arm in arms:
                 replies = {p.id: self.ask(arm, p) for p in self.prompts}
                 self.last_replies[arm] = replies
                 scores[arm] = sum(score(p, replies[p.id]) for p in self.prompts) / len(self.prompts)
-        except (requests.RequestException, KeyError, ValueError) as exc:
+        except GoldenSetError as exc:
             return QualityScores(error=f"golden set against {self.base_url}: {exc}")
         return QualityScores(scores)
+
+
+class GoldenSetError(Exception):
+    """The endpoint, not an arm, failed a golden-set request."""

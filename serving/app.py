@@ -15,7 +15,7 @@ from typing import Any
 
 from corral.cluster.models import demo_model_dir
 from corral.cluster.spec import Arm, FleetSpec
-from corral.cluster.spec.autoscaling import serve_autoscaling_config
+from corral.cluster.spec.autoscaling import max_ongoing_requests, serve_autoscaling_config
 
 # Environment every vLLM engine process gets. HF_HUB_OFFLINE: weights are local or
 # pre-pulled; never let a replica hang on an unreachable hub.
@@ -96,8 +96,7 @@ def llm_config_dict(arm: Arm, fleet: FleetSpec, home: Path | None = None, cpu_bi
                 autoscaling, arm=arm.name, min_replicas=arm.replicas.min, max_replicas=arm.replicas.max,
                 initial_replicas=arm.replicas.start, max_num_seqs=arm.engine.max_num_seqs,
             ),
-            # Admit more than one batch so vLLM's scheduler, not Serve, does the batching.
-            "max_ongoing_requests": max(2 * arm.engine.max_num_seqs, 8),
+            "max_ongoing_requests": max_ongoing_requests(arm.engine.max_num_seqs),
         },
         "log_engine_metrics": True,
     }

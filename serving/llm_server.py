@@ -15,7 +15,6 @@ not import the autoscaler layer).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from typing import Any
@@ -23,15 +22,9 @@ from typing import Any
 from ray.serve.llm import LLMServer
 
 from corral.cluster import metric_names as names
+from corral.common.stats import quantile
 
 logger = logging.getLogger("ray.serve")
-
-
-def _p95(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
 class EngineSignals:
@@ -87,8 +80,8 @@ class EngineSignals:
             while samples and samples[0][0] < cutoff:
                 samples.popleft()
         out: dict[str, float] = {}
-        ttft = _p95([v for _, v in self._ttft])
-        itl = _p95([v for _, v in self._itl])
+        ttft = quantile([v for _, v in self._ttft], 0.95)
+        itl = quantile([v for _, v in self._itl], 0.95)
         if ttft is not None:
             out[names.SIGNAL_TTFT_P95] = ttft
         if itl is not None:

@@ -127,6 +127,28 @@ class AutoscalingSpec(BaseModel):
         return self
 
 
+MIN_MAX_ONGOING_REQUESTS = 8
+"""Floor of `max_ongoing_requests`, for arms with a very small `max_num_seqs`."""
+
+
+def max_ongoing_requests(max_num_seqs: int) -> int:
+    """Requests Ray Serve admits to one replica at once (its deployment's `max_ongoing_requests`).
+
+    Twice the engine's batch (`engine.max_num_seqs`), at least `MIN_MAX_ONGOING_REQUESTS`: a
+    replica admits more than one batch, so vLLM's scheduler, not Serve, does the batching; beyond
+    that, requests wait at Serve's handle, where the router can still send them to another
+    replica (or a new one).
+    Ray Serve LLM would otherwise admit everything (`DEFAULT_MAX_ONGOING_REQUESTS`, 1e9, in
+    `ray/llm/_internal/serve/constants.py` via `core/server/builder.py:DEFAULT_DEPLOYMENT_OPTIONS`).
+
+    The one home of this rule: the serving app configures deployments with it and the
+    autoscaler simulator routes with it.
+    """
+    if max_num_seqs < 1:
+        raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs!r}")
+    return max(2 * max_num_seqs, MIN_MAX_ONGOING_REQUESTS)
+
+
 def check_against_arm(spec: AutoscalingSpec, max_num_seqs: int, min_replicas: int, max_replicas: int) -> None:
     """Cross-checks that need the arm's engine and replica bounds. Raises ValueError."""
     if spec.target_ongoing_requests > 2 * max_num_seqs:

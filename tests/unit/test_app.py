@@ -108,3 +108,19 @@ def test_replica_floor_override_is_capped_and_restorable():
     assert set_replica_floor(app, "a", 9) is True and override["autoscaling_config"]["min_replicas"] == 3
     assert set_replica_floor(app, "a", None) is True and override["autoscaling_config"]["min_replicas"] == 1
     assert get_app_code_version(ServeApplicationSchema(**app)) == version
+
+
+def test_max_ongoing_requests_is_one_rule_used_by_the_deployment():
+    from corral.cluster.spec.autoscaling import max_ongoing_requests
+
+    assert [max_ongoing_requests(n) for n in (1, 3, 4, 16, 256)] == [8, 8, 8, 32, 512]
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        max_ongoing_requests(0)
+    fleet = parse_fleet({"arms": [
+        {"name": "small", "model": {"demo": "tiny-llama2-random"}, "engine": {"max_num_seqs": 2},
+         "autoscaling": {"target_ongoing_requests": 2}},
+        {"name": "big", "model": {"demo": "tiny-llama2-random"}, "engine": {"max_num_seqs": 24}},
+    ]})
+    got = {c["model_loading_config"]["model_id"]: c["deployment_config"]["max_ongoing_requests"]
+           for c in llm_config_dicts(fleet, Path("/models"))}
+    assert got == {"small": 8, "big": 48}

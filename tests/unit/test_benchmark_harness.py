@@ -19,7 +19,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from _load import alternating  # noqa: E402
-from router_overhead import summarize  # noqa: E402
+from router_overhead import paired_ratio, summarize  # noqa: E402
 
 
 def _free_port() -> int:
@@ -99,6 +99,22 @@ def test_summary_cancels_a_slot_bias_and_reports_its_size():
     assert s["p50_latency_ratio_slot_cancelled"] == pytest.approx(router, abs=1e-3)
     assert s["throughput_ratio_slot_cancelled"] == pytest.approx(1 / router, abs=1e-3)
     assert s["concurrency"] == 1 and s["interleaved_per_request"] and s["requests_per_app"] == 16
+
+
+def test_paired_ratio_is_a_geometric_mean_with_a_t_interval_on_logs():
+    import math
+
+    from scipy import stats
+
+    ratios = [1.02, 0.97, 1.05, 1.01, 0.99, 1.04]
+    logs = [math.log(r) for r in ratios]
+    m, se = statistics.fmean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+    lo, hi = stats.t.interval(0.95, len(logs) - 1, loc=m, scale=se)
+    got = paired_ratio(ratios)
+    assert got["ratio"] == pytest.approx(math.exp(m), abs=1e-4) and got["pairs"] == 6
+    assert got["ci95"] == pytest.approx([math.exp(lo), math.exp(hi)], abs=1e-4)
+    # One pair has no spread to estimate: the interval is everything, so no goal is met at 95%.
+    assert paired_ratio([1.1]) == {"ratio": 1.1, "ci95": [0.0, math.inf], "pairs": 1}
 
 
 def test_summary_without_a_swap_has_no_slot_estimate():

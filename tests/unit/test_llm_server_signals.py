@@ -36,12 +36,14 @@ def test_signals_report_p95_over_the_window_and_forget_old_samples():
     sig.record(SchedulerStats(kv_cache_usage=0.25), _iteration(ttfts=[0.1 * i for i in range(1, 21)],
                                                                finished=[(10, 0.05), (1, 9.0), (5, 0.07)]))
     snap = sig.snapshot()
-    assert snap[METRIC_TTFT_P95] == pytest.approx(1.9)  # 19th of 20 samples
-    assert snap[METRIC_ITL_P95] == pytest.approx(0.07)  # the one-token request has no ITL
+    # corral.common.stats.quantile (type 7, linear interpolation; formerly nearest rank, which gave
+    # the 19th sample, 1.9): position 0.95 * 19 = 18.05 between 1.9 and 2.0.
+    assert snap[METRIC_TTFT_P95] == pytest.approx(1.905)
+    assert snap[METRIC_ITL_P95] == pytest.approx(0.069)  # 0.05 + 0.95 * (0.07 - 0.05); the one-token request has no ITL
     assert snap[METRIC_KV_CACHE] == 0.25
     clock.t += 15
     sig.record(SchedulerStats(kv_cache_usage=0.5), _iteration(ttfts=[5.0]))
-    assert sig.snapshot()[METRIC_TTFT_P95] == 2.0  # p95 of 21 samples: the 20th smallest
+    assert sig.snapshot()[METRIC_TTFT_P95] == pytest.approx(2.0)  # p95 of 21 samples: position 19, the 20th smallest
     clock.t += 10  # the first batch is now older than the window
     snap = sig.snapshot()
     assert snap[METRIC_TTFT_P95] == 5.0 and METRIC_ITL_P95 not in snap

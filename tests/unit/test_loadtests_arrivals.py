@@ -25,17 +25,44 @@ def test_constant_schedule_is_evenly_spaced():
     assert all(a.input_tokens == 10 and a.output_tokens == 5 for a in s)
 
 
-def test_poisson_schedule_rate_and_reproducibility():
-    s = poisson_schedule(20.0, 200.0, 10, 5, seed=3)
-    assert len(s) == pytest.approx(4000, rel=0.05)
-    gaps = [b.at_s - a.at_s for a, b in zip(s, s[1:])]
+def test_poisson_schedule_has_exactly_rate_times_window_arrivals_and_poisson_gaps():
+    s = poisson_schedule(20.0, 200.0, 10, 5, seed=3, warmup_s=5.0)
+    warm = [a.at_s for a in s if a.at_s < 5.0]
+    measured = [a.at_s for a in s if a.at_s >= 5.0]
+    # Conditioned on its counts: the measured window holds exactly 20 x 200 arrivals, the warm-up 20 x 5.
+    assert len(warm) == 100 and len(measured) == 4000 and max(measured) < 205.0
+    assert [a.at_s for a in s] == sorted(a.at_s for a in s)
+    gaps = [b - a for a, b in zip(measured, measured[1:])]
     mean = sum(gaps) / len(gaps)
     cv = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
-    assert mean == pytest.approx(0.05, rel=0.05)
-    assert cv == pytest.approx(1.0, abs=0.05)  # exponential gaps: coefficient of variation 1
-    assert poisson_schedule(20.0, 5.0, 1, 1, seed=3) == poisson_schedule(20.0, 5.0, 1, 1, seed=3)
+    assert mean == pytest.approx(0.05, rel=0.01)
+    assert cv == pytest.approx(1.0, abs=0.05)  # exponential-like gaps, as bursty as a Poisson process
+    from scipy import stats
+
+    # Given their number, a Poisson process's arrival times are uniform on the window.
+    assert stats.kstest([(t - 5.0) / 200.0 for t in measured], "uniform").pvalue > 0.01
+    assert len(poisson_schedule(1.625, 75.0, 1, 1, seed=0, warmup_s=8.0)) == round(1.625 * 8) + round(1.625 * 75)
     with pytest.raises(ValueError, match="rate_rps"):
         poisson_schedule(0, 1, 1, 1)
+    with pytest.raises(ValueError, match="warmup_s"):
+        poisson_schedule(1, 1, 1, 1, warmup_s=-1)
+
+
+def test_same_seed_same_arrivals_at_a_rate_wherever_it_sits_in_a_sweep():
+    assert poisson_schedule(2.0, 30.0, 1, 1, seed=3) == poisson_schedule(2.0, 30.0, 1, 1, seed=3)
+    assert poisson_schedule(2.0, 30.0, 1, 1, seed=3) != poisson_schedule(2.0, 30.0, 1, 1, seed=4)
+    assert poisson_schedule(2, 30, 1, 1, seed=3) == poisson_schedule(2.0, 30.0, 1, 1, seed=3)  # 2 rps is 2.0 rps
+    # Two configurations swept from different starts meet identical arrivals at the rates they share.
+    a = stages(LoadConfig(mode="sweep", slo="ttft_p95=1", sweep_start_rps=1, sweep_step_rps=0.5, sweep_max_rps=3))
+    b = stages(LoadConfig(mode="sweep", slo="ttft_p95=1", sweep_start_rps=2, sweep_step_rps=0.5, sweep_max_rps=3))
+    by_rate = {p.rate_rps: p.schedule for p in a}
+    assert [p.rate_rps for p in b] == [2, 2.5, 3]
+    assert all(p.schedule == by_rate[p.rate_rps] for p in b)
+    assert by_rate[2] != by_rate[2.5]  # other rates: other draws
+    # A stage holds exactly rate x window arrivals in its measured window: its rate is the one it is named for.
+    cfg = LoadConfig()
+    for p in a:
+        assert sum(1 for x in p.schedule if x.at_s >= cfg.warmup_s) == round(p.rate_rps * cfg.duration_s)
 
 
 @pytest.mark.skipif(not TRACE.is_file(), reason="shared Azure trace not present")

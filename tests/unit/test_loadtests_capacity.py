@@ -25,6 +25,7 @@ from corral.loadtests.slo import parse_slo
 A, B_PER_SEQ, TTFT0, OUT = 0.010, 0.002, 0.05, 32
 SLO = "ttft_p95=1.0,itl_p95=0.03"
 RATES = [2, 4, 6, 8, 10, 12]
+DURATION_S = 10.0
 
 
 def batch(rate):
@@ -32,14 +33,16 @@ def batch(rate):
     return rate * (TTFT0 + n * A) / (1 - rate * n * B_PER_SEQ)
 
 
-def stage_records(rate, name, n=40):
+def stage_records(rate, name, n=None):
+    """A stage at `rate`: rate x DURATION_S measured requests unless `n` says otherwise."""
+    n = round(rate * DURATION_S) if n is None else n
     t = A + B_PER_SEQ * batch(rate)
     return [RequestRecord(i, stage=name, ttft_s=TTFT0, itl_s=[t] * (OUT - 1), e2e_s=TTFT0 + (OUT - 1) * t,
                           tpot_s=t, input_tokens=64, output_tokens=OUT, arm="arm-a") for i in range(n)]
 
 
 def make_stages():
-    return [(f"rate={r}", float(r), 10.0, stage_records(r, f"rate={r}")) for r in RATES]
+    return [(f"rate={r}", float(r), DURATION_S, stage_records(r, f"rate={r}")) for r in RATES]
 
 
 @pytest.fixture
@@ -234,6 +237,40 @@ def test_cli_bad_input_exits_2(results_dir, argv, field):
     with pytest.raises(CliError) as err:
         _cli(["--results", str(results_dir), *flat])
     assert err.value.code == 2 and field in str(err.value)
+
+
+def test_the_planner_and_the_summary_use_realised_rates(stages):
+    """A stage's rate is what it sent in its measured window / the window, not its nominal rate:
+    here the stage named 10 rps sent 95 requests in 10 s (9.5 rps) and the one named 8 sent 100
+    (10 rps), so in realised order the stages run rate=6, rate=10, rate=8, rate=12."""
+    clauses = parse_slo(SLO)
+    relabelled = []
+    for name, rate, d, recs in stages:
+        if name == "rate=10":
+            recs = recs[:95]
+        if name == "rate=8":
+            recs = stage_records(8, name, n=100)
+        relabelled.append((name, rate, d, recs))
+    points = stage_points(relabelled, clauses, replicas=2)
+    by_name = {p.name: p for p in points}
+    assert by_name["rate=10"].rate_rps == pytest.approx(9.5) and by_name["rate=10"].offered_rate_rps == 10
+    assert by_name["rate=10"].rate_per_replica_rps == pytest.approx(4.75)
+    assert [p.name for p in points] == ["rate=2", "rate=4", "rate=6", "rate=10", "rate=8", "rate=12"]
+    # The isotonic λ* runs over realised rates: it lies between realised rates, never nominal ones.
+    lam = measured_lambda_star(points)
+    assert lam.last_met == "rate=8" and lam.first_missed == "rate=12"
+    assert 10 / 2 <= lam.per_replica_rps < 12 / 2
+    # summary.json: the realised rate beside the nominal one; the highest rate meeting the SLO is realised.
+    summary = summarize({}, [({"name": n, "duration_s": d, "rate_rps": r}, recs) for n, r, d, recs in relabelled],
+                        SLO, 0.05)
+    st = {s["name"]: s for s in summary["stages"]}
+    assert st["rate=10"]["offered_rate_rps"] == 10 and st["rate=10"]["realised_rate_rps"] == pytest.approx(9.5)
+    assert st["rate=8"]["realised_rate_rps"] == pytest.approx(10.0)
+    assert summary["highest_rate_meeting_slo_rps"] == pytest.approx(10.0)  # rate=8's stage, as realised
+    # Warm-up requests are not arrivals of the measured window.
+    warm = [RequestRecord(1000 + i, stage="rate=2", phase="warmup") for i in range(7)]
+    (pt,) = stage_points([("rate=2", 2.0, DURATION_S, stages[0][3] + warm)], clauses, 1)
+    assert pt.rate_rps == pytest.approx(2.0)
 
 
 def test_summary_warns_when_a_stage_is_too_small_for_its_slo_percentile():

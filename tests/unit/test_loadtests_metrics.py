@@ -1,70 +1,13 @@
-"""Client metric computation (StreamMeter), statistics and SLO parsing: pure, no network."""
+"""Load-test records, statistics and SLO parsing: pure, no network (the stream meter: test_common_openai_http.py)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from corral.loadtests.metrics import RequestRecord, StreamMeter, describe, percentile
+from corral.common.stats import percentile
+from corral.loadtests.metrics import RequestRecord, describe
 from corral.loadtests.slo import evaluate, parse_slo
-
-
-def sse(obj) -> bytes:
-    return f"data: {json.dumps(obj) if not isinstance(obj, str) else obj}\n\n".encode()
-
-
-def completion_chunk(text, model="arm-a"):
-    return {"object": "text_completion", "model": model, "choices": [{"index": 0, "text": text}]}
-
-
-USAGE = {"object": "text_completion", "model": "arm-a", "choices": [],
-         "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}}
-
-
-def test_known_timestamps_give_exact_ttft_itl_tpot_e2e():
-    meter = StreamMeter(RequestRecord(1), sent_at=10.0)
-    meter.feed(sse(completion_chunk(" a")), 10.25)
-    meter.feed(sse(completion_chunk(" b")), 10.35)
-    # Two events in one read share one arrival time (gap 0), as a client sees it.
-    meter.feed(sse(completion_chunk(" c")) + sse(completion_chunk(" d")), 10.55)
-    meter.feed(sse(USAGE) + sse("[DONE]"), 10.56)
-    r = meter.finish(10.6)
-    assert r.ok, r.error
-    assert r.ttft_s == pytest.approx(0.25)
-    assert r.itl_s == pytest.approx([0.10, 0.20, 0.0])
-    assert r.e2e_s == pytest.approx(0.6)
-    assert (r.input_tokens, r.output_tokens) == (12, 4)
-    assert r.tpot_s == pytest.approx((0.6 - 0.25) / 3)
-    assert r.content_events == 4
-    assert r.arm == "arm-a"
-
-
-def test_lines_split_across_reads_and_chat_deltas():
-    chat = {"object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
-    role_only = {"object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
-    raw = sse(role_only) + sse(chat) + sse(chat) + sse({**USAGE, "model": "m"}) + sse("[DONE]")
-    meter = StreamMeter(RequestRecord(2), sent_at=0.0)
-    t = 0.0
-    for i in range(0, len(raw), 7):  # 7-byte reads split every line
-        t += 0.001
-        meter.feed(raw[i:i + 7], t)
-    r = meter.finish(t)
-    assert r.ok and r.content_events == 2
-    assert r.ttft_s > 0.001  # the role-only event is not a token
-
-
-@pytest.mark.parametrize("chunks, error", [
-    ([sse(completion_chunk(" a")), sse(USAGE)], "without [DONE]"),
-    ([sse(completion_chunk(" a")), sse("[DONE]")], "no usage"),
-    ([sse(USAGE), sse("[DONE]")], "no generated text"),
-    ([sse({"error": {"message": "boom"}}), sse("[DONE]")], "server error"),
-])
-def test_incomplete_streams_are_failures(chunks, error):
-    meter = StreamMeter(RequestRecord(3), sent_at=0.0)
-    for i, c in enumerate(chunks):
-        meter.feed(c, 0.1 * (i + 1))
-    r = meter.finish(1.0)
-    assert not r.ok and error in r.error
 
 
 def test_record_roundtrip():
@@ -74,14 +17,17 @@ def test_record_roundtrip():
     assert RequestRecord.from_dict(d) == r
 
 
-def test_percentile_matches_numpy():
+def test_describe_uses_the_one_percentile_which_matches_numpy():
     rng = np.random.default_rng(0)
     xs = list(rng.exponential(size=101))
     for q in (0, 50, 90, 95, 99, 100):
         assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
-    assert percentile([], 50) is None
+    d = describe(xs[:20], percentiles=(50, 95))
+    assert d["p95"] == pytest.approx(float(np.percentile(xs[:20], 95)))
+    assert d["p50"] == pytest.approx(float(np.percentile(xs[:20], 50)))
+    assert percentile([], 50) is None and describe([])["p95"] is None
     assert describe([1.0, 2.0, 3.0])["mean"] == 2.0
-    with pytest.raises(ValueError, match="q=101"):
+    with pytest.raises(ValueError, match="p=101"):
         percentile(xs, 101)
 
 

@@ -196,3 +196,39 @@ def test_golden_runner_over_openai_http():
         srv.server_close()
     down = GoldenSetRunner(f"http://127.0.0.1:{srv.server_address[1]}", prompts, timeout_s=0.5).run(["good"])
     assert down.error and "golden set" in down.error
+
+
+def test_golden_runner_sends_the_given_api_key_and_reports_a_refusal():
+    from http.server import BaseHTTPRequestHandler
+
+    auth = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            auth.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != "Bearer sk-real":
+                data, status = json.dumps({"error": {"message": "invalid API key"}}).encode(), 401
+            else:
+                data, status = json.dumps({"choices": [{"message": {"content": "Paris"}}]}).encode(), 200
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url, prompts = f"http://127.0.0.1:{srv.server_address[1]}", [GoldenPrompt("fr", "Capital?", ("Paris",))]
+        assert GoldenSetRunner(url, prompts, api_key="sk-real").run(["a"]).scores == {"a": 1.0}
+        # No key: no header at all; a refusal (4xx) is the endpoint's failure, not a score of 0.
+        refused = GoldenSetRunner(url, prompts).run(["a"])
+        assert refused.error and "HTTP 401" in refused.error and "invalid API key" in refused.error
+        assert auth == ["Bearer sk-real", None]
+    finally:
+        srv.shutdown()
+        srv.server_close()
