@@ -79,8 +79,9 @@ class Reply:
     @property
     def tpot_s(self) -> float | None:
         """(e2e_s - ttft_s) / (output_tokens - 1): mean time per output token after the first."""
-        if self.error is None and self.ttft_s is not None and self.e2e_s is not None and (self.output_tokens or 0) > 1:
-            return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+        tokens = self.output_tokens or 0
+        if self.error is None and self.ttft_s is not None and self.e2e_s is not None and tokens > 1:
+            return (self.e2e_s - self.ttft_s) / (tokens - 1)
         return None
 
 
@@ -138,7 +139,7 @@ class SseMeter:
         if generated:
             if self._first_at is None:
                 self._first_at = now
-            else:
+            elif self._last_at is not None:
                 self.reply.itl_s.append(now - self._last_at)
             self._last_at = now
             self.reply.content_events += 1
