@@ -310,6 +310,9 @@ def test_values_schema_is_generated_from_the_fleet_model():
     gen = runpy.run_path(str(ROOT / "scripts" / "gen-values-schema.py"))
     committed = (CHART / "values.schema.json").read_text()
     assert committed == gen["render"](), "stale: run python scripts/gen-values-schema.py"
+    # The spec defaults the templates read (Helm's .Files cannot read values.schema.json).
+    assert (CHART / "files" / "spec-defaults.json").read_text() == gen["render_defaults"](), \
+        "stale: run python scripts/gen-values-schema.py"
     schema = json.loads(committed)
     assert schema["properties"]["fleet"] == {"$ref": "#/$defs/FleetSpec",
                                             "description": schema["properties"]["fleet"]["description"]}
