@@ -281,3 +281,16 @@ def test_gpu_workers_are_not_evicted_voluntarily():
         meta = w["template"]["metadata"]
         assert meta["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
         assert pdb["spec"]["selector"]["matchLabels"].items() <= meta["labels"].items()
+
+
+# -- security scan waivers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_checkov_waiver_names_a_check_and_says_why(case):
+    waivers = 0
+    for d in render(CASES[case]):
+        for k, v in (d["metadata"].get("annotations") or {}).items():
+            if k.startswith("checkov.io/skip"):
+                waivers += 1
+                assert re.fullmatch(r"CKV_K8S_\d+=.{30,}", v), (d["metadata"]["name"], k, v)
+    assert waivers > 0
