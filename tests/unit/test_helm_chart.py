@@ -251,7 +251,7 @@ def test_helm_test_hook_calls_v1_models():
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     script = pod["spec"]["containers"][0]["args"][0]
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-    assert "$BASE/v1/models" in script and env["BASE"] == "http://llm-corral-serve-svc.serving.svc:8000"
+    assert "call /v1/models" in script and env["BASE"] == "http://llm-corral-serve-svc.serving.svc:8000"
     assert "llama-3.1-8b-instruct" in script  # every arm must be listed
 
 
