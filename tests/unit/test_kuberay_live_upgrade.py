@@ -125,7 +125,7 @@ def render_live(tmp_path: Path, live: list[dict], values: dict) -> tuple[list[di
         env = {"KUBECONFIG": str(stub.kubeconfig(tmp_path / "kubeconfig")), "HOME": str(tmp_path),
                "PATH": "/usr/bin:/bin"}
         proc = subprocess.run([helm(), "template", RELEASE, str(CHART), "-n", NS, "-f", str(vf),
-                               "--dry-run=server", "--disable-openapi-validation"],
+                               "--dry-run=server", "--disable-openapi-validation", "--qps", "1000"],
                               capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == 0, proc.stderr
         return [d for d in yaml.safe_load_all(proc.stdout) if d], stub
