@@ -90,6 +90,7 @@ def chart_schema() -> dict[str, Any]:
                                   "heartbeatMaxAgeS": {"type": "integer", "minimum": 10},
                                   "prometheusUrl": s("Prometheus URL.", pattern="^https?://"),
                                   "cpu": QUANTITY, "memory": QUANTITY}),
+        "rolloutOperators": ANY_LIST,
         "apiKeys": obj({"enabled": {"type": "boolean"}, "allowUnauthenticated": {"type": "boolean"},
                         "create": {"type": "boolean"}, "existingSecret": s("Existing Secret."), "keys": s("Comma-separated keys.")}),
         "ingress": obj({"enabled": {"type": "boolean"}, "className": s("IngressClass."), "host": s("Host."),

@@ -294,3 +294,16 @@ def test_every_checkov_waiver_names_a_check_and_says_why(case):
                 waivers += 1
                 assert re.fullmatch(r"CKV_K8S_\d+=.{30,}", v), (d["metadata"]["name"], k, v)
     assert waivers > 0
+
+
+def test_rollout_operators_get_a_role_on_this_rayservice_only():
+    docs = render([TWO_ARMS])
+    (rs,) = by_kind(docs, "RayService")
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-rollout-operator")]
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["ray.io"] and rule["resourceNames"] == [rs["metadata"]["name"]]
+        assert set(rule["verbs"]) <= {"get", "patch"}
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"].endswith("-rollout-operator")]
+    assert binding["subjects"] == [{"kind": "Group", "name": "ml-platform", "apiGroup": "rbac.authorization.k8s.io"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert not [r for r in by_kind(render(), "Role") if r["metadata"]["name"].endswith("-rollout-operator")]
