@@ -1,9 +1,10 @@
 """Model and GPU catalogs for `corral plan cluster`.
 
 Model entries are the exact architectures from each checkpoint's published `config.json`
-(meta-llama/* on Hugging Face); parameter counts are derived from them, not typed in, so a
-test can compare the derived figure with the published one (e.g. Llama 3 70B: 70.55 B
-parameters, 141.1 GB in bf16).
+(meta-llama/* on Hugging Face; the served checkpoint is the chat / instruct one, which shares its
+base model's architecture); parameter counts are derived from them, not typed in, so a test can
+compare the derived figure with the published one (e.g. Llama 3 70B: 70.55 B parameters,
+141.1 GB in bf16).
 
 GPU entries are vendor datasheet figures: memory as `nvidia-smi` reports the total (MiB),
 memory bandwidth and dense (no sparsity) bf16 tensor throughput. The hourly prices are
@@ -29,6 +30,8 @@ class ModelArch:
 
     name: str
     hf_id: str
+    """The checkpoint served: the chat / instruct model (the endpoint is a chat API; Llama 2 base
+    checkpoints have no chat template). Its config.json has the same architecture as the base."""
     num_hidden_layers: int
     hidden_size: int
     num_attention_heads: int
@@ -91,8 +94,14 @@ class GpuType:
     """GPUs in a node talk over NVLink/NVSwitch (False: PCIe only, tensor parallel is slower)."""
     k8s_product: str
     """Value of the `nvidia.com/gpu.product` node label set by NVIDIA GPU feature discovery."""
+    nvml_name: str
+    """The device name NVML reports (`nvidia-smi --query-gpu=name`), from which Ray derives the type."""
     ray_accelerator_type: str
-    """Ray's accelerator type for this GPU (`ray.util.accelerators`)."""
+    """The `accelerator_type:<X>` resource Ray puts on a node with this GPU. Ray derives it from
+    the NVML name (ray/_private/accelerators/nvidia_gpu.py, NVIDIA_GPU_NAME_PATTERN and
+    `NvidiaGPUAcceleratorManager._gpu_name_to_accelerator_type`): memory and form factor are
+    dropped ("NVIDIA A100-SXM4-80GB" -> "A100"), so the 40 and 80 GB A100 share one type and the
+    Kubernetes node selector (`k8s_product`) is what tells them apart."""
 
     @property
     def memory_bytes(self) -> int:
@@ -106,19 +115,19 @@ class GpuType:
 MODELS: dict[str, ModelArch] = {
     m.name: m
     for m in (
-        ModelArch("llama-2-7b", "meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 11008, 32000, 4096,
+        ModelArch("llama-2-7b", "meta-llama/Llama-2-7b-chat-hf", 32, 4096, 32, 32, 11008, 32000, 4096,
                   published_params_b=6.74),
-        ModelArch("llama-2-13b", "meta-llama/Llama-2-13b-hf", 40, 5120, 40, 40, 13824, 32000, 4096,
+        ModelArch("llama-2-13b", "meta-llama/Llama-2-13b-chat-hf", 40, 5120, 40, 40, 13824, 32000, 4096,
                   published_params_b=13.02),
-        ModelArch("llama-2-70b", "meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 28672, 32000, 4096,
+        ModelArch("llama-2-70b", "meta-llama/Llama-2-70b-chat-hf", 80, 8192, 64, 8, 28672, 32000, 4096,
                   published_params_b=68.98),
-        ModelArch("llama-3-8b", "meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 14336, 128256, 8192,
+        ModelArch("llama-3-8b", "meta-llama/Meta-Llama-3-8B-Instruct", 32, 4096, 32, 8, 14336, 128256, 8192,
                   published_params_b=8.03),
-        ModelArch("llama-3-70b", "meta-llama/Meta-Llama-3-70B", 80, 8192, 64, 8, 28672, 128256, 8192,
+        ModelArch("llama-3-70b", "meta-llama/Meta-Llama-3-70B-Instruct", 80, 8192, 64, 8, 28672, 128256, 8192,
                   published_params_b=70.55),
-        ModelArch("llama-3.1-8b", "meta-llama/Llama-3.1-8B", 32, 4096, 32, 8, 14336, 128256, 131072,
+        ModelArch("llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", 32, 4096, 32, 8, 14336, 128256, 131072,
                   published_params_b=8.03),
-        ModelArch("llama-3.1-70b", "meta-llama/Llama-3.1-70B", 80, 8192, 64, 8, 28672, 128256, 131072,
+        ModelArch("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct", 80, 8192, 64, 8, 28672, 128256, 131072,
                   published_params_b=70.55),
     )
 }
@@ -126,12 +135,12 @@ MODELS: dict[str, ModelArch] = {
 GPUS: dict[str, GpuType] = {
     g.name: g
     for g in (
-        GpuType("A100-40GB", 40960, 1555, 312, 3.00, True, "NVIDIA-A100-SXM4-40GB", "A100-40G"),
-        GpuType("A100-80GB", 81920, 2039, 312, 4.00, True, "NVIDIA-A100-SXM4-80GB", "A100-80G"),
-        GpuType("H100-80GB", 81559, 3350, 989, 6.00, True, "NVIDIA-H100-80GB-HBM3", "H100"),
-        GpuType("H200-141GB", 143771, 4800, 989, 8.00, True, "NVIDIA-H200", "H200"),
-        GpuType("L40S", 46068, 864, 362, 1.80, False, "NVIDIA-L40S", "L40S"),
-        GpuType("A10G", 23028, 600, 70, 1.20, False, "NVIDIA-A10G", "A10G"),
+        GpuType("A100-40GB", 40960, 1555, 312, 3.00, True, "NVIDIA-A100-SXM4-40GB", "NVIDIA A100-SXM4-40GB", "A100"),
+        GpuType("A100-80GB", 81920, 2039, 312, 4.00, True, "NVIDIA-A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "A100"),
+        GpuType("H100-80GB", 81559, 3350, 989, 6.00, True, "NVIDIA-H100-80GB-HBM3", "NVIDIA H100 80GB HBM3", "H100"),
+        GpuType("H200-141GB", 143771, 4800, 989, 8.00, True, "NVIDIA-H200", "NVIDIA H200", "H200"),
+        GpuType("L40S", 46068, 864, 362, 1.80, False, "NVIDIA-L40S", "NVIDIA L40S", "L40S"),
+        GpuType("A10G", 23028, 600, 70, 1.20, False, "NVIDIA-A10G", "NVIDIA A10G", "A10G"),
     )
 }
 

@@ -1,15 +1,13 @@
 """KubeRay objects from a fleet spec and a cluster plan.
 
-Three shapes, all plain dicts (YAML-able):
+Plain dicts (YAML-able):
 
-* `serve_config_v2(fleet)`: the Serve config KubeRay deploys. The application is built by
-  `corral.serving.app:app_builder` from Serve args `{fleet: <fleet spec>}`, so the spec in the
-  Helm values is passed through verbatim (one source of truth, validated in Python at deploy).
 * `worker_group_values(plan)`: one entry of the Helm chart's `workerGroups` value;
   `helm_values(plan, ...)` a whole values overlay (fleet + worker groups) for `helm install -f`.
-* `worker_group_spec(values)` / `rayservice(...)`: the KubeRay `workerGroupSpecs` entry and the
-  whole `RayService`, for users without Helm. The chart renders the same fields from the same
-  values (tests/unit/test_helm_chart.py compares the two).
+* `worker_group_spec(values)` / `rayservice(serve_config, ...)`: the KubeRay `workerGroupSpecs`
+  entry and the whole `RayService`, for users without Helm. The Serve config is
+  `corral.serving.app.serve_config(fleet)` (its one home; this layer cannot import it). The chart
+  renders the same fields from the same values (tests/unit/test_helm_chart.py compares the two).
 
 Nothing here talks to Kubernetes, and `corral.serving` is not imported (layers are one-way).
 """
@@ -20,7 +18,6 @@ from typing import Any
 
 from corral.cluster.planner import Candidate, ClusterPlan
 
-APP_IMPORT_PATH = "corral.serving.app:app_builder"
 RAY_VERSION = "2.60.0"
 DEFAULT_IMAGE = "ghcr.io/corral-llm/corral:0.1.0-ray2.60.0-gpu"
 SERVE_PORT = 8000
@@ -32,18 +29,20 @@ MODEL_CACHE_PATH = "/models"
 CPUS_PER_GPU = 8
 MEMORY_GIB_PER_GPU = 64
 SHM_SIZE = "16Gi"
+# vLLM gives an engine 600 s to come up (VLLM_ENGINE_READY_TIMEOUT_S, vllm/envs.py); loading 141 GB
+# of Llama 3 70B from network storage plus memory profiling can take longer.
+ENGINE_READY_TIMEOUT_S = 3600
+# KubeRay caps RayService names (MaxRayServiceNameLength = MaxRayClusterNameLength - 6 = 47,
+# ray-operator/controllers/ray/utils/constant.go; ValidateRayServiceMetadata in validation.go).
+MAX_RAYSERVICE_NAME = 47
+# Cluster autoscaler: never evict a pod holding a loaded replica to scale a node down.
+SAFE_TO_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
 
 
-def serve_config_v2(fleet: dict[str, Any]) -> dict[str, Any]:
-    """The `serveConfigV2` document (a dict; KubeRay wants it as a YAML string)."""
-    return {
-        "applications": [{
-            "name": fleet.get("name", "corral"),
-            "route_prefix": "/",
-            "import_path": APP_IMPORT_PATH,
-            "args": {"fleet": fleet},
-        }]
-    }
+def serve_service_name(rayservice_name: str) -> str:
+    """KubeRay's Serve Service of a RayService (GenerateServeServiceName,
+    ray-operator/controllers/ray/utils/util.go): it only selects the cluster that serves."""
+    return f"{rayservice_name}-serve-svc"
 
 
 def nodes_used(candidate: Candidate) -> int:
@@ -141,16 +140,17 @@ def worker_group_spec(values: dict[str, Any], *, release: str = "corral", image:
                       model_cache_claim: str | None = None) -> dict[str, Any]:
     """The KubeRay `workerGroupSpecs` entry for one `workerGroups` values entry."""
     gpus = values["gpusPerNode"]
-    resources = {"cpu": values["cpu"], "memory": values["memory"], "nvidia.com/gpu": gpus}
+    resources = {**values.get("resources", {}), "cpu": values["cpu"], "memory": values["memory"],
+                 "nvidia.com/gpu": str(gpus)}
     volumes, mounts = _volumes(values.get("shmSize", SHM_SIZE), model_cache_claim)
     return {
         "groupName": values["name"],
         "replicas": values["replicas"],
         "minReplicas": values["minReplicas"],
         "maxReplicas": values["maxReplicas"],
-        "rayStartParams": {},
+        "rayStartParams": {"num-gpus": str(gpus), **values.get("rayStartParams", {})},
         "template": {
-            "metadata": {"labels": _labels(release, "ray-worker")},
+            "metadata": {"labels": _labels(release, "ray-worker"), "annotations": dict(SAFE_TO_EVICT)},
             "spec": {
                 "securityContext": _pod_security_context(),
                 "nodeSelector": dict(values.get("nodeSelector", {})),
@@ -158,7 +158,8 @@ def worker_group_spec(values: dict[str, Any], *, release: str = "corral", image:
                 "containers": [{
                     "name": "ray-worker",
                     "image": image,
-                    "env": [{"name": "HF_HOME", "value": MODEL_CACHE_PATH}],
+                    "env": [{"name": "HF_HOME", "value": MODEL_CACHE_PATH},
+                            {"name": "VLLM_ENGINE_READY_TIMEOUT_S", "value": str(ENGINE_READY_TIMEOUT_S)}],
                     "resources": {"requests": dict(resources), "limits": dict(resources)},
                     "volumeMounts": mounts,
                     "securityContext": _security_context(),
@@ -169,12 +170,18 @@ def worker_group_spec(values: dict[str, Any], *, release: str = "corral", image:
     }
 
 
-def rayservice(fleet: dict[str, Any], worker_groups: list[dict[str, Any]], *, name: str = "corral",
+def rayservice(serve_config: dict[str, Any], worker_groups: list[dict[str, Any]], *, name: str = "corral",
                image: str = DEFAULT_IMAGE, head_cpu: str = "4", head_memory: str = "16Gi",
-               model_cache_claim: str | None = None) -> dict[str, Any]:
-    """A whole `ray.io/v1` RayService for a fleet and its worker groups (values entries)."""
+               model_cache_claim: str | None = None, upgrade_strategy: str = "NewCluster") -> dict[str, Any]:
+    """A whole `ray.io/v1` RayService for a Serve config (`corral.serving.app.serve_config(fleet)`)
+    and its worker groups (values entries)."""
     import yaml  # only needed to embed serveConfigV2 as the string KubeRay expects
 
+    if len(name) > MAX_RAYSERVICE_NAME:
+        raise ValueError(f"RayService name {name!r} is {len(name)} characters; KubeRay accepts at most "
+                         f"{MAX_RAYSERVICE_NAME}")
+    if upgrade_strategy not in ("NewCluster", "None"):
+        raise ValueError(f"upgrade_strategy must be NewCluster or None, got {upgrade_strategy!r}")
     volumes, mounts = _volumes("2Gi", None)
     head_resources = {"cpu": head_cpu, "memory": head_memory}
     return {
@@ -182,12 +189,13 @@ def rayservice(fleet: dict[str, Any], worker_groups: list[dict[str, Any]], *, na
         "kind": "RayService",
         "metadata": {"name": name, "labels": _labels(name, "rayservice")},
         "spec": {
-            "serveConfigV2": yaml.safe_dump(serve_config_v2(fleet), sort_keys=False),
+            "upgradeStrategy": {"type": upgrade_strategy},
+            "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
                 "headGroupSpec": {
                     # The head runs the Serve controller and proxy, not engine replicas.
-                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                    "rayStartParams": {"num-cpus": "0", "num-gpus": "0", "dashboard-host": "0.0.0.0"},
                     "template": {
                         "metadata": {"labels": _labels(name, "ray-head")},
                         "spec": {

@@ -17,9 +17,13 @@ from corral.cluster.models import demo_model_dir
 from corral.cluster.spec import Arm, FleetSpec
 from corral.cluster.spec.autoscaling import max_ongoing_requests, serve_autoscaling_config
 
-# Environment every vLLM engine process gets. HF_HUB_OFFLINE: weights are local or
-# pre-pulled; never let a replica hang on an unreachable hub.
-BASE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+# Environment every vLLM engine process gets.
+BASE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+# Added for arms whose weights are local files (demo models, paths): never let a replica hang on an
+# unreachable hub. Hub-id arms inherit HF_HUB_OFFLINE from the node's environment instead: the local
+# runner sets it (serving/local.py), the Helm chart sets it only for a pre-filled model cache
+# (modelCache.offline), so a GPU fleet with an HF token downloads its weights.
+LOCAL_WEIGHTS_ENV = {"HF_HUB_OFFLINE": "1"}
 
 
 def model_source(arm: Arm, home: Path | None = None) -> str:
@@ -72,6 +76,8 @@ def llm_config_dict(arm: Arm, fleet: FleetSpec, home: Path | None = None, cpu_bi
     if engine["enforce_eager"] is None:
         engine["enforce_eager"] = fleet.cluster.device == "cpu"
     env = dict(BASE_ENV)
+    if not arm.model.hf:
+        env.update(LOCAL_WEIGHTS_ENV)
     tp, pp = arm.engine.tensor_parallel_size, arm.engine.pipeline_parallel_size
     workers = tp * pp
     if fleet.cluster.device == "cpu":

@@ -21,6 +21,16 @@ from corral.cluster.planner import PlanRequest, plan_cluster
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
+def _detected(gpu: str) -> str:
+    """The `accelerator_type:<X>` resource Ray puts on a node with this catalog GPU."""
+    from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+
+    from corral.cluster.catalog import gpu as catalog_gpu
+
+    kind = NvidiaGPUAcceleratorManager._gpu_name_to_accelerator_type(catalog_gpu(gpu).nvml_name)
+    return f"accelerator_type:{kind}"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,8 +51,10 @@ def ray_cluster():
     # Head with no GPUs and no ports shared with the fleet on 6379/8265/8000.
     cluster = Cluster(shutdown_at_exit=True)
     try:
-        # Nodes carry the accelerator label Ray sets on real GPU nodes; the head is an A100 node.
-        a100, h100 = {"accelerator_type:A100-80G": 1}, {"accelerator_type:H100": 1}
+        # Nodes carry the label Ray itself would put on real GPU nodes: Ray's detection applied to the
+        # NVML device name (ray/_private/accelerators/nvidia_gpu.py, _gpu_name_to_accelerator_type),
+        # not the catalog's value, so a catalog type Ray never reports cannot schedule here either.
+        a100, h100 = {_detected("A100-80GB"): 1}, {_detected("H100-80GB"): 1}
         nodes = {
             "a100-0": cluster.add_node(num_cpus=4, num_gpus=4, resources=a100, gcs_server_port=_free_port(),
                                        include_dashboard=False, dashboard_port=_free_port(), temp_dir=tmp),
@@ -102,7 +114,7 @@ def test_gpus_taken_by_others_make_the_plan_unplaceable(ray_cluster):
     from ray.util.placement_group import placement_group, remove_placement_group
 
     # Someone holds 2 GPUs on each A100 node: 4 GPUs free, but no node has a whole TP group of 4.
-    accel = {"accelerator_type:A100-80G": 0.001}
+    accel = {_detected("A100-80GB"): 0.001}
     others = placement_group([{"GPU": 2, **accel}, {"GPU": 2, **accel}], strategy="STRICT_SPREAD")
     assert others.wait(timeout_seconds=30)
     try:

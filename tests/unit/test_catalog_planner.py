@@ -136,7 +136,8 @@ def test_planned_arm_is_a_valid_fleet_arm():
     fleet = parse_fleet({"name": "big", "cluster": {"device": "gpu", "nodes": 2, "devices_per_node": 4,
                                                       "gpu_type": "A100-80GB"},
                          "arms": [plan.arm()]})
-    assert fleet.arms[0].placement.accelerator_type == "A100-80G"
+    # What Ray detects on an A100 node, whatever its memory (tests/unit/test_kuberay_placement.py).
+    assert fleet.arms[0].placement.accelerator_type == "A100"
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,7 +4,8 @@
 * every rendered built-in kind validated strictly with kubernetes-validate;
 * RayService (and its rayClusterConfig as a RayCluster spec) validated against the KubeRay CRD
   openAPIV3Schema shipped in tests/k8s-schemas (see its README for source and licence);
-* the rendered serveConfigV2 `args.fleet` parses as a fleet spec and equals the values' fleet;
+* the rendered serveConfigV2 `args.fleet` parses as a fleet spec and equals the values' fleet
+  without its live parts (routes, rollout, auth: see test_kuberay_serve_config.py);
 * bad values rejected by values.schema.json with a message naming the field;
 * values.schema.json equals what scripts/gen-values-schema.py generates from the pydantic model.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import runpy
 import subprocess
@@ -44,10 +46,12 @@ ALL_ON = {
     "httpRoute": {"enabled": True, "hostnames": ["llm.example.com"]},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {"enabled": True},
-    "modelCache": {"existingClaim": "llama-weights"},
+    "modelCache": {"enabled": True, "existingClaim": "llama-weights"},
+    "hfToken": {"existingSecret": "hf-token"},
     "apiKeys": {"keys": "sk-one,sk-two"},
     "networkPolicy": {"endpointFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]},
     "head": {"nodeSelector": {"pool": "cpu"}, "rayStartParams": {"num-gpus": "0"}},
+    "workers": {"env": [{"name": "NCCL_DEBUG", "value": "WARN"}], "envFrom": [{"secretRef": {"name": "s3"}}]},
 }
 
 
@@ -111,7 +115,8 @@ CASES = {"default": []} | {p.stem: [p] for p in EXAMPLES}
 
 def test_both_examples_exist():
     names = {p.stem for p in EXAMPLES}
-    assert names == {"llama3-70b-tp8-1x8-h100", "llama3-70b-tp4-pp2-2x4-a100-80gb"}
+    assert names == {"llama3-70b-tp8-1x8-h100", "llama3-70b-tp4-pp2-2x4-a100-80gb",
+                     "llama2-to-llama3-70b-rollout-2x8-h100"}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -135,10 +140,12 @@ def test_rendered_objects_validate(case, tmp_path):
     cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "x"},
                "spec": rs["spec"]["rayClusterConfig"]}
     validate_against_crd(cluster, "ray.io_rayclusters.yaml")
-    expected = {"Deployment", "NetworkPolicy", "PersistentVolumeClaim", "Pod", "RayService", "Role",
+    expected = {"Deployment", "NetworkPolicy", "Pod", "RayService", "Role", "PodDisruptionBudget",
                 "RoleBinding", "Secret", "Service", "ServiceAccount", "ConfigMap"}
+    if case == "llama2-to-llama3-70b-rollout-2x8-h100":
+        expected |= {"PersistentVolumeClaim"}  # a ReadWriteMany cache on an explicit class
     if case == "all-optional-objects":
-        expected = (expected - {"PersistentVolumeClaim"}) | {"Ingress", "HTTPRoute", "ServiceMonitor", "PrometheusRule"}
+        expected |= {"Ingress", "HTTPRoute", "ServiceMonitor", "PrometheusRule"}
     assert set(kinds) == expected
 
 
@@ -152,9 +159,10 @@ def test_serve_config_carries_the_fleet_verbatim(case):
     assert app["name"] == fleet.name
     if CASES[case]:
         given = yaml.safe_load(CASES[case][0].read_text())
-        # Nothing of the chart's default fleet leaks into the example's (Helm deep-merges maps).
-        assert app["args"]["fleet"] == given["fleet"]
-        assert serve == kuberay.serve_config_v2(given["fleet"])
+        # Nothing of the chart's default fleet leaks into the example's (Helm deep-merges maps);
+        # the live parts go to per-deployment overrides (test_kuberay_serve_config.py).
+        live = {"routes", "rollout", "auth"}
+        assert app["args"]["fleet"] == {k: v for k, v in given["fleet"].items() if k not in live}
 
 
 def test_examples_are_what_the_planner_emits(tmp_path):
@@ -185,12 +193,16 @@ def test_worker_groups_match_the_python_kuberay_spec():
     assert pod_r["nodeSelector"] == pod_p["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert pod_r["tolerations"] == pod_p["tolerations"]
     res_r, res_p = pod_r["containers"][0]["resources"], pod_p["containers"][0]["resources"]
-    assert res_r == res_p and res_r["limits"]["nvidia.com/gpu"] == 4
+    assert res_r == res_p and res_r["limits"]["nvidia.com/gpu"] == "4"
     assert rendered["replicas"] == 2  # two 4-GPU nodes for TP=4 x PP=2
     shm = [v for v in pod_r["volumes"] if v["name"] == "dshm"][0]
     assert shm["emptyDir"]["medium"] == "Memory"
+    assert rendered["rayStartParams"] == python["rayStartParams"] == {"num-gpus": "4"}
     # The Python RayService (for users without Helm) validates against the CRD as well.
-    validate_against_crd(kuberay.rayservice(given["fleet"], given["workerGroups"]), "ray.io_rayservices.yaml")
+    from corral.serving.app import serve_config
+
+    config = serve_config(parse_fleet(given["fleet"], source="example"))
+    validate_against_crd(kuberay.rayservice(config, given["workerGroups"]), "ray.io_rayservices.yaml")
 
 
 def test_controller_role_is_least_privilege():
@@ -236,7 +248,8 @@ def test_helm_test_hook_calls_v1_models():
     (pod,) = by_kind(render(), "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     script = pod["spec"]["containers"][0]["args"][0]
-    assert "/v1/models" in script and "llm-corral:8000" in script
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert "call /v1/models" in script and env["BASE"] == "http://llm-corral-serve-svc.serving.svc:8000"
     assert "llama-3.1-8b-instruct" in script  # every arm must be listed
 
 
@@ -275,7 +288,10 @@ BAD_VALUES = [
                         "cpu": "8", "memory": "64Gi"}]}, "/workerGroups/0/gpusPerNode"),
     ({"workerGroups": [{"name": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 1, "gpusPerNode": 8,
                         "cpu": "lots", "memory": "64Gi"}]}, "/workerGroups/0/cpu"),
-    ({"service": {"type": "Bogus"}}, "/service/type"),
+    ({"rayService": {"upgradeStrategy": "Bogus"}}, "/rayService/upgradeStrategy"),
+    ({"workerGroups": [{"name": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 1, "gpusPerNode": 8,
+                        "cpu": "8", "memory": "64Gi", "rayStartParams": {"num-gpus": 8}}]},
+     "/workerGroups/0/rayStartParams/num-gpus"),
     ({"rolloutControler": {"enabled": False}}, "additional properties 'rolloutControler' not allowed"),
 ]
 
@@ -292,6 +308,9 @@ def test_values_schema_is_generated_from_the_fleet_model():
     gen = runpy.run_path(str(ROOT / "scripts" / "gen-values-schema.py"))
     committed = (CHART / "values.schema.json").read_text()
     assert committed == gen["render"](), "stale: run python scripts/gen-values-schema.py"
+    # The spec defaults the templates read (Helm's .Files cannot read values.schema.json).
+    assert (CHART / "files" / "spec-defaults.json").read_text() == gen["render_defaults"](), \
+        "stale: run python scripts/gen-values-schema.py"
     schema = json.loads(committed)
     assert schema["properties"]["fleet"] == {"$ref": "#/$defs/FleetSpec",
                                             "description": schema["properties"]["fleet"]["description"]}
@@ -356,23 +375,15 @@ def test_dashboard_queries_use_exported_series_and_resolve():
     assert sum("ray_vllm_" in q.expr for q in queries) >= 5
 
 
-def test_controller_runs_a_real_cli_command_on_the_mounted_fleet():
-    import re
-
-    from corral.cli import build_parser
-    from corral.cluster.spec import parse_fleet
-
+def test_controller_reads_the_mounted_fleet():
     docs = render()
     (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-controller")]
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    env = {e["name"]: e.get("value", f"<{e['name']}>") for e in container["env"]}
-    argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], a) for a in container["command"] + container.get("args", [])]
-    assert argv[0] == "corral"
-    args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on a command the CLI does not have
-    assert args.func.__module__ == "corral.commands.rollout" and args.kube == env["CORRAL_RAYSERVICE"]
+    fleet_path = container["command"][3]
+    assert container["command"][:3] == ["corral", "rollout", "run"]
     # The fleet file it names is the ConfigMap mounted there, holding a valid fleet spec.
-    mount = next(m for m in container["volumeMounts"] if args.fleet.startswith(m["mountPath"]))
+    mount = next(m for m in container["volumeMounts"] if fleet_path.startswith(m["mountPath"]))
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]]
-    parse_fleet(yaml.safe_load(cm["data"][Path(args.fleet).name]), source="chart fleet ConfigMap")
+    parse_fleet(yaml.safe_load(cm["data"][Path(fleet_path).name]), source="chart fleet ConfigMap")
