@@ -1,7 +1,7 @@
 """Benchmark: corral's autoscaling policy vs Ray Serve's default vs an offline oracle.
 
 All three run in one process over the same trace, through the same simulated Serve
-controller (corral.autoscaler.simulator). Prints one JSON document with the results side by
+controller (corral.autoscaler.sim). Prints one JSON document with the results side by
 side and the goal's ratios; writes plots (replicas vs load over time) to OUT_DIR.
 
     python benchmarks/autoscaler_sim.py OUT_DIR [--speedup 1] [--limit-s S] [--curve FILE]
@@ -20,6 +20,7 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 GOAL_ATTAINMENT = 0.99
@@ -30,7 +31,7 @@ def run_policy(name: str, requests, curve, sim, spec, target: float):
     """One policy over the requests, as serving/app.py would configure it for the arm."""
     from ray.serve.config import AutoscalingConfig
 
-    from corral.autoscaler import simulator as S
+    from corral.autoscaler import sim as S
     from corral.autoscaler.policy import CorralAutoscalingPolicy
     from corral.cluster.spec.autoscaling import serve_autoscaling_config
 
@@ -50,11 +51,11 @@ def run_policy(name: str, requests, curve, sim, spec, target: float):
 def with_oracle_start(requests, curve, sim, oracle_target: float):
     """The calibrated oracle, and the sim config every policy then starts from: the oracle's
     opening fleet, so start-up transients are equal."""
-    from corral.autoscaler import simulator as S
+    from corral.autoscaler import sim as S
 
     oracle = S.calibrated_oracle(requests, curve, sim, oracle_target)
     init = min(max(int(oracle.timeline["target"][0]), 1), sim.max_replicas)
-    return oracle, S.replace(sim, initial_replicas=init)
+    return oracle, replace(sim, initial_replicas=init)
 
 
 def compare(requests, curve, sim, spec, oracle_target: float, targets: dict[str, float]):
@@ -103,7 +104,7 @@ def choose_target(name: str, requests, curve, sim, spec, grid: list[float]) -> d
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir", help="folder for the plots")
-    ap.add_argument("--trace", default="../shared/traces/azure_llm_conv_2023.csv")
+    ap.add_argument("--trace", default=None, help="trace CSV (default: the Azure conversation trace shipped with corral)")
     ap.add_argument("--speedup", type=float, default=1.0, help="time compression of the trace")
     ap.add_argument("--limit-s", type=float, default=None, help="replay only the first S (compressed) seconds")
     ap.add_argument("--keep", type=float, default=1.0, help="share of the trace's requests kept (seeded)")
@@ -125,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
 
-    from corral.autoscaler import simulator as S
+    from corral.autoscaler import sim as S
     from corral.cluster.spec.autoscaling import AutoscalingSpec
 
     curve = S.LatencyCurve.load(args.curve) if args.curve else S.LatencyCurve.default()
     knee = args.target or float(curve.knee())
-    requests = S.load_trace(args.trace, speedup=args.speedup, limit_s=args.limit_s, keep=args.keep,
+    requests = S.load_trace(args.trace or S.DEFAULT_TRACE, speedup=args.speedup, limit_s=args.limit_s, keep=args.keep,
                             token_scale=args.token_scale)
     sim = S.SimConfig(ttft_slo_s=args.ttft_slo_s, itl_slo_s=args.itl_slo_s, max_num_seqs=args.max_num_seqs,
                       cold_start_s=args.cold_start_s, min_replicas=1, max_replicas=64)

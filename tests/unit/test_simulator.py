@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from corral.autoscaler import simulator as S
+from corral.autoscaler import sim as S
 from corral.autoscaler.policy import CorralAutoscalingPolicy
 from corral.cluster.spec.autoscaling import AutoscalingSpec, serve_autoscaling_config
 
@@ -75,8 +75,6 @@ def test_ray_default_policy_is_rays_own_function():
 
 def test_trace_loads_and_compresses():
     path = S.DEFAULT_TRACE
-    if not path.exists():
-        pytest.skip("shared trace not present")
     full = S.load_trace(path, limit_s=60)
     fast = S.load_trace(path, speedup=4, limit_s=15)
     assert len(fast) == len(full) and fast[-1].arrival_s == pytest.approx(full[-1].arrival_s / 4)
@@ -104,3 +102,17 @@ def test_bad_curve_refused():
     with pytest.raises(ValueError, match="ascend"):
         S.LatencyCurve(batch=(4, 2), itl_s=(0.01, 0.02))
     assert S.LatencyCurve.default().knee() >= 1
+
+
+def test_ray_compat_shims_reach_rays_private_functions():
+    """Each shim calls the Ray 2.60 function it names (ray/serve/autoscaling_policy.py); a Ray
+    that moved or reshaped one fails here, not in a simulation."""
+    from corral.serving import _ray_compat as rc
+
+    cfg = S.serve_config(1, 10, 1, 2, upscale_delay_s=5, downscale_delay_s=0)
+    assert rc.apply_scaling_factors(6, 2, cfg) == 6
+    assert "x" not in rc.internal_policy_state({"x": 1})  # only Serve's own keys
+    n, state = rc.apply_delay_logic(6, 2, cfg, rc.internal_policy_state({}), _now=100.0)
+    assert n == 2  # the upscale delay has just started
+    n, _ = rc.apply_delay_logic(6, 2, cfg, state, _now=105.0)
+    assert n == 6
