@@ -2,11 +2,12 @@
 
 The goal (the same words in `benchmarks/autoscaler_sim.py` and the README):
 
-* **attainment**: the share of requests within SLO is at least `min(99 %, oracle's - 0.5 point)`,
-  where the oracle is the cheapest offline plan that reaches 99 % (or, where no plan of
-  replicas can, because some prompts miss the TTFT SLO at any replica count, the most
-  generous plan tried); so the bar is what is feasible on that workload;
-* **cost**: replica-seconds at most 1.15x the oracle's;
+* **attainment**: the share of requests within SLO is at least `min(99 %, feasible - 0.5 point)`,
+  where *feasible* is what the most generous oracle plan tried (4x the ideal replicas, each
+  asked for a cold start ahead) attains: below 100 % where some prompts miss the TTFT SLO at
+  any replica count; so the bar is what is feasible on that workload;
+* **cost**: replica-seconds at most 1.15x the oracle's, the oracle being the cheapest offline
+  plan that reaches 99 % (or the most generous one tried where none does);
 * **better than Ray Serve's default policy**: better on attainment or replica-seconds and
   no worse on the other (within 0.1 point / 1 %).
 """
@@ -24,10 +25,10 @@ from corral.autoscaler.sim.workload import Request
 GOAL_ATTAINMENT = 0.99
 """Attainment asked for where it is feasible."""
 GOAL_ORACLE_SLACK = 0.005
-"""Where the oracle itself reaches less: its attainment less this (0.5 point)."""
+"""Where even the most generous oracle reaches less: its attainment less this (0.5 point)."""
 GOAL_COST_VS_ORACLE = 1.15
 """Most replica-seconds, as a multiple of the oracle's."""
-GOAL_TEXT = (f"SLO attainment >= min({GOAL_ATTAINMENT:.0%}, oracle's - {GOAL_ORACLE_SLACK * 100:g} point) with "
+GOAL_TEXT = (f"SLO attainment >= min({GOAL_ATTAINMENT:.0%}, feasible - {GOAL_ORACLE_SLACK * 100:g} point) with "
              f"replica-seconds <= {GOAL_COST_VS_ORACLE}x the oracle's, and better than Ray Serve's default policy")
 
 
@@ -44,8 +45,8 @@ def calibrated_oracle(requests: list[Request], curve: LatencyCurve, sim: SimConf
     """The cheapest oracle plan that meets `goal` SLO attainment: bisect the headroom factor
     on the ideal in-service count (the ideal count ignores queueing and prefill stalls, so
     the bare plan, x1, under-provisions). Returns the cheapest run that met the goal (or
-    the most generous one tried, if none did)."""
-    best = run_oracle(requests, curve, sim, target_ongoing, hi)
+    the most generous one tried, if none did). The most generous run's attainment is kept as `feasible_attainment` on the result."""
+    best = generous = run_oracle(requests, curve, sim, target_ongoing, hi)
     for _ in range(steps):
         mid = (lo + hi) / 2
         res = run_oracle(requests, curve, sim, target_ongoing, mid)
@@ -53,17 +54,19 @@ def calibrated_oracle(requests: list[Request], curve: LatencyCurve, sim: SimConf
             best, hi = res, mid
         else:
             lo = mid
+    best.feasible_attainment = generous.slo_attainment
     return best
 
 
-def attainment_bar(oracle_attainment: float) -> float:
-    """The attainment a policy must reach on a workload where the oracle reached this."""
-    return min(GOAL_ATTAINMENT, oracle_attainment - GOAL_ORACLE_SLACK)
+def attainment_bar(feasible_attainment: float) -> float:
+    """The attainment a policy must reach on a workload where the most generous oracle reached this."""
+    return min(GOAL_ATTAINMENT, feasible_attainment - GOAL_ORACLE_SLACK)
 
 
-def judge(policy: dict[str, Any], oracle: dict[str, Any], ray_default: dict[str, Any]) -> dict[str, Any]:
+def judge(policy: dict[str, Any], oracle: dict[str, Any], ray_default: dict[str, Any],
+          feasible_attainment: float) -> dict[str, Any]:
     """The goal's verdict for one policy on one workload, from `SimResult.summary()`s."""
-    bar = attainment_bar(oracle["slo_attainment"])
+    bar = attainment_bar(feasible_attainment)
     cost = policy["replica_seconds"] / oracle["replica_seconds"]
     a, r = policy["slo_attainment"], ray_default["slo_attainment"]
     vs_ray = policy["replica_seconds"] / ray_default["replica_seconds"]

@@ -65,7 +65,9 @@ class SimResult:
     timeline: dict[str, list[float]]
     decisions: list[tuple[float, int, str]]
     ok: np.ndarray | None = None
-    """Per request: met its SLO (for judging against what was feasible)."""
+    """Per request: met its SLO."""
+    feasible_attainment: float | None = None
+    """Oracle runs (`calibrated_oracle`): what its most generous plan attained."""
 
     def summary(self) -> dict[str, Any]:
         return {"slo_attainment": round(float(self.slo_attainment), 5),

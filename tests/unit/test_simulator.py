@@ -116,3 +116,31 @@ def test_ray_compat_shims_reach_rays_private_functions():
     assert n == 2  # the upscale delay has just started
     n, _ = rc.apply_delay_logic(6, 2, cfg, state, _now=105.0)
     assert n == 6
+
+
+def _summary(att, rs):
+    return {"slo_attainment": att, "replica_seconds": rs}
+
+
+def test_goal_bar_is_what_is_feasible_and_cost_is_against_the_oracle():
+    # Where the generous oracle reaches 99.9 %, the bar is 99 %; where it reaches 95 %, 94.5 %.
+    assert S.attainment_bar(0.999) == pytest.approx(0.99)
+    assert S.attainment_bar(0.95) == pytest.approx(0.945)
+    oracle, ray = _summary(0.99, 1000.0), _summary(0.80, 2000.0)
+    met = S.judge(_summary(0.991, 1100.0), oracle, ray, feasible_attainment=0.999)
+    assert met["met"] and met["replica_seconds_vs_oracle"] == 1.1 and met["better_than_ray_default"]
+    # Over 1.15x the oracle's replica-seconds: not met, whatever the attainment.
+    assert not S.judge(_summary(0.999, 1200.0), oracle, ray, 0.999)["met"]
+    # Below the bar: not met; on an infeasible workload the lower bar is met.
+    assert not S.judge(_summary(0.985, 1000.0), oracle, ray, 0.999)["attainment_met"]
+    assert S.judge(_summary(0.946, 1000.0), _summary(0.95, 1000.0), ray, 0.95)["attainment_met"]
+    # Not better than Ray's default when it attains more at the same cost.
+    assert not S.judge(_summary(0.991, 1100.0), oracle, _summary(0.995, 1100.0), 0.999)["better_than_ray_default"]
+
+
+def test_calibrated_oracle_records_what_is_feasible():
+    reqs = [S.Request(i * 0.25, 20, 20) for i in range(400)]
+    sim = S.SimConfig(max_replicas=16, max_num_seqs=8, cold_start_s=10, itl_slo_s=0.5)
+    o = S.calibrated_oracle(reqs, S.LatencyCurve.default(), sim, 4, steps=3)
+    assert o.feasible_attainment is not None and o.feasible_attainment >= o.slo_attainment
+    assert o.policy.startswith("oracle(x")
