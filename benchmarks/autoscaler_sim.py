@@ -3,14 +3,18 @@ workload family (`corral.autoscaler.sim.family`).
 
 All three run in one process over the same requests, through the same simulated Serve
 controller (`corral.autoscaler.sim`). One setting for all: each policy's configuration is
-chosen once, on the tuning set (by default the first half of the Azure conversation trace and
-one draw of the x3 bursty MMPP), as the cheapest batch target in `--targets` that meets the
-attainment bar on every tuning member; then it is judged, unchanged, on every member of the
-family (generated members drawn with another seed). Prints one JSON document (per workload:
+chosen once and judged, unchanged, on every member of the family (generated members drawn with
+another seed than the tuning draws). By default the setting is the capacity plan's: the spec's
+defaults with the batch target at the latency curve's knee (what `corral plan capacity`
+writes), for both policies. With `--targets T1,T2,...` each policy's target is instead the
+cheapest of those meeting the attainment bar on every member of the tuning set (the first half
+of the Azure conversation trace and one draw of the x3 bursty MMPP; the best worst margin if
+none does). Prints one JSON document (per workload:
 attainment, replica-seconds vs the oracle and vs Ray's default, scale events, the verdict) and
 writes one plot per workload (offered load; replicas vs load for each policy) to OUT_DIR.
 
     python benchmarks/autoscaler_sim.py OUT_DIR [--workloads a,b] [--targets 3,2.5,2] [--set FIELD=VALUE]
+    (the committed runs: `nice -n 10 python benchmarks/autoscaler_sim.py OUT` and the same with `--targets 3,2.5,2`)
 
 The goal (`corral.autoscaler.sim.evaluate`): SLO attainment >= min(99 %, oracle's - 0.5 point),
 replica-seconds <= 1.15x the oracle's, and better than Ray Serve's default policy. The oracle
@@ -112,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir", help="folder for the plots (and result.json)")
     ap.add_argument("--workloads", default=None, help="judge only these members (comma-separated names)")
     ap.add_argument("--duration-s", type=float, default=1800.0, help="length of each generated member")
-    ap.add_argument("--targets", default="3,2.5,2", metavar="T1,T2,...",
-                    help="batch targets to choose each policy's setting from, on the tuning set")
+    ap.add_argument("--targets", default=None, metavar="T1,T2,...",
+                    help="batch targets to choose each policy's setting from, on the tuning set (default: only "
+                         "the curve's knee, the target `corral plan capacity` writes: the setting is the capacity "
+                         "plan's, and no workload is used to choose it)")
     ap.add_argument("--tuning", default=",".join(TUNING), help="tuning members (drawn with seed 0)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override an autoscaling spec field for both policies, e.g. downscale_delay_s=60")
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(tuning_names + judged_names) - set(fam))
     if unknown:
         ap.error(f"unknown workload(s) {unknown}; the family: {sorted(fam)}")
-    grid = [float(t) for t in args.targets.split(",")]
+    grid = [float(t) for t in args.targets.split(",")] if args.targets else [knee]
     t0 = time.time()
 
     log(f"tuning on {tuning_names} (seed {TUNING_SEED})")
@@ -161,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     results, plots = {}, []
     for name in judged_names:
         m = Member(fam[name], JUDGE_SEED, curve, sim, knee)
-        # The recorded trace is the same at every seed: its tuning half is not held out.
-        held_out = name not in tuning_names or fam[name].params.get("trace") is None
+        # Without --targets no workload chooses the setting. With it, the recorded trace is the
+        # same at every seed: its tuning half is not held out.
+        held_out = not args.targets or name not in tuning_names or fam[name].params.get("trace") is None
         results[name], runs = judge_member(m, curve, spec, targets, held_out)
         g = results[name]["goal"]
         log(f"{name}: corral {results[name]['policies']['corral']['slo_attainment']:.4f} (bar {g['attainment_bar']:.4f}) "
@@ -177,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         "curve": curve.name, "knee_batch": knee, "cold_start_s": args.cold_start_s,
         "max_num_seqs": args.max_num_seqs, "slo": {"ttft_s": args.ttft_slo_s, "itl_s": args.itl_slo_s},
         "spec_overrides": overrides,
-        "protocol": (f"one setting per policy: the cheapest batch target in {grid} meeting the attainment bar on "
-                     f"every tuning member {tuning_names} (seed {TUNING_SEED}); judged unchanged on each member "
-                     f"(generated members at seed {JUDGE_SEED}); held_out=false marks a judged member whose data "
-                     "were used for tuning"),
+        "protocol": ((f"one setting per policy: the cheapest batch target in {grid} meeting the attainment bar "
+                      f"on every tuning member {tuning_names} (seed {TUNING_SEED})" if args.targets else
+                      f"one setting for both policies: the capacity plan's batch target (the curve's knee, {knee:g}) "
+                      "and the spec's defaults, no workload used to choose it")
+                     + f"; judged unchanged on each member (generated members at seed {JUDGE_SEED}); held_out=false "
+                       "marks a member whose data a --targets choice would see"),
         "tuning": chosen,
         "workloads": results,
         "summary": {

@@ -276,7 +276,7 @@ def test_adapter_through_ray_serve_wrapper():
     assert state["corral_last_decision"]["operator"] == "scale_up"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(cfg=configs(), s=signals(), more=st.floats(0, 2000, allow_nan=False), rising=st.floats(0, 5))
 def test_more_load_never_asks_for_fewer_replicas(cfg, s, more, rising):
     """assess is monotone in load: more ongoing requests (all else equal) never lowers the
@@ -290,7 +290,7 @@ def test_more_load_never_asks_for_fewer_replicas(cfg, s, more, rising):
     assert max(c.load_replicas, c.urgent_replicas) >= max(a.load_replicas, a.urgent_replicas)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(cfg=configs(), s=signals(), more=st.floats(0, 2000, allow_nan=False), dt=st.floats(0, 600),
        history=st.lists(signals(), max_size=6))
 def test_decide_is_monotone_in_load_from_any_state(cfg, s, more, dt, history):
@@ -304,7 +304,7 @@ def test_decide_is_monotone_in_load_from_any_state(cfg, s, more, dt, history):
     assert heavy.replicas >= light.replicas
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(cfg=configs(), sigs=st.lists(signals(), min_size=1, max_size=12), dt=st.floats(0.1, 700))
 def test_at_most_the_stated_fraction_removed_per_step(cfg, sigs, dt):
     state, now = PolicyState(), 0.0
