@@ -36,9 +36,10 @@ import threading
 import time
 from pathlib import Path
 
+from corral.common.traces import DEFAULT_TRACE as TRACE
+
 ROOT = Path(__file__).resolve().parents[1]
 FLEET = ROOT / "benchmarks" / "fleets" / "autoscale-live.yaml"
-TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_conv_2023.csv"
 DECISION = re.compile(r"corral autoscaler: (?P<arm>\S+) (?P<op>scale_up|scale_down) (?P<old>\d+) -> (?P<new>\d+): (?P<why>.*)$")
 
 

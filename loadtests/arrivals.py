@@ -7,14 +7,11 @@ at scheduled times whatever the server does: constant rate, Poisson, or a replay
 
 from __future__ import annotations
 
-import csv
 import random
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-# Relative to the repository root (the shared folder sits beside the checkout).
-DEFAULT_TRACE = Path("..") / "shared" / "traces" / "azure_llm_conv_2023.csv"
+from corral.common.traces import DEFAULT_TRACE, TraceRow, keep_mask, read_trace, scale_tokens
 
 
 @dataclass(frozen=True)
@@ -69,35 +66,10 @@ def poisson_schedule(rate_rps: float, duration_s: float, input_tokens: int, outp
     return out
 
 
-@dataclass(frozen=True)
-class TraceRow:
-    t_s: float
-    """Seconds after the trace's first request."""
-    context_tokens: int
-    generated_tokens: int
-
-
-def load_trace(path: str | Path) -> list[TraceRow]:
-    """Read an Azure LLM inference trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)."""
-    p = Path(path)
-    rows: list[TraceRow] = []
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{p}: trace lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
-        t0 = None
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                # Azure writes 7 fractional digits; datetime takes at most 6.
-                stamp = datetime.fromisoformat(row["TIMESTAMP"][:26])
-                ctx, gen = int(row["ContextTokens"]), int(row["GeneratedTokens"])
-            except ValueError as exc:
-                raise ValueError(f"{p}:{line_no}: bad trace row {row}: {exc}") from None
-            t0 = stamp if t0 is None else t0
-            rows.append(TraceRow((stamp - t0).total_seconds(), ctx, gen))
-    rows.sort(key=lambda r: r.t_s)
-    return rows
+def load_trace(path: str | Path = DEFAULT_TRACE) -> list[TraceRow]:
+    """Read an Azure LLM inference trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens), or .csv.gz.
+    The one trace reader, `corral.common.traces.read_trace`."""
+    return read_trace(path)
 
 
 @dataclass(frozen=True)
@@ -128,13 +100,13 @@ def trace_schedule(rows: list[TraceRow], start_s: float = 0.0, duration_s: float
         raise ValueError(f"keep={keep} must lie in (0, 1]")
     if not 0 < token_scale <= 1:
         raise ValueError(f"token_scale={token_scale} must lie in (0, 1]")
-    rng = random.Random(seed)
     if duration_s is not None and duration_s <= 0:
         raise ValueError(f"duration_s={duration_s} must be > 0")
+    kept = keep_mask(len(rows), keep, seed)  # over the whole trace: same seed, same rows as the simulator
     out: list[Arrival] = []
     clipped = 0
     last_t = start_s
-    for row in rows:
+    for row, k in zip(rows, kept):
         if row.t_s < start_s:
             continue
         at = (row.t_s - start_s) / speedup
@@ -142,10 +114,10 @@ def trace_schedule(rows: list[TraceRow], start_s: float = 0.0, duration_s: float
             break
         if max_requests is not None and len(out) >= max_requests:
             break
-        if keep < 1 and rng.random() >= keep:
+        if not k:
             continue
-        ctx = max(1, round(row.context_tokens * token_scale))
-        gen = max(min_output_tokens, round(row.generated_tokens * token_scale))
+        ctx = scale_tokens(row.context_tokens, token_scale)
+        gen = scale_tokens(row.generated_tokens, token_scale, minimum=min_output_tokens)
         if max_total_tokens is not None and ctx + gen > max_total_tokens:
             clipped += 1
             gen = min(gen, max_total_tokens // 2)

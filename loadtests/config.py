@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from corral.loadtests.arrivals import (
+    DEFAULT_TRACE,
     Arrival,
     constant_schedule,
     load_trace,
@@ -49,8 +50,9 @@ class LoadConfig:
     """Answer length for synthetic modes."""
     force_output: bool = True
     """Send ignore_eos + min_tokens so answers have exactly the asked length (vLLM extension)."""
-    trace_path: str = "../shared/traces/azure_llm_conv_2023.csv"
-    """trace: Azure LLM trace CSV (relative paths are resolved against the current directory)."""
+    trace_path: str = str(DEFAULT_TRACE)
+    """trace: Azure LLM trace CSV or .csv.gz (relative paths are resolved against the current directory);
+    default: the Azure conversation trace shipped with corral."""
     trace_start_s: float = 0.0
     """trace: where in the trace to start (trace time)."""
     trace_speedup: float = 1.0

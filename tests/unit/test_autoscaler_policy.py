@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -272,3 +274,44 @@ def test_adapter_through_ray_serve_wrapper():
     n, state = policy(ctx)
     assert n == 6  # 80 requests / 8 per replica = 10, capped at max_replicas
     assert state["corral_last_decision"]["operator"] == "scale_up"
+
+
+@settings(max_examples=150, deadline=None)
+@given(cfg=configs(), s=signals(), more=st.floats(0, 2000, allow_nan=False), rising=st.floats(0, 5))
+def test_more_load_never_asks_for_fewer_replicas(cfg, s, more, rising):
+    """assess is monotone in load: more ongoing requests (all else equal) never lowers the
+    replicas wanted up, nor those kept on the way down."""
+    heavier = Signals(**{**s.__dict__, "ongoing_requests": s.ongoing_requests + more})
+    a, b = assess(s, cfg, rising), assess(heavier, cfg, rising)
+    assert max(b.load_replicas, b.urgent_replicas) >= max(a.load_replicas, a.urgent_replicas)
+    assert b.down_replicas >= a.down_replicas
+    # A steeper rise never asks for less either.
+    c = assess(s, cfg, rising + 1.0)
+    assert max(c.load_replicas, c.urgent_replicas) >= max(a.load_replicas, a.urgent_replicas)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cfg=configs(), s=signals(), more=st.floats(0, 2000, allow_nan=False), dt=st.floats(0, 600),
+       history=st.lists(signals(), max_size=6))
+def test_decide_is_monotone_in_load_from_any_state(cfg, s, more, dt, history):
+    state, now = PolicyState(), 100.0
+    for h in history:  # some memory: delay windows, trend, last scale-up
+        _, state = decide(h, cfg, state, now)
+        now += 15.0
+    heavier = Signals(**{**s.__dict__, "ongoing_requests": s.ongoing_requests + more})
+    light, _ = decide(s, cfg, state, now + dt)
+    heavy, _ = decide(heavier, cfg, state, now + dt)
+    assert heavy.replicas >= light.replicas
+
+
+@settings(max_examples=150, deadline=None)
+@given(cfg=configs(), sigs=st.lists(signals(), min_size=1, max_size=12), dt=st.floats(0.1, 700))
+def test_at_most_the_stated_fraction_removed_per_step(cfg, sigs, dt):
+    state, now = PolicyState(), 0.0
+    for s in sigs:
+        decision, state = decide(s, cfg, state, now)
+        current = s.target_replicas
+        if cfg.lower_bound <= current <= cfg.max_replicas:
+            # downscale_max_fraction of the current target, at least one replica, per decision.
+            assert decision.replicas >= current - max(1, math.floor(current * cfg.spec.downscale_max_fraction))
+        now += dt

@@ -1,10 +1,9 @@
 """Arrival processes, trace replay, prompt synthesis and load-test config validation."""
 
-from pathlib import Path
-
 import pytest
 
 from corral.loadtests.arrivals import (
+    DEFAULT_TRACE,
     TokenCalibration,
     constant_schedule,
     load_trace,
@@ -16,7 +15,7 @@ from corral.loadtests.arrivals import (
 )
 from corral.loadtests.config import LoadConfig, stages
 
-TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure_llm_conv_2023.csv"
+TRACE = DEFAULT_TRACE  # the trace shipped with corral
 
 
 def test_constant_schedule_is_evenly_spaced():
@@ -65,7 +64,6 @@ def test_same_seed_same_arrivals_at_a_rate_wherever_it_sits_in_a_sweep():
         assert sum(1 for x in p.schedule if x.at_s >= cfg.warmup_s) == round(p.rate_rps * cfg.duration_s)
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="shared Azure trace not present")
 def test_azure_trace_replay_compression_and_clipping():
     rows = load_trace(TRACE)
     assert len(rows) == 19366

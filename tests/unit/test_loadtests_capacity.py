@@ -197,7 +197,7 @@ def test_cli_writes_an_overlay_the_demo_fleet_accepts(results_dir, capsys):
     plan = json.loads((results_dir / "capacity-plan.json").read_text())
     assert plan["replicas"] == overlay["arms"][0]["replicas"]["max"]
     # The fitted curve is a file the autoscaler simulator reads as is (the contract between layers).
-    from corral.autoscaler.simulator import LatencyCurve
+    from corral.autoscaler.sim import LatencyCurve
 
     curve = LatencyCurve.load(results_dir / "latency-curve.json")
     assert curve.batch[0] == 1 and curve.batch[-1] >= plan["max_num_seqs"]

@@ -1,0 +1,281 @@
+"""The run loop: arrivals, routing, replicas, metric samples and Serve's controller, in simulated time.
+
+* Router: a request goes to the ready replica with the fewest ongoing requests that has
+  fewer than `max_ongoing_requests`; otherwise it waits at the handle (Serve's queue).
+  (Serve's router samples two replicas; least-loaded is a slightly idealised version.)
+* Replicas take `cold_start_s` from being asked for to serving, and count toward
+  replica-seconds from the moment they are asked for. A removed replica stops taking
+  requests, finishes the ones it holds, then stops (graceful drain).
+* Controller: every `tick_s` builds a Ray `AutoscalingContext` (ongoing and queued
+  requests averaged over `look_back_period_s`, sampled every `metrics_interval_s`; recent
+  per-replica TTFT and ITL p95 as custom metrics) and asks the policy for a target.
+
+A request meets its SLO when its TTFT <= ttft_slo_s and its mean inter-token latency
+<= itl_slo_s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from corral.autoscaler.policy import LAST_DECISION_KEY, METRIC_ITL_P95, METRIC_TTFT_P95
+from corral.autoscaler.sim.policies import PolicyFn, serve_controller_step
+from corral.autoscaler.sim.replica import LatencyCurve, Replica, Seq
+from corral.autoscaler.sim.workload import Request
+from corral.cluster.spec.autoscaling import max_ongoing_requests
+from corral.common.stats import percentile
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The simulated arm and controller."""
+
+    ttft_slo_s: float = 2.0
+    itl_slo_s: float = 0.1
+    min_replicas: int = 1
+    max_replicas: int = 64
+    initial_replicas: int = 1
+    max_num_seqs: int = 32
+    cold_start_s: float = 60.0
+    tick_s: float = 1.0
+    """Controller period (Serve's is 0.1 s; decisions use windowed metrics either way)."""
+    metrics_interval_s: float = 2.0
+    look_back_period_s: float = 20.0
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        # The deployment's max_ongoing_requests: the one rule the serving app applies.
+        return max_ongoing_requests(self.max_num_seqs)
+
+
+@dataclass
+class SimResult:
+    policy: str
+    slo_attainment: float
+    replica_seconds: float
+    scale_events: int
+    ttft_p95_s: float
+    itl_p95_s: float
+    requests: int
+    mean_replicas: float
+    timeline: dict[str, list[float]]
+    decisions: list[tuple[float, int, str]]
+    ok: np.ndarray | None = None
+    """Per request: met its SLO."""
+    feasible_attainment: float | None = None
+    """Oracle runs (`calibrated_oracle`): what its most generous plan attained."""
+
+    def summary(self) -> dict[str, Any]:
+        return {"slo_attainment": round(float(self.slo_attainment), 5),
+                "replica_seconds": round(float(self.replica_seconds), 1),
+                "scale_events": self.scale_events, "ttft_p95_s": round(self.ttft_p95_s, 3),
+                "itl_p95_s": round(self.itl_p95_s, 4), "mean_replicas": round(float(self.mean_replicas), 2),
+                "requests": self.requests}
+
+
+class _SimCtx:
+    """Stands in for ray.serve.config.AutoscalingContext when Ray is not importable; same attributes."""
+
+    def __init__(self, **kw: Any):
+        self.__dict__.update(kw)
+
+
+def _make_ctx(**kw: Any) -> Any:
+    try:
+        from ray.serve.config import AutoscalingContext
+    except ImportError:  # the simulator also runs without Ray (corral's policy needs nothing from it)
+        return _SimCtx(**kw)
+    return AutoscalingContext(**kw)
+
+
+def _p95(values: list[float]) -> float | None:
+    return percentile(values, 95)
+
+
+class _Run:
+    """One policy over one workload: the state of the fleet and the event handlers."""
+
+    def __init__(self, requests: list[Request], policy: PolicyFn, serve_config: Any, sim: SimConfig,
+                 curve: LatencyCurve, name: str):
+        self.requests, self.policy, self.serve_config = requests, policy, serve_config
+        self.sim, self.curve, self.name = sim, curve, name
+        n = len(requests)
+        self.ttft = np.full(n, np.nan)
+        self.itl = np.full(n, np.nan)
+        self.replicas = [Replica(rid=i, asked_s=0.0, ready_s=0.0) for i in range(sim.initial_replicas)]
+        self.handle_queue: deque[int] = deque()
+        self.target = sim.initial_replicas
+        self.policy_state: dict = {}
+        self.samples: deque = deque()  # (t, ongoing, queued)
+        self.recent: deque = deque()  # (t_done, replica, ttft, itl) of finished requests
+        self.decisions: list[tuple[float, int, str]] = []
+        self.tl: dict[str, list[float]] = {"t": [], "target": [], "ready": [], "ongoing": [], "queued": []}
+        self.scale_events = 0
+
+    # -- fleet
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.stopped_s is None and not r.draining]
+
+    def in_system(self) -> int:
+        return sum(r.ongoing() for r in self.replicas if r.stopped_s is None) + len(self.handle_queue)
+
+    def admit(self, rep: Replica, now: float) -> None:
+        # Move engine-waiting requests into the running batch; each one's prefill pauses decoding.
+        while rep.waiting and len(rep.running) < self.sim.max_num_seqs:
+            i = rep.waiting.popleft()
+            req = self.requests[i]
+            rep.stall_until_s = max(rep.stall_until_s, now) + self.curve.prefill(req.context_tokens)
+            self.ttft[i] = rep.stall_until_s - req.arrival_s
+            rep.running.append(Seq(i, rep.v + (req.generated_tokens - 1), rep.stall_until_s))
+
+    def route(self, now: float) -> None:
+        ready = [r for r in self.live() if r.ready_s <= now]
+        while self.handle_queue and ready:
+            rep = min(ready, key=lambda r: (r.ongoing(), r.rid))
+            if rep.ongoing() >= self.sim.max_ongoing_requests:
+                break
+            i = self.handle_queue.popleft()
+            rep.advance(now, self.curve)
+            rep.waiting.append(i)
+            self.admit(rep, now)
+
+    def complete(self, rep: Replica, now: float) -> None:
+        rep.advance(now, self.curve)
+        if now < rep.stall_until_s:
+            return
+        done = [s for s in rep.running if s.done_at_v <= rep.v + 1e-6]
+        if not done:
+            return
+        rep.running = [s for s in rep.running if s.done_at_v > rep.v + 1e-6]
+        for s in done:
+            g = self.requests[s.req].generated_tokens
+            self.itl[s.req] = (now - s.first_token_s) / (g - 1) if g > 1 else 0.0
+            self.recent.append((now, rep.rid, self.ttft[s.req], self.itl[s.req]))
+        self.admit(rep, now)
+        if rep.draining and rep.ongoing() == 0:
+            rep.stopped_s = now
+
+    def resize(self, new_target: int, now: float) -> None:
+        active = self.live()
+        if new_target > len(active):
+            for _ in range(new_target - len(active)):
+                self.replicas.append(Replica(rid=len(self.replicas), asked_s=now, ready_s=now + self.sim.cold_start_s,
+                                             last_s=now))
+        elif new_target < len(active):
+            # Serve stops replicas that are still starting first, then the least busy.
+            victims = sorted(active, key=lambda r: (r.ready_s <= now, r.ongoing(), -r.rid))[: len(active) - new_target]
+            for rep in victims:
+                rep.advance(now, self.curve)
+                rep.draining = True
+                # Engine-waiting requests are handed back to the handle queue (not dropped).
+                while rep.waiting:
+                    self.handle_queue.appendleft(rep.waiting.pop())
+                if rep.ongoing() == 0:
+                    rep.stopped_s = now
+
+    # -- controller
+    def context(self, now: float) -> Any:
+        sim = self.sim
+        while self.samples and self.samples[0][0] < now - sim.look_back_period_s:
+            self.samples.popleft()
+        while self.recent and self.recent[0][0] < now - sim.look_back_period_s:
+            self.recent.popleft()
+        ready = [r for r in self.live() if r.ready_s <= now]
+        per_rep: dict[int, tuple[list[float], list[float]]] = {}
+        for _, rid, tt, it in self.recent:
+            a, b = per_rep.setdefault(rid, ([], []))
+            a.append(tt)
+            b.append(it)
+        ready_ids = {r.rid for r in ready}
+        metrics = {METRIC_TTFT_P95: {f"r{rid}": _p95(a) for rid, (a, _) in per_rep.items() if rid in ready_ids},
+                   METRIC_ITL_P95: {f"r{rid}": _p95(b) for rid, (_, b) in per_rep.items() if rid in ready_ids}}
+        total = float(np.mean([s[1] for s in self.samples])) if self.samples else 0.0
+        queued = float(np.mean([s[2] for s in self.samples])) if self.samples else 0.0
+        return _make_ctx(
+            deployment_id=None, deployment_name=self.name, app_name="sim", current_num_replicas=len(ready),
+            target_num_replicas=self.target, running_replicas=[f"r{r.rid}" for r in ready], total_num_requests=total,
+            total_queued_requests=queued, aggregated_metrics=metrics, raw_metrics={},
+            capacity_adjusted_min_replicas=sim.min_replicas, capacity_adjusted_max_replicas=sim.max_replicas,
+            policy_state=dict(self.policy_state), last_scale_up_time=None, last_scale_down_time=None,
+            current_time=now, config=self.serve_config)
+
+    def tick(self, now: float) -> None:
+        ctx = self.context(now)
+        new_target, self.policy_state = serve_controller_step(self.policy, ctx, self.serve_config, now)
+        if new_target != self.target:
+            self.scale_events += 1
+            why = (self.policy_state.get(LAST_DECISION_KEY) or {}).get("reason", "")
+            self.decisions.append((now, new_target, why))
+            self.target = new_target
+        self.resize(self.target, now)
+        self.tl["t"].append(now)
+        self.tl["target"].append(self.target)
+        self.tl["ready"].append(ctx.current_num_replicas)
+        self.tl["ongoing"].append(self.in_system())
+        self.tl["queued"].append(len(self.handle_queue))
+
+    # -- loop
+    def next_completion(self) -> tuple[Replica | None, float]:
+        comp_rep, tc = None, math.inf
+        for r in self.replicas:
+            if r.stopped_s is None and r.running:
+                t = r.next_event_s(self.curve)
+                if t < tc:
+                    comp_rep, tc = r, t
+        return comp_rep, tc
+
+    def run(self) -> float:
+        """Events in time order: completions, arrivals, replicas becoming ready, metric samples,
+        controller ticks. Returns when every request is done, after the last arrival."""
+        n = len(self.requests)
+        arrival = [r.arrival_s for r in self.requests]
+        next_arrival, next_tick, next_sample, now = 0, 0.0, 0.0, 0.0
+        end_s = arrival[-1] if n else 0.0
+        while True:
+            finished = next_arrival >= n and not self.handle_queue and all(
+                r.ongoing() == 0 for r in self.replicas if r.stopped_s is None)
+            if finished and now > end_s:
+                return now
+            ta = arrival[next_arrival] if next_arrival < n else math.inf
+            comp_rep, tc = self.next_completion()
+            tr = min((r.ready_s for r in self.replicas if r.stopped_s is None and r.ready_s > now), default=math.inf)
+            now = min(ta, tc, next_tick, next_sample, tr)
+            if now == tc and comp_rep is not None:
+                self.complete(comp_rep, now)
+                self.route(now)
+            elif now == ta:
+                self.handle_queue.append(next_arrival)
+                next_arrival += 1
+                self.route(now)
+            elif now == tr:
+                self.route(now)
+            elif now == next_sample:
+                self.samples.append((now, self.in_system(), len(self.handle_queue)))
+                next_sample += self.sim.metrics_interval_s
+            else:
+                self.tick(now)
+                next_tick += self.sim.tick_s
+
+    def result(self, stop_all: float) -> SimResult:
+        n, sim = len(self.requests), self.sim
+        replica_seconds = sum((r.stopped_s if r.stopped_s is not None else stop_all) - r.asked_s for r in self.replicas)
+        ok = (self.ttft <= sim.ttft_slo_s) & (self.itl <= sim.itl_slo_s)
+        p95 = lambda a: percentile([float(x) for x in a if not math.isnan(x)], 95) or 0.0  # noqa: E731
+        return SimResult(
+            policy=self.name, slo_attainment=float(ok.mean()) if n else 1.0, replica_seconds=replica_seconds,
+            scale_events=self.scale_events, ttft_p95_s=p95(self.ttft) if n else 0.0,
+            itl_p95_s=p95(self.itl) if n else 0.0, requests=n, mean_replicas=replica_seconds / max(stop_all, 1e-9),
+            timeline=self.tl, decisions=self.decisions, ok=ok)
+
+
+def simulate(requests: list[Request], policy: PolicyFn, serve_config: Any, sim: SimConfig, curve: LatencyCurve,
+             name: str = "policy") -> SimResult:
+    """Run one policy over the requests. `serve_config` is a ray.serve.config.AutoscalingConfig
+    (as Serve would hold it for the deployment); `policy` is called like Serve calls it."""
+    run = _Run(requests, policy, serve_config, sim, curve, name)
+    return run.result(run.run())
