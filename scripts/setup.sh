@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${CORRAL_VENV:-.venv}
 PY=${PYTHON:-python3}
-inputs=$(cat pyproject.toml scripts/setup.sh scripts/install-helm.sh 2>/dev/null | sha256sum | cut -c1-16)
+inputs=$(cat pyproject.toml scripts/setup.sh scripts/install-helm.sh scripts/chart-checks.sh 2>/dev/null | sha256sum | cut -c1-16)
 stamp="$VENV/.corral-setup-$inputs"
 if [ -f "$stamp" ]; then
   exit 0
@@ -46,6 +46,8 @@ fi
 if [ -x scripts/install-helm.sh ]; then
   scripts/install-helm.sh
 fi
+say "chart and image linters (checkov in its own virtualenv, hadolint)"
+PYTHON="$VENV/bin/python" scripts/chart-checks.sh --install-only
 
 rm -f "$VENV"/.corral-setup-*
 touch "$stamp"
