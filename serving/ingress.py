@@ -422,6 +422,8 @@ class CorralIngress(OpenAiIngress):
         key, denied = self._authorize(request)
         if denied is not None:
             return denied
+        if not body.model:
+            return _error(Denied(400, "model is required: a route or an arm, see GET /v1/models"))
         route, preferred, arm = self._resolve(body, request)
         spec = self._admission
         limits = spec.limits(route)

@@ -252,7 +252,7 @@ def test_an_arm_failing_before_answering_fails_over_and_its_users_return_after_a
         other = await ingress.chat(chat_body(user=ub, stream=False), http_request())
         # The engine comes back: the probe puts a back in, its user returns.
         arms["a"].mode, arms["a"].healthy = "ok", True
-        for _ in range(200):
+        for _ in range(3000):  # up to 30 s on a loaded machine; the probe runs every 10 ms
             if ingress._health.is_up("a"):
                 break
             await asyncio.sleep(0.01)
@@ -296,7 +296,7 @@ def test_an_arm_that_does_not_answer_times_out_within_the_bound():
         return response, loop.time() - t0
 
     response, waited = run(go())
-    assert response.status_code == 503 and 0.2 <= waited < 2
+    assert response.status_code == 503 and 0.2 <= waited < 10  # the bound, not the hour the arm would take
     assert rec.records[0] == ("llama", "a", names.OUTCOME_TIMEOUT)
 
 
@@ -326,6 +326,7 @@ def test_client_errors_do_not_count_against_the_arm():
     (dict(messages=[{"role": "user", "content": "x"}] * 1025), "1025 messages are more than the limit of 1024"),
     (dict(messages=[]), "messages must not be empty"),
     (dict(max_tokens=100), "max_tokens=100 is larger than this model's cap of 50"),
+    (dict(model=None), "model is required"),
 ])
 def test_invalid_requests_are_400_in_openai_format(body, message):
     ingress, arms, rec = make_ingress({"route_defaults": {"max_tokens_cap": 50}})
