@@ -148,8 +148,9 @@ def scrub(text: str) -> str:
 
 
 class AdmissionGate:
-    """Pure ASGI middleware for what must be refused before the body is parsed: a POST body
-    that is not JSON (415), larger than `max_body_bytes` (413) or not UTF-8 (400). It also
+    """Pure ASGI middleware for what must be refused before the body is parsed: headers larger
+    than `max_header_bytes` (431), a POST body that is not JSON (415), larger than
+    `max_body_bytes` (413) or not UTF-8 (400). It also
     removes internal module paths from every JSON error body the app sends."""
 
     def __init__(self, app, live: LiveAdmission | None = None) -> None:
@@ -161,6 +162,11 @@ class AdmissionGate:
             await self.app(scope, receive, send)
             return
         send = _scrubbing(send)
+        header_bytes = sum(len(k) + len(v) for k, v in scope.get("headers", []))
+        if header_bytes > self.live.spec.max_header_bytes:
+            await _send_error(send, 431, f"request headers of {header_bytes} bytes are larger than the limit of "
+                                         f"{self.live.spec.max_header_bytes} bytes")
+            return
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -235,6 +241,7 @@ def _scrubbing(send):
 
 _ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
                 404: "NotFoundError", 413: "RequestTooLargeError", 415: "UnsupportedMediaTypeError",
+                431: "RequestHeaderFieldsTooLargeError",
                 429: "RateLimitError", 503: "ServiceUnavailableError"}
 
 

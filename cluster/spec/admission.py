@@ -72,6 +72,8 @@ class AdmissionSpec(_Strict):
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body in bytes (413 above it). 1 MiB is about 250k tokens of text."""
+    max_header_bytes: int = Field(32_768, ge=1024)
+    """Largest total size of the request's header names and values in bytes (431 above it)."""
     max_n: int = Field(8, ge=1)
     """Largest `n` (choices per request); each choice is a sequence in the engine's batch."""
     max_messages: int = Field(1024, ge=1)

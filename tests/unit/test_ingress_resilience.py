@@ -422,6 +422,8 @@ def test_the_gate_refuses_non_json_oversized_and_non_utf8_bodies():
     assert bad_utf8.status_code == 400 and "UTF-8" in bad_utf8.json()["error"]["message"]
     wrong_type = client.post(url, json={"model": "m", "messages": "hello"})
     assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "messages"
+    huge_headers = client.post(url, json=ok, headers={"X-Junk": "x" * 40_000})
+    assert huge_headers.status_code == 431 and "32768" in huge_headers.json()["error"]["message"]
     scrubbed = client.post(url, json={**ok, "model": "boom"})
     assert scrubbed.json()["error"]["message"] == "boom in ErrorResponse"
 
