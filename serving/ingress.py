@@ -491,8 +491,8 @@ class CorralIngress(OpenAiIngress):
                        client_wants_usage: bool, key: str | None, slot: _Slot) -> Response:
         timeout_s = self._admission.failover.first_response_timeout_s
         try:
-            response = await asyncio.wait_for(
-                self._process_llm_request(body, call_method=call_method, raw_request=request), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no extra task per request, unlike wait_for
+                response = await self._process_llm_request(body, call_method=call_method, raw_request=request)
         except OpenAIHTTPException as exc:
             if exc.status_code >= 500:
                 raise ArmFailed(exc.status_code, scrub(str(exc.message))) from None
