@@ -30,3 +30,19 @@ def exported(name: str) -> str:
 SIGNAL_TTFT_P95 = "corral_ttft_p95_s"
 SIGNAL_ITL_P95 = "corral_itl_p95_s"
 SIGNAL_KV_CACHE = "corral_kv_cache_usage"
+
+# Values of REQUESTS' `status` label besides HTTP status codes: the outcome of a request whose
+# 200 headers were already sent, or that never got an HTTP answer from its arm. One count per
+# attempt on an arm (a request retried on another arm counts on both).
+OUTCOME_STREAM_ERROR = "stream_error"      # the arm sent an error event mid-stream
+OUTCOME_EXCEPTION = "exception"            # the arm raised (replica or engine died, ...)
+OUTCOME_TIMEOUT = "timeout"                # no first response within admission.failover.first_response_timeout_s
+OUTCOME_CLIENT_DISCONNECT = "client_disconnect"  # the client went away before the answer ended
+# PromQL regex of the statuses that are the server's fault (client disconnects are not).
+SERVER_ERROR_STATUS_RE = "5..|stream_error|exception|timeout"
+
+# Counter (labels: route, arm, reason): requests sent away from `arm`, the arm their user
+# sticks to, because it was out (`arm_down`) or failed before answering (an OUTCOME_* or code).
+FAILOVERS = "corral_failovers_total"
+# Gauge (label: arm): 1 while the ingress routes to the arm, 0 while it is out.
+ARM_UP = "corral_arm_up"

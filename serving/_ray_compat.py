@@ -27,6 +27,7 @@ _POLICY = "ray.serve.autoscaling_policy"
 PRIVATE_NAMES: dict[str, tuple[str, str]] = {
     # OpenAI request/response models of Ray Serve LLM's ingress.
     "ChatCompletionRequest": (_OPENAI_MODELS, "ChatCompletionRequest"),
+    "ChatCompletionResponse": (_OPENAI_MODELS, "ChatCompletionResponse"),
     "CompletionRequest": (_OPENAI_MODELS, "CompletionRequest"),
     "ModelCard": (_OPENAI_MODELS, "ModelCard"),
     "ModelList": (_OPENAI_MODELS, "ModelList"),

@@ -133,7 +133,8 @@ def llm_deployment_name(arm: str) -> str:
 
 def ingress_user_config(fleet: FleetSpec) -> dict[str, Any]:
     """What the ingress receives through Serve's user_config (lightweight, in-place updates)."""
-    return {"routes": {r.name: r.weights() for r in fleet.routes}, "auth": fleet.auth.model_dump(mode="json")}
+    return {"routes": {r.name: r.weights() for r in fleet.routes}, "auth": fleet.auth.model_dump(mode="json"),
+            "admission": fleet.admission.model_dump(mode="json")}
 
 
 def app_builder(args: dict[str, Any]):
@@ -166,7 +167,7 @@ def app_builder(args: dict[str, Any]):
     # Initial weights; the Serve config's `deployments` override (see serve_config) wins.
     options["user_config"] = ingress_user_config(fleet)
     return serve.deployment(ingress, name=INGRESS_DEPLOYMENT, **options).bind(
-        llm_deployments=deployments, model_cards=cards
+        llm_deployments=deployments, model_cards=cards, admission=fleet.admission.model_dump(mode="json")
     )
 
 
@@ -180,7 +181,7 @@ def serve_config(fleet: FleetSpec, home: Path | None = None) -> dict[str, Any]:
     so its policy, part of the code version, never changes). See set_route_weights /
     set_replica_floor.
     """
-    args: dict[str, Any] = {"fleet": fleet.model_dump(mode="json", exclude_none=True, exclude={"routes", "rollout", "auth"})}
+    args: dict[str, Any] = {"fleet": fleet.model_dump(mode="json", exclude_none=True, exclude={"routes", "rollout", "auth", "admission"})}
     if home is not None:
         args["corral_home"] = str(home)
     deployments = [{"name": INGRESS_DEPLOYMENT, "user_config": ingress_user_config(fleet)}]
@@ -245,6 +246,17 @@ def set_auth(app: dict[str, Any], auth: dict[str, Any]) -> bool:
     if user_config.get("auth") == auth:
         return False
     user_config["auth"] = auth
+    override["user_config"] = user_config
+    return True
+
+
+def set_admission(app: dict[str, Any], admission: dict[str, Any]) -> bool:
+    """Replace the ingress's admission limits (an AdmissionSpec dump). False if unchanged."""
+    override = _override(app, INGRESS_DEPLOYMENT)
+    user_config = dict(override.get("user_config") or {"routes": route_weights(app)})
+    if user_config.get("admission") == admission:
+        return False
+    user_config["admission"] = admission
     override["user_config"] = user_config
     return True
 

@@ -105,3 +105,36 @@ class KeyRing:
         bucket = self._tokens.setdefault(digest, Bucket(limit, limit, now))
         bucket.refill(now)
         bucket.level -= tokens
+
+
+@dataclass
+class InFlight:
+    """Requests in flight per API key and per route, against their concurrency limits.
+
+    `admit` takes a slot on both (or neither) and `release` gives them back; the ingress
+    releases when the response (or the stream) ends, however it ends.
+    """
+
+    by_key: dict[str, int] = field(default_factory=dict)
+    by_route: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, key: str | None, key_limit: int | None, route: str, route_limit: int | None,
+              retry_after_s: int, key_name: str | None = None) -> Denied | None:
+        if key is not None and key_limit is not None and self.by_key.get(key, 0) >= key_limit:
+            return Denied(429, f"too many concurrent requests for key {key_name or 'anonymous'!r} "
+                               f"(limit {key_limit})", retry_after_s=retry_after_s)
+        if route_limit is not None and self.by_route.get(route, 0) >= route_limit:
+            return Denied(429, f"too many concurrent requests on {route!r} (limit {route_limit})",
+                          retry_after_s=retry_after_s)
+        if key is not None:
+            self.by_key[key] = self.by_key.get(key, 0) + 1
+        self.by_route[route] = self.by_route.get(route, 0) + 1
+        return None
+
+    def release(self, key: str | None, route: str) -> None:
+        for counts, name in ((self.by_key, key), (self.by_route, route)):
+            if name is None or name not in counts:
+                continue
+            counts[name] -= 1
+            if counts[name] <= 0:
+                del counts[name]

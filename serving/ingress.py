@@ -10,17 +10,23 @@ lightweight in-place update: no replica restarts, no dropped requests.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
 import time
 import typing
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any
 
 from fastapi import Request, status
+from fastapi.exceptions import RequestValidationError
 from ray.serve.llm.ingress import OpenAiIngress
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from corral.cluster import metric_names as names
+from corral.cluster.spec.admission import AdmissionSpec
 from corral.serving import _ray_compat
 from corral.serving._ray_compat import (
     ChatCompletionRequest,
@@ -29,8 +35,11 @@ from corral.serving._ray_compat import (
     ModelList,
     OpenAIHTTPException,
 )
-from corral.serving.auth import Denied, KeyRing
-from corral.serving.split import pick_arm
+from corral.serving.auth import Denied, InFlight, KeyRing
+from corral.serving.health import ArmHealth
+from corral.serving.split import failover_weights, pick_arm
+
+logger = logging.getLogger("ray.serve")
 
 ARM_HEADER = "x-corral-arm"
 ROUTE_HEADER = "x-corral-route"
@@ -81,9 +90,15 @@ class RequestMetrics:
         self.input_tokens = metrics.Counter(names.INPUT_TOKENS.removesuffix("_total"), "Prompt tokens.", tag_keys=tags)
         self.output_tokens = metrics.Counter(names.OUTPUT_TOKENS.removesuffix("_total"), "Completion tokens.", tag_keys=tags)
         self.feedback = metrics.Histogram(names.FEEDBACK, "User ratings in [0, 1].", boundaries=[0.25, 0.5, 0.75, 1.0], tag_keys=tags)
+        self.failovers = metrics.Counter(names.FAILOVERS.removesuffix("_total"),
+                                         "Requests sent away from their arm because it was down or failed.",
+                                         tag_keys=tags + ("reason",))
+        self.arm_up = metrics.Gauge(names.ARM_UP, "1 while the ingress routes to the arm, 0 while it is out.",
+                                    tag_keys=("arm",))
 
-    def record(self, route: str, arm: str, code: int, latency_s: float, ttft_s: float | None,
+    def record(self, route: str, arm: str, code: int | str, latency_s: float, ttft_s: float | None,
                itl_s: float | None, usage: dict | None) -> None:
+        """One attempt's outcome; `code` is the HTTP status or one of names.OUTCOME_*."""
         tags = {"route": route, "arm": arm}
         self.requests.inc(1, {**tags, "status": str(code)})
         self.latency.observe(latency_s, tags)
@@ -114,9 +129,152 @@ class ArrivalStamp:
 ARRIVAL_KEY = "corral_arrival_s"
 
 
+class LiveAdmission:
+    """The admission limits in effect in this process. A Serve replica runs one ingress; its
+    `reconfigure` sets `spec`, and the ASGI middleware (built before the replica existed)
+    reads it on every request."""
+
+    def __init__(self, spec: AdmissionSpec | None = None) -> None:
+        self.spec = spec or AdmissionSpec()
+
+
+LIVE_ADMISSION = LiveAdmission()
+
+# Internal module paths in error text (`ray.llm._internal.serve...ErrorResponse`) -> the last name.
+_INTERNAL_PATH = re.compile(r"\b(?:ray|vllm|starlette|fastapi|pydantic|pydantic_core)(?:\.[A-Za-z_]\w*)+\.([A-Za-z_]\w*)")
+
+
+def scrub(text: str) -> str:
+    """Error text without internal module paths."""
+    return _INTERNAL_PATH.sub(r"\1", text)
+
+
+class AdmissionGate:
+    """Pure ASGI middleware for what must be refused before the body is parsed: headers larger
+    than `max_header_bytes` (431), a POST body that is not JSON (415), larger than
+    `max_body_bytes` (413) or not UTF-8 (400). It also
+    removes internal module paths from every JSON error body the app sends."""
+
+    def __init__(self, app, live: LiveAdmission | None = None) -> None:
+        self.app = app
+        self.live = live or LIVE_ADMISSION
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = _scrubbing(send)
+        header_bytes = sum(len(k) + len(v) for k, v in scope.get("headers", []))
+        if header_bytes > self.live.spec.max_header_bytes:
+            await _send_error(send, 431, f"request headers of {header_bytes} bytes are larger than the limit of "
+                                         f"{self.live.spec.max_header_bytes} bytes")
+            return
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        limit = self.live.spec.max_body_bytes
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        multipart_ok = scope["path"].endswith("/transcriptions") and media == "multipart/form-data"
+        if media and media != "application/json" and not media.endswith("+json") and not multipart_ok:
+            await _send_error(send, 415, f"unsupported Content-Type {media!r}: send 'application/json'")
+            return
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _send_error(send, 413, f"request body of {declared} bytes is larger than the limit of {limit} bytes")
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_error(send, 413, f"request body is larger than the limit of {limit} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        if not multipart_ok:
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                await _send_error(send, 400, f"request body is not valid UTF-8 (byte {exc.start})")
+                return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _scrubbing(send):
+    """Wrap an ASGI `send`: JSON error bodies (status >= 400) go out without internal paths."""
+    state: dict[str, Any] = {}
+
+    async def wrapped(message) -> None:
+        if message["type"] == "http.response.start":
+            ctype = dict(message.get("headers") or []).get(b"content-type", b"")
+            if message["status"] >= 400 and ctype.startswith(b"application/json"):
+                state["start"], state["body"] = message, []
+                return
+        elif message["type"] == "http.response.body" and "start" in state:
+            state["body"].append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = scrub(b"".join(state["body"]).decode("utf-8", "replace")).encode()
+            start = state.pop("start")
+            start["headers"] = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
+            start["headers"].append((b"content-length", str(len(body)).encode()))
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        await send(message)
+
+    return wrapped
+
+
+_ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
+                404: "NotFoundError", 413: "RequestTooLargeError", 415: "UnsupportedMediaTypeError",
+                431: "RequestHeaderFieldsTooLargeError",
+                429: "RateLimitError", 503: "ServiceUnavailableError"}
+
+
+def _error_body(code: int, message: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(code, "Error"), "param": param, "code": code}}
+
+
+async def _send_error(send, code: int, message: str) -> None:
+    body = json.dumps(_error_body(code, message)).encode()
+    await send({"type": "http.response.start", "status": code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """400 for a body that does not fit the OpenAI schema: the first problem and where it is."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    message = f"invalid request: {first.get('msg', 'malformed body')}" + (f" at {where}" if where else "")
+    return JSONResponse(_error_body(400, scrub(message), where), status_code=400)
+
+
 def ingress_app():
-    """Ray Serve LLM's FastAPI app (its middleware and error handlers) plus ArrivalStamp."""
+    """Ray Serve LLM's FastAPI app (its middleware and error handlers) plus AdmissionGate and
+    ArrivalStamp, and a validation-error handler whose answer is always JSON-serializable."""
     app = _ray_compat.ingress_fastapi_app()
+    # Ray Serve LLM's handler echoes the offending input as `param`: bytes for a non-JSON body,
+    # which it then fails to serialize (500). Ours names the field instead.
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(AdmissionGate)
     app.add_middleware(ArrivalStamp)  # added last = runs first
     return app
 
@@ -125,25 +283,63 @@ def _arrival(request: Request) -> float:
     return (request.scope.get("state") or {}).get(ARRIVAL_KEY) or time.perf_counter()
 
 
-class CorralIngress(OpenAiIngress):
-    """OpenAI ingress with weighted, sticky routes over arms."""
+# Roles an OpenAI chat message may have (vLLM also accepts any string, served as a raw role).
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
-    def __init__(self, llm_deployments, model_cards, *, lora_paths=None, **kwargs):
+
+class ArmFailed(Exception):
+    """An arm failed a request before sending any of its answer."""
+
+    def __init__(self, outcome: int | str, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+
+
+class _Slot:
+    """One admitted request's place in the concurrency counts; released exactly once."""
+
+    def __init__(self, in_flight: InFlight, key: str | None, route: str) -> None:
+        self._in_flight, self._key, self._route, self._held = in_flight, key, route, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._in_flight.release(self._key, self._route)
+
+
+class CorralIngress(OpenAiIngress):
+    """OpenAI ingress with weighted, sticky routes over arms, admission control and failover."""
+
+    def __init__(self, llm_deployments, model_cards, *, lora_paths=None, admission: dict | None = None, **kwargs):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths, **kwargs)
         self._routes: dict[str, dict[str, int]] = {}
         self._keys = KeyRing()
         self._responses: dict[str, tuple[str, str]] = {}  # response id -> (route, arm), for feedback
         self._metrics = RequestMetrics()
+        self._live = LIVE_ADMISSION
+        self._live.spec = AdmissionSpec.model_validate(admission or {})
+        self._health = ArmHealth(self._live.spec.failover.failures_to_eject)
+        self._in_flight = InFlight()
+        self._probes: dict[str, asyncio.Task] = {}
+
+    @property
+    def _admission(self) -> AdmissionSpec:
+        return self._live.spec
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply new route weights in place (Serve calls this on a user_config change)."""
+        """Apply new route weights, keys and limits in place (Serve calls this on a user_config change)."""
         routes = {name: {arm: int(w) for arm, w in weights.items()} for name, weights in user_config.get("routes", {}).items()}
         unknown = {arm for weights in routes.values() for arm in weights if arm not in self._model_cards}
         if unknown:
             # Refuse the whole update rather than serve a half-applied split.
             raise ValueError(f"routes name unknown arms {sorted(unknown)}; arms are {sorted(self._model_cards)}")
+        admission = self._admission
+        if "admission" in user_config:  # absent: keep the fleet's (from the deployment's args)
+            admission = AdmissionSpec.model_validate(user_config["admission"])
         self._routes = routes
         self._keys = KeyRing.from_config(user_config.get("auth"), previous=self._keys)
+        self._live.spec = admission
+        self._health.failures_to_eject = admission.failover.failures_to_eject
 
     def _authorize(self, request: Request, scope: str = "inference") -> tuple[str | None, Response | None]:
         """(key hash, None) or (None, an OpenAI-format error response)."""
@@ -153,11 +349,16 @@ class CorralIngress(OpenAiIngress):
 
     # -- routing ---------------------------------------------------------------------------
 
-    def _resolve(self, body: ChatCompletionRequest | CompletionRequest, request: Request) -> tuple[str, str]:
-        """(route, arm) for a request; pins when `model` names an arm."""
+    def _resolve(self, body: ChatCompletionRequest | CompletionRequest, request: Request) -> tuple[str, str | None, str | None]:
+        """(route, preferred arm, arm to use) for a request; pins when `model` names an arm.
+
+        The preferred arm is the user's sticky arm under the route's weights; the arm to use is
+        the preferred one while it is up, else the user's arm among the route's healthy arms
+        (None when none is up).
+        """
         model = body.model
         if model in self._model_cards:
-            return model, model
+            return model, model, (model if self._health.is_up(model) else None)
         weights = self._routes.get(model)
         if weights is None:
             raise OpenAIHTTPException(
@@ -165,8 +366,12 @@ class CorralIngress(OpenAiIngress):
                 status_code=status.HTTP_404_NOT_FOUND,
                 type="NotFoundError",
             )
-        key = body.user or request.headers.get(SESSION_HEADER) or _api_key(request)
-        return model, pick_arm(weights, key)
+        key = _sticky_key(body, request)
+        preferred = pick_arm(weights, key)
+        if self._health.is_up(preferred):
+            return model, preferred, preferred
+        healthy = failover_weights(weights, self._health.down())
+        return model, preferred, (pick_arm(healthy, key) if healthy else None)
 
     async def models(self, request: Request | None = None) -> ModelList | Response:
         # Ray Serve LLM also calls models() internally, without a request.
@@ -194,28 +399,120 @@ class CorralIngress(OpenAiIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         return await self._routed(body, request, "chat")
 
+    def _check_body(self, body, limits) -> str | None:
+        """Why a request is refused (400), or None. Applies the route's max_tokens default."""
+        spec = self._admission
+        if (body.n or 1) > spec.max_n:
+            return f"n={body.n} is larger than the limit of {spec.max_n}"
+        messages = getattr(body, "messages", None)
+        if messages is not None:
+            if not messages:
+                return "messages must not be empty"
+            if len(messages) > spec.max_messages:
+                return f"{len(messages)} messages are more than the limit of {spec.max_messages}"
+            for i, message in enumerate(messages):
+                role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+                if role not in CHAT_ROLES:
+                    return f"messages[{i}].role {role!r} is not one of {sorted(CHAT_ROLES)}"
+        fields = [f for f in ("max_tokens", "max_completion_tokens") if hasattr(body, f)]
+        asked = [getattr(body, f) for f in fields if getattr(body, f) is not None]
+        if limits.max_tokens_cap is not None:
+            for f in fields:
+                value = getattr(body, f)
+                if value is not None and value > limits.max_tokens_cap:
+                    return f"{f}={value} is larger than this model's cap of {limits.max_tokens_cap}"
+        if not asked and limits.max_tokens_default is not None:
+            body.max_tokens = limits.max_tokens_default
+        return None
+
     async def _routed(self, body, request: Request, call_method: str) -> Response:
         key, denied = self._authorize(request)
         if denied is not None:
             return denied
-        route, arm = self._resolve(body, request)
-        body.model = arm
-        client_wants_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if not body.model:
+            return _error(Denied(400, "model is required: a route or an arm, see GET /v1/models"))
+        route, preferred, arm = self._resolve(body, request)
+        spec = self._admission
+        limits = spec.limits(route)
+        refused = self._check_body(body, limits)
+        if refused:
+            return _error(Denied(400, refused))
+        key_name = self._keys.keys.get(key, {}).get("name") if key else None
+        denied = self._in_flight.admit(key, spec.max_concurrent_requests_per_key, route, limits.max_concurrent_requests,
+                                       spec.concurrency_retry_after_s, key_name)
+        if denied is not None:
+            self._metrics.record(route, preferred or route, denied.status, 0.0, None, None, None)
+            return _error(denied)
+        slot = _Slot(self._in_flight, key, route)
+        try:
+            response = await self._attempts(body, request, call_method, route, preferred, arm, key, slot)
+        except BaseException:
+            slot.release()
+            raise
+        if not isinstance(response, StreamingResponse):
+            slot.release()
+        return response
+
+    async def _attempts(self, body, request: Request, call_method: str, route: str, preferred: str,
+                        arm: str | None, key: str | None, slot: _Slot) -> Response:
+        """Send the request to `arm`; if the arm fails before answering, once more to another
+        healthy arm of the route (not for pinned requests); 503 when no arm can take it."""
+        failover = self._admission.failover
+        pinned = route == preferred
+        client_wants_usage = bool(getattr(body, "stream_options", None) and body.stream_options.include_usage)
         if body.stream:
             # Usage in the last chunk gives exact token counts for metrics; it is stripped again
             # below if the client did not ask for it.
             body.stream_options = _with_usage(body)
         start = _arrival(request)
+        tried: set[str] = set()
+        if arm is not None and arm != preferred:
+            self._metrics.failovers.inc(1, {"route": route, "arm": preferred, "reason": "arm_down"})
+        while arm is not None:
+            tried.add(arm)
+            body.model = arm
+            try:
+                return await self._attempt(body, request, call_method, route, arm, start, client_wants_usage, key, slot)
+            except ArmFailed as failed:
+                self._metrics.record(route, arm, failed.outcome, time.perf_counter() - start, None, None, None)
+                self._arm_failed(arm, str(failed.outcome), str(failed))
+                if pinned or not failover.retry_on_other_arm:
+                    break
+                healthy = failover_weights(self._routes.get(route, {}), self._health.down() | tried)
+                next_arm = pick_arm(healthy, _sticky_key(body, request)) if healthy else None
+                if next_arm is not None:
+                    self._metrics.failovers.inc(1, {"route": route, "arm": arm, "reason": str(failed.outcome)})
+                arm = next_arm if len(tried) < 2 else None
+        what = f"arm {preferred!r} is" if pinned else f"no arm of route {route!r} is"
+        self._metrics.record(route, preferred, 503, time.perf_counter() - start, None, None, None)
+        return _error(Denied(503, f"{what} available right now; retry later", failover.retry_after_s))
+
+    async def _attempt(self, body, request: Request, call_method: str, route: str, arm: str, start: float,
+                       client_wants_usage: bool, key: str | None, slot: _Slot) -> Response:
+        timeout_s = self._admission.failover.first_response_timeout_s
         try:
-            response = await _ray_compat.process_llm_request(self, body, call_method, request)
+            async with asyncio.timeout(timeout_s):  # no extra task per request, unlike wait_for
+                response = await _ray_compat.process_llm_request(self, body, call_method, request)
         except OpenAIHTTPException as exc:
+            if exc.status_code >= 500:
+                raise ArmFailed(exc.status_code, scrub(str(exc.message))) from None
             self._metrics.record(route, arm, exc.status_code, time.perf_counter() - start, None, None, None)
+            raise OpenAIHTTPException(message=scrub(exc.message), status_code=exc.status_code, type=exc.type) from None
+        except asyncio.TimeoutError:
+            raise ArmFailed(names.OUTCOME_TIMEOUT, f"no response within {timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            self._metrics.record(route, arm, names.OUTCOME_CLIENT_DISCONNECT, time.perf_counter() - start, None, None, None)
             raise
+        except Exception as exc:  # the replica or its engine died, the handle failed, ...
+            raise ArmFailed(names.OUTCOME_EXCEPTION, f"{type(exc).__name__}: {scrub(str(exc))[:300]}") from None
         headers = {ARM_HEADER: arm, ROUTE_HEADER: route}
         if isinstance(response, StreamingResponse):
-            stream = self._measured_stream(response.body_iterator, route, arm, start, client_wants_usage, key)
+            stream = self._measured_stream(response.body_iterator, route, arm, start, client_wants_usage, key, slot)
+            # The stream releases the slot when it ends; if it is dropped unstarted, so does this.
+            weakref.finalize(stream, slot.release)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         # Read id and usage for feedback, limits and metrics; return the engine's bytes as they are.
+        self._health.succeeded(arm)
         payload = json.loads(response.body)
         self._remember(payload.get("id"), route, arm)
         self._keys.charge_tokens(key, (payload.get("usage") or {}).get("total_tokens") or 0, time.monotonic())
@@ -224,9 +521,11 @@ class CorralIngress(OpenAiIngress):
         return response
 
     async def _measured_stream(self, packets: AsyncIterable[str | bytes | memoryview], route: str, arm: str,
-                               start: float, keep_usage: bool, key: str | None = None) -> AsyncGenerator[str, None]:
+                               start: float, keep_usage: bool, key: str | None = None,
+                               slot: _Slot | None = None) -> AsyncGenerator[str, None]:
         first = last = None
         usage = None
+        outcome: int | str = names.OUTCOME_CLIENT_DISCONNECT  # unless the stream gets to its end
         try:
             async for packet in packets:
                 text = packet if isinstance(packet, str) else bytes(packet).decode()
@@ -238,16 +537,63 @@ class CorralIngress(OpenAiIngress):
                     last = now
                     if usage is None and first == now:
                         self._remember(_response_id(text), route, arm)
+                if 'data: {"error"' in text and outcome == names.OUTCOME_CLIENT_DISCONNECT:
+                    code = _stream_error_code(text)
+                    outcome = names.OUTCOME_STREAM_ERROR
+                    if code is None or code >= 500:
+                        self._arm_failed(arm, names.OUTCOME_STREAM_ERROR, f"error event with code {code}")
                 if text:
                     yield text
+            if outcome == names.OUTCOME_CLIENT_DISCONNECT:
+                outcome = 200
+                self._health.succeeded(arm)
+        except Exception as exc:  # the arm died mid-stream: tell the client in the stream (headers are sent)
+            outcome = names.OUTCOME_EXCEPTION
+            self._arm_failed(arm, names.OUTCOME_EXCEPTION, f"{type(exc).__name__} mid-stream")
+            error = _error_body(503, f"arm {arm!r} failed while streaming; retry the request")
+            yield f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n"
         finally:
-            # Runs on success, on engine errors and when the client disconnects.
+            # Runs on success, on engine errors and when the client disconnects (GeneratorExit / cancellation).
             end = time.perf_counter()
             ttft = first - start if first else None
             n_out = (usage or {}).get("completion_tokens") or 0
             itl = (last - first) / (n_out - 1) if first and last and n_out > 1 else None
-            self._metrics.record(route, arm, 200, end - start, ttft, itl, usage)
+            self._metrics.record(route, arm, outcome, end - start, ttft, itl, usage)
             self._keys.charge_tokens(key, (usage or {}).get("total_tokens") or 0, time.monotonic())
+            if slot is not None:
+                slot.release()
+
+    # -- arm health ------------------------------------------------------------------------
+
+    def _arm_failed(self, arm: str, outcome: str, detail: str) -> None:
+        if self._health.failed(arm, time.monotonic(), outcome):
+            logger.warning("corral: arm %r is out of its routes after a failure (%s: %s); its users go to the "
+                           "route's healthy arms until a health probe succeeds", arm, outcome, detail)
+            self._metrics.arm_up.set(0, {"arm": arm})
+            if arm not in self._probes or self._probes[arm].done():
+                self._probes[arm] = asyncio.get_running_loop().create_task(self._probe_until_up(arm))
+
+    async def _probe_until_up(self, arm: str) -> None:
+        """Ask the arm's `check_health` (LLMServer.check_health -> the vLLM engine's) until it answers."""
+        while not self._health.is_up(arm):
+            failover = self._admission.failover
+            await asyncio.sleep(failover.probe_interval_s)
+            if await self._probe(arm, failover.probe_timeout_s):
+                out_s = self._health.recovered(arm, time.monotonic())
+                if out_s is not None:
+                    logger.warning("corral: arm %r is back after %.1f s (health probe succeeded)", arm, out_s)
+                    self._metrics.arm_up.set(1, {"arm": arm})
+
+    async def _probe(self, arm: str, timeout_s: float) -> bool:
+        response = self._default_serve_handles[arm].check_health.remote()
+        try:
+            await asyncio.wait_for(asyncio.shield(_awaited(response)), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            response.cancel()  # a replica that is restarting never answers: do not leave it queued
+            return False
+        except Exception:
+            return False
 
     # -- feedback --------------------------------------------------------------------------
 
@@ -288,10 +634,28 @@ class CorralIngress(OpenAiIngress):
 
 
 def _error(denied: Denied) -> JSONResponse:
-    kind = {401: "AuthenticationError", 403: "PermissionDeniedError", 429: "RateLimitError"}.get(denied.status, "Error")
     headers = {"Retry-After": str(denied.retry_after_s)} if denied.retry_after_s else None
-    body = {"error": {"message": denied.message, "type": kind, "param": None, "code": denied.status}}
-    return JSONResponse(body, status_code=denied.status, headers=headers)
+    return JSONResponse(_error_body(denied.status, denied.message), status_code=denied.status, headers=headers)
+
+
+async def _awaited(response) -> Any:
+    return await response
+
+
+def _sticky_key(body, request: Request) -> str | None:
+    return body.user or request.headers.get(SESSION_HEADER) or _api_key(request)
+
+
+def _stream_error_code(packet: str) -> int | None:
+    """The `code` of the first error event in an SSE packet (vLLM's create_streaming_error_response)."""
+    for line in packet.split("\n"):
+        if line.startswith('data: {"error"'):
+            try:
+                code = json.loads(line[6:])["error"].get("code")
+                return int(code) if code is not None else None
+            except (ValueError, TypeError, KeyError, AttributeError):
+                return None
+    return None
 
 
 def _with_usage(body) -> Any:

@@ -31,3 +31,13 @@ def pick_arm(weights: Mapping[str, int], key: str | None, rng: random.Random | N
         arms = list(live)
         return (rng or random).choices(arms, weights=[live[a] for a in arms])[0]
     return max(live, key=lambda arm: live[arm] / -math.log(_unit(key, arm)))
+
+
+def failover_weights(weights: Mapping[str, int], down: set[str] | frozenset[str]) -> dict[str, int]:
+    """A route's weights with its down arms removed: their share goes to the healthy arms in
+    proportion to the healthy arms' weights (empty when no arm with a positive weight is up).
+
+    With rendezvous hashing (`pick_arm`) removing an arm moves only that arm's users: users of
+    healthy arms keep their arm, and when the arm is back its users return to it.
+    """
+    return {arm: w for arm, w in weights.items() if w > 0 and arm not in down}

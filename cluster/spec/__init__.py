@@ -1,5 +1,6 @@
 """Fleet spec models and loading. `load_fleet` is the one entry point for a fleet file."""
 
+from corral.cluster.spec.admission import AdmissionSpec, FailoverSpec, RouteLimits
 from corral.cluster.spec.fleet import (
     API_VERSION,
     Arm,
@@ -16,6 +17,9 @@ from corral.cluster.spec.fleet import (
 from corral.cluster.spec.loader import SpecError, default_fleet_path, load_fleet, parse_fleet
 
 __all__ = [
+    "AdmissionSpec",
+    "FailoverSpec",
+    "RouteLimits",
     "API_VERSION",
     "Arm",
     "ClusterSpec",

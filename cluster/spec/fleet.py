@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from corral.cluster.spec.admission import AdmissionSpec
 from corral.cluster.spec.autoscaling import AutoscalingSpec, check_against_arm
 from corral.cluster.spec.rollout import RolloutSpec
 
@@ -309,6 +310,8 @@ class FleetSpec(StrictModel):
     """Staged migration of one route from a baseline arm to a candidate arm."""
     auth: AuthSpec = Field(default_factory=AuthSpec)
     """API keys and per-key rate limits."""
+    admission: AdmissionSpec = Field(default_factory=AdmissionSpec)
+    """Request limits, arm failover and the bound on waiting for an arm (applied in place)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> FleetSpec:
@@ -343,6 +346,9 @@ class FleetSpec(StrictModel):
                     f"arm {arm.name!r}: pipeline_parallel_size={e.pipeline_parallel_size} is not supported "
                     "by vLLM's CPU backend; use device: gpu or pipeline_parallel_size: 1"
                 )
+        unknown = sorted(set(self.admission.routes) - set(names))
+        if unknown:
+            raise ValueError(f"admission.routes names unknown route(s)/arm(s) {unknown}; known are {names}")
         if self.rollout is not None:
             self.rollout.check_against(arm_names, {r.name: [a.arm for a in r.arms] for r in self.routes})
         return self

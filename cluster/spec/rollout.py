@@ -123,7 +123,8 @@ def default_gates() -> list[MetricGate]:
     return [
         MetricGate(
             name="error_rate",
-            query=(f'(sum(rate($requests{{{_SEL},status=~"5.."}}[$window])) or vector(0))'
+            # Every server-side outcome: 5xx answers, errors in a stream, arm exceptions, timeouts.
+            query=(f'(sum(rate($requests{{{_SEL},status=~"{mn.SERVER_ERROR_STATUS_RE}"}}[$window])) or vector(0))'
                    f" / sum(rate($requests{{{_SEL}}}[$window]))"),
             compare="ratio", max=2.0, floor=0.01,
         ),

@@ -74,7 +74,9 @@ def test_serve_config_carries_the_fleet_and_live_knobs_as_overrides():
     assert parse_fleet(app["args"]["fleet"]) == fleet.model_copy(update={"routes": []})
     routes = {"llama": {"smollm2": 50, "tiny-random": 50}, "tiny": {"tiny-random": 100, "tiny-random-tp2": 0}}
     assert route_weights(app) == routes
-    assert ingress_user_config(fleet) == {"routes": routes, "auth": {"enabled": False, "keys": []}}
+    assert ingress_user_config(fleet) == {"routes": routes, "auth": {"enabled": False, "keys": []},
+                                          "admission": fleet.admission.model_dump(mode="json")}
+    assert "admission" not in app["args"]["fleet"]  # limits apply in place too
 
 
 def test_live_changes_keep_serves_code_version():

@@ -21,7 +21,7 @@ def test_default_gates_render_with_exported_metric_names():
     rendered = {g.name: render(g.query, "chat", "llama3", 60) for g in default_gates()}
     req = mn.exported(mn.REQUESTS)
     assert rendered["error_rate"] == (
-        f'(sum(rate({req}{{route="chat",arm="llama3",status=~"5.."}}[60s])) or vector(0))'
+        f'(sum(rate({req}{{route="chat",arm="llama3",status=~"5..|stream_error|exception|timeout"}}[60s])) or vector(0))'
         f' / sum(rate({req}{{route="chat",arm="llama3"}}[60s]))')
     assert f"{mn.exported(mn.TTFT)}_bucket{{route=\"chat\",arm=\"llama3\"}}[60s]" in rendered["ttft_p95"]
     assert f"{mn.exported(mn.ITL)}_bucket" in rendered["itl_p95"]

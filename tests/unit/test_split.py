@@ -43,3 +43,31 @@ def test_zero_weight_arm_never_chosen_and_all_zero_refused():
     assert {pick_arm({"a": 0, "b": 100}, u) for u in USERS[:1000]} == {"b"}
     with pytest.raises(ValueError, match="no arm has a positive weight"):
         pick_arm({"a": 0}, "u")
+
+
+def test_failover_moves_only_the_down_arms_users_by_weight_and_they_return():
+    from corral.serving.split import failover_weights
+
+    weights = {"a": 20, "b": 30, "c": 50}
+    before = {u: pick_arm(weights, u) for u in USERS}
+    during = {u: pick_arm(failover_weights(weights, {"c"}), u) for u in USERS}
+    assert all(during[u] == before[u] for u in USERS if before[u] != "c")  # healthy arms keep their users
+    moved = Counter(during[u] for u in USERS if before[u] == "c")
+    assert abs(moved["a"] / sum(moved.values()) - 0.4) < 0.03  # c's share goes 20:30 to a and b
+    after = {u: pick_arm(failover_weights(weights, set()), u) for u in USERS}
+    assert after == before  # sticky users return when the arm is back
+    assert failover_weights(weights, {"a", "b", "c"}) == {}
+    assert failover_weights({"a": 100, "b": 0}, {"a"}) == {}  # a weight-0 arm takes no traffic
+
+
+def test_arm_health_ejects_after_consecutive_failures_and_recovers_on_probe():
+    from corral.serving.health import ArmHealth
+
+    health = ArmHealth(failures_to_eject=2)
+    assert not health.failed("a", 1.0, "500")
+    health.succeeded("a")  # a success in between starts the count over
+    assert not health.failed("a", 2.0, "500")
+    assert health.failed("a", 3.0, "timeout") and health.down() == {"a"}
+    assert not health.failed("a", 4.0, "500")  # already out
+    assert health.recovered("a", 10.5) == 7.5 and health.is_up("a")
+    assert health.recovered("a", 11.0) is None

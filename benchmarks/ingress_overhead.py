@@ -1,0 +1,187 @@
+"""The ingress's own cost where tokens are fast: corral's ingress vs Ray Serve LLM's stock
+`OpenAiIngress`, both over an engine stand-in that answers instantly.
+
+On a GPU the engine produces tokens 10-100x faster than on this machine's CPU, so the work the
+ingress does per request and per streamed chunk (routing, admission, reading usage, metrics)
+weighs more. This benchmark measures that work alone, in one process: each ingress class is
+instantiated with the same stand-in deployment handle (an async generator that yields what
+Ray Serve LLM's LLMServer yields: one SSE chunk per token for streams, a ChatCompletionResponse
+otherwise) and called as FastAPI calls it (`chat(body, request)`, then the response body is
+consumed). Not included, and the same for both: the HTTP proxy, the Serve handle hop, body
+parsing, and Ray's metrics export (`ray.util.metrics` calls run, with no Ray to export to).
+
+Paired design: every round runs one block per ingress, in alternating order; ratios are per
+round (corral / stock) with a 95% t interval over rounds (geometric mean), as in
+router_overhead.py. Levels: c=1 and c=64 concurrent requests, streaming and not.
+
+    .venv/bin/python benchmarks/ingress_overhead.py [--rounds 30] [--requests 200] [--tokens 64] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+GOAL = {"p50_latency_ratio_max": 1.05, "throughput_ratio_min": 0.95}  # the ingress issue's
+
+
+def _packets(tokens: int) -> list[str]:
+    chunks = [
+        "data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "arm",
+                               "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]}) + "\n\n"
+        for _ in range(tokens)
+    ]
+    usage = ('data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"arm","choices":[],'
+             f'"usage":{{"prompt_tokens":8,"completion_tokens":{tokens},"total_tokens":{tokens + 8}}}}}\n\n')
+    return chunks + [usage, "data: [DONE]\n\n"]
+
+
+class InstantArm:
+    """A deployment handle stand-in whose engine answers at once."""
+
+    def __init__(self, tokens: int) -> None:
+        from corral.serving._ray_compat import ChatCompletionResponse
+
+        self.packets = _packets(tokens)
+        self.full = ChatCompletionResponse(
+            id="chatcmpl-bench", model="arm",
+            choices=[{"index": 0, "message": {"role": "assistant", "content": "tok " * tokens}, "finish_reason": "length"}],
+            usage={"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": tokens + 8})
+
+    def options(self, **_):
+        return self
+
+    @property
+    def chat(self):
+        return self
+
+    def remote(self, body, raw_request_info=None):
+        return self._run(body)
+
+    async def _run(self, body):
+        # Each item comes back over the Serve handle in reality: one trip through the event loop.
+        if body.stream:
+            for packet in self.packets:
+                await asyncio.sleep(0)
+                yield [packet]  # one chunk per token: the per-chunk path at its most frequent
+        else:
+            await asyncio.sleep(0)
+            yield self.full
+
+
+def build(kind: str, tokens: int):
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    from corral.serving._ray_compat import ModelCard
+    from corral.serving.ingress import CorralIngress
+
+    cards = {"arm": ModelCard(id="arm", object="model", owned_by="bench", permission=[], metadata={})}
+    if kind == "stock":
+        return OpenAiIngress({"arm": InstantArm(tokens)}, cards), "arm"
+    ingress = CorralIngress({"arm": InstantArm(tokens)}, cards)
+    ingress.reconfigure({"routes": {"route": {"arm": 100}}})
+    return ingress, "route"
+
+
+def _request():
+    from fastapi import Request
+
+    return Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
+                    "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+                    "server": ("127.0.0.1", 8000), "scheme": "http"})
+
+
+async def one(ingress, model: str, stream: bool, user: str) -> float:
+    from corral.serving._ray_compat import ChatCompletionRequest
+
+    body = ChatCompletionRequest(model=model, messages=[{"role": "user", "content": "hi"}], stream=stream, user=user)
+    t0 = time.perf_counter()
+    response = await ingress.chat(body, _request())
+    if stream:
+        async for _ in response.body_iterator:
+            pass
+    else:
+        assert response.status_code == 200
+    return time.perf_counter() - t0
+
+
+async def block(ingress, model: str, concurrency: int, requests: int, stream: bool) -> dict:
+    latencies: list[float] = []
+    per_worker = max(1, requests // concurrency)
+
+    async def worker(w: int) -> None:
+        for i in range(per_worker):
+            latencies.append(await one(ingress, model, stream, f"user-{w}-{i}"))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return {"p50_s": statistics.median(latencies), "requests_per_s": len(latencies) / wall}
+
+
+def paired(ratios: list[float]) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from corral.common.stats import t_critical
+
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    half = t_critical(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return {"ratio": round(math.exp(mean), 4), "ci95": [round(math.exp(mean - half), 4), round(math.exp(mean + half), 4)],
+            "pairs": len(logs)}
+
+
+async def level(concurrency: int, stream: bool, rounds: int, requests: int, tokens: int) -> dict:
+    apps = {kind: build(kind, tokens) for kind in ("stock", "corral")}
+    for ingress, model in apps.values():  # warm-up (imports, first-call caches)
+        await block(ingress, model, concurrency, min(requests, 64), stream)
+    lat, tput = [], []
+    for r in range(rounds):
+        order = ("stock", "corral") if r % 2 == 0 else ("corral", "stock")
+        got = {kind: await block(*apps[kind], concurrency, requests, stream) for kind in order}
+        lat.append(got["corral"]["p50_s"] / got["stock"]["p50_s"])
+        tput.append(got["corral"]["requests_per_s"] / got["stock"]["requests_per_s"])
+    p50, thr = paired(lat), paired(tput)
+    return {
+        "concurrency": concurrency, "stream": stream, "tokens_per_response": tokens,
+        "p50_latency_ratio_corral_vs_stock": p50, "throughput_ratio_corral_vs_stock": thr,
+        "goal_met_at_95": p50["ci95"][1] <= GOAL["p50_latency_ratio_max"] and thr["ci95"][0] >= GOAL["throughput_ratio_min"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=30, help="paired rounds per level")
+    ap.add_argument("--requests", type=int, default=200, help="requests per block")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens (stream chunks) per response")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    if args.rounds < 2:
+        ap.error("--rounds must be at least 2 (the interval needs two pairs)")
+    import logging
+
+    logging.disable(logging.WARNING)
+    levels = [asyncio.run(level(c, s, args.rounds, args.requests, args.tokens)) for c in (1, 64) for s in (False, True)]
+    out = {
+        "benchmark": "ingress_overhead", "where": f"in-process, {platform.processor() or platform.machine()}, "
+                                                  f"python {platform.python_version()}",
+        "what": "corral's ingress vs Ray Serve LLM's OpenAiIngress over an instant engine stand-in; "
+                "no HTTP proxy, no Serve handle hop, no Ray metrics export",
+        "goal": GOAL, "rounds": args.rounds, "requests_per_block": args.requests, "levels": levels,
+        "goal_met_at_95": all(lv["goal_met_at_95"] for lv in levels),
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
