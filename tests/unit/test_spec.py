@@ -108,7 +108,22 @@ def test_cli_validate_exit_codes(tmp_path):
     assert _cli("validate", str(tmp_path / "absent.yaml")).returncode == 2
 
 
-def test_example_fleets_in_repo_validate():
+FLEET_GLOBS = {"benchmarks/fleets/*.yaml": 5, "cluster/fleets/*.yaml": 1, "tests/e2e/fleets/*.yaml": 1}
+
+
+@pytest.mark.parametrize("pattern,at_least", FLEET_GLOBS.items())
+def test_fleet_files_in_repo_validate(pattern, at_least):
     root = Path(__file__).resolve().parents[2]
-    for path in [*root.glob("tests/e2e/fleets/*.yaml"), *root.glob("examples/*.yaml")]:
-        load_fleet(path)
+    paths = sorted(root.glob(pattern))
+    assert len(paths) >= at_least, f"{pattern} matched {paths}: a moved folder would silently validate nothing"
+    for path in paths:
+        fleet = load_fleet(path)
+        assert fleet.arms and fleet.routes, path
+
+
+def test_helm_example_fleets_validate():
+    root = Path(__file__).resolve().parents[2]
+    paths = sorted(root.glob("helm/corral/examples/*.yaml"))
+    assert len(paths) >= 2
+    for path in paths:
+        parse_fleet(yaml.safe_load(path.read_text())["fleet"])
