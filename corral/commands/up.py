@@ -32,7 +32,7 @@ def apply_fleet(path: str | None, timeout_s: float = 900, prometheus: bool = Tru
     cluster = LocalCluster()
     try:
         prepare_models(fleet, say)
-        parallelism_check(fleet, cluster.home)
+        parallelism_check(fleet, cluster.home, say)
         memory_check(fleet, running=cluster.ray_running() and cluster.app_status(fleet.name) is not None)
         if cluster.start_ray(fleet):
             say("started a local Ray head")
