@@ -72,7 +72,10 @@ NO_BIND = "nobind"
 
 def llm_config_dict(arm: Arm, fleet: FleetSpec, home: Path | None = None, cpu_bind: str | None = None) -> dict[str, Any]:
     """The Ray Serve LLM `LLMConfig` (as a plain dict, YAML-able for serveConfigV2) for one arm."""
-    engine = arm.engine.to_vllm()
+    # Prompts and completions are never logged, whatever `engine.extra` says: vLLM logs each request's
+    # prompt when `enable_log_requests` is true (vllm/engine/arg_utils.py AsyncEngineArgs.enable_log_requests,
+    # passed as log_requests in ray/llm/_internal/serve/engines/vllm/vllm_engine.py).
+    engine = {**arm.engine.to_vllm(), "enable_log_requests": False}
     if engine["enforce_eager"] is None:
         engine["enforce_eager"] = fleet.cluster.device == "cpu"
     env = dict(BASE_ENV)

@@ -27,7 +27,7 @@ def apply_fleet(path: str | Path | None, timeout_s: float = 900, prometheus: boo
     fleet = load_fleet(None if path is None else str(path), check_paths=True)
     cluster = LocalCluster()
     prepare_models(fleet, say)
-    parallelism_check(fleet, cluster.home)
+    parallelism_check(fleet, cluster.home, say)
     memory_check(fleet, running=cluster.ray_running() and cluster.app_status(fleet.name) is not None)
     if cluster.start_ray(fleet):
         say("started a local Ray head")

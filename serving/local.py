@@ -202,14 +202,32 @@ def prepare_models(fleet: FleetSpec, say: Callable[[str], None]) -> None:
             raise LocalError(str(exc)) from None
 
 
-def parallelism_check(fleet: FleetSpec, home: Path | None = None) -> None:
-    """Refuse tensor parallel sizes the model's heads cannot be split by (vLLM would fail late)."""
+def parallelism_check(fleet: FleetSpec, home: Path | None = None,
+                      say: Callable[[str], None] | None = None) -> list[str]:
+    """Refuse tensor parallel sizes the model's heads cannot be split by (vLLM would fail late).
+
+    Reads each arm's `config.json`. A `hf:` arm has none before vLLM downloads it when its engine
+    starts, so it cannot be checked here: that is said (through `say`) and returned, not skipped
+    silently. Such an arm is then checked by vLLM itself when its engine starts
+    (`vllm/config/model.py` `ModelConfig.verify_with_parallel_config`: "Total number of attention
+    heads (N) must be divisible by tensor parallel size (T)"), and the deployment fails with that
+    error instead of this one.
+    """
     from corral.serving.app import model_source
 
+    unchecked = []
     for arm in fleet.arms:
         tp = arm.engine.tensor_parallel_size
         config_path = Path(model_source(arm, home)) / "config.json"
-        if tp == 1 or not config_path.is_file():
+        if tp == 1:
+            continue
+        if not config_path.is_file():
+            note = (f"arms[{arm.name}].engine.tensor_parallel_size={tp} not checked against the model's heads: "
+                    f"{config_path} does not exist yet (downloaded when the engine starts); vLLM refuses a TP "
+                    "that does not divide the attention heads when the engine starts")
+            unchecked.append(note)
+            if say is not None:
+                say(note)
             continue
         config = json.loads(config_path.read_text())
         heads = config.get("num_attention_heads")
@@ -220,6 +238,7 @@ def parallelism_check(fleet: FleetSpec, home: Path | None = None) -> None:
                 f"arms[{arm.name}].engine.tensor_parallel_size={tp} does not divide the model's {', '.join(bad)}",
                 code=2,
             )
+    return unchecked
 
 
 def memory_check(fleet: FleetSpec, running: bool = False) -> None:

@@ -17,10 +17,16 @@ FLEET_FILE = Path(__file__).parent / "fleets" / "ab.yaml"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "stops_fleet: stops the session's fleet (`corral down`); runs last")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.e2e)
+    # A test that stops the fleet runs after every other one (stable order otherwise).
+    items.sort(key=lambda item: item.get_closest_marker("stops_fleet") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +60,20 @@ def openai_client(fleet_url):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{fleet_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def ray_log_files(glob_filter: str = "**/*") -> dict[str, str]:
+    """{name: text} of the Ray session's log files matching `glob_filter` (relative to the session's
+    logs directory), read through Ray's State API (`ray.util.state.list_logs` / `get_log`), so the
+    session directory is wherever Ray put it, not an assumed /tmp/ray/session_latest."""
+    from ray.util.state import get_log, list_logs, list_nodes
+
+    out = {}
+    for node in list_nodes(address="auto", filters=[("state", "=", "ALIVE")]):
+        for names in list_logs(address="auto", node_id=node.node_id, glob_filter=glob_filter).values():
+            for name in names:
+                if name.endswith("/"):
+                    continue  # a directory
+                out[name] = "\n".join(get_log(address="auto", node_id=node.node_id, filename=name, tail=-1,
+                                              errors="replace"))
+    return out

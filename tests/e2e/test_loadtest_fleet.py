@@ -1,7 +1,10 @@
-"""Load-test checks against the real fleet (the lead's `fleet_url` fixture provides its base URL).
+"""Load-test checks against the real fleet (the `fleet_url` fixture provides its base URL).
 
-* The client's TTFT agrees with the server's own TTFT histogram within 5 % (mean over the same
-  requests: Δsum / Δcount of the histogram between a scrape before and after the run).
+* The client's TTFT and the server's own TTFT histogram count the same requests, the client's
+  mean is never below the server's, and the gap (the HTTP proxy hop and request parsing, which
+  the ingress cannot time) is under half the server's TTFT + 0.1 s. That is a sanity bound, not
+  the 5% agreement goal: the goal is measured by benchmarks/ttft_agreement.py (results in
+  benchmarks/results/), because a 2-core machine shared with three engines does not meet it.
 * A short sweep runs cleanly and forced output lengths hold on vLLM.
 Settings: CORRAL_METRICS_URL (default http://127.0.0.1:8080/metrics), CORRAL_TTFT_METRIC (default
 the router's `ray_corral_ttft_seconds`; vLLM's engine histogram is another choice),
@@ -56,12 +59,15 @@ def test_client_ttft_matches_the_servers_histogram(fleet_url, tmp_path):
     name = ttft_metric()
     # Ray exports metrics every few seconds: wait until earlier tests' traffic has landed, so
     # the starting point really is "before our requests".
+    # Settled = unchanged over one 6 s export period; cap 240 s, then fail rather than start from a moving count.
     sum0, count0 = histogram_totals(name)
-    for _ in range(10):
+    deadline = time.monotonic() + 240
+    while True:
         time.sleep(6)
         again = histogram_totals(name)
         if again == (sum0, count0):
             break
+        assert time.monotonic() < deadline, f"{name} still changing after 240 s: other traffic on the fleet?"
         sum0, count0 = again
     # No calibration probes and no warm-up: every request the server sees is one we measured.
     summary, records = loadtest(fleet_url, tmp_path, "--mode", "closed", "--concurrency", "1", "--duration", "20",
@@ -69,8 +75,9 @@ def test_client_ttft_matches_the_servers_histogram(fleet_url, tmp_path):
                                 "--input-tokens", "64", "--output-tokens", "16")
     ok = [r for r in records if r.ok]
     assert len(ok) == len(records) >= 5
-    # Ray exports metrics every few seconds: wait until the histogram has seen all requests.
-    deadline = time.monotonic() + 60
+    # Ray exports metrics every few seconds: wait until the histogram has seen all requests
+    # (a generous cap for a loaded 2-core machine; the wait ends as soon as the count is there).
+    deadline = time.monotonic() + 240
     while True:
         s1, c1 = histogram_totals(name)
         if c1 - count0 >= len(records) or time.monotonic() > deadline:
@@ -83,7 +90,8 @@ def test_client_ttft_matches_the_servers_histogram(fleet_url, tmp_path):
     # the ingress cannot time. On this 2-core machine shared with three engines that gap was
     # ~0.13 s (client 0.80 s vs server 0.67 s, 19%): the issue's 5% goal is tracked by
     # benchmarks/ttft_agreement.py, not asserted here. What must hold: same requests counted,
-    # the client never faster than the server, and the gap far below the TTFT itself.
+    # the client never faster than the server, and the gap well below the TTFT itself (bound:
+    # half the server's TTFT + 0.1 s, about 2.5x the gap measured here).
     assert client_mean >= server_mean, (client_mean, server_mean)
     assert client_mean - server_mean < 0.5 * server_mean + 0.1, (client_mean, server_mean)
 

@@ -151,11 +151,23 @@ def test_planned_arm_is_a_valid_fleet_arm():
 def test_every_candidate_respects_the_memory_budget(model, gpu, gpus_per_node, nodes, concurrency):
     req = PlanRequest(model=model, gpu_type=gpu, gpus_per_node=gpus_per_node, nodes=nodes,
                       concurrency=concurrency, max_model_len=4096)
+    # Memory the request needs over the whole cluster: all weights, KV for `concurrency` full-length
+    # sequences, and the runtime overhead on every GPU, against gpu_memory_utilization x all GPUs.
+    gpus = gpus_per_node * nodes
+    need = (req.arch.weight_bytes(req.weight_dtype_bytes)
+            + req.arch.kv_bytes_per_token(req.kv_dtype_bytes) * concurrency * req.context_len
+            + req.runtime_overhead_gib * GiB * gpus)
+    usable = req.gpu_memory_utilization * req.gpu.memory_bytes * gpus
     try:
         plan = plan_cluster(req)
     except InfeasiblePlan as exc:
         assert exc.rejected and all(r.reason for r in exc.rejected)
+        # A refusal must be earned: whatever fits in half the cluster's memory has a layout (uneven
+        # stages and the embedding on stage 0 cost less than 2x on every grid point; checked over all
+        # 2016 model x GPU x 1-8 GPUs/node x 1-4 nodes x concurrency {1, 8, 64} requests).
+        assert need > 0.5 * usable, (need / usable, str(exc))
         return
+    assert need <= usable  # no plan conjures memory
     for c in plan.candidates:
         assert c.memory_per_gpu_bytes <= c.usable_per_gpu_bytes
         assert c.max_concurrent_seqs >= concurrency

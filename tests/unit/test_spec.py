@@ -1,5 +1,6 @@
 """Fleet spec validation: every bad input names its field and nothing is deployed."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,8 @@ import pytest
 import yaml
 
 from corral.cluster.spec import SpecError, load_fleet, parse_fleet
+from corral.serving.app import llm_config_dict
+from corral.serving.local import LocalError, parallelism_check
 
 DEMO_ARM = {"name": "a", "model": {"demo": "smollm2-135m-instruct"}}
 
@@ -108,7 +111,69 @@ def test_cli_validate_exit_codes(tmp_path):
     assert _cli("validate", str(tmp_path / "absent.yaml")).returncode == 2
 
 
-def test_example_fleets_in_repo_validate():
+FLEET_GLOBS = {"benchmarks/fleets/*.yaml": 5, "cluster/fleets/*.yaml": 1, "tests/e2e/fleets/*.yaml": 1}
+
+
+@pytest.mark.parametrize("pattern,at_least", FLEET_GLOBS.items())
+def test_fleet_files_in_repo_validate(pattern, at_least):
     root = Path(__file__).resolve().parents[2]
-    for path in [*root.glob("tests/e2e/fleets/*.yaml"), *root.glob("examples/*.yaml")]:
-        load_fleet(path)
+    paths = sorted(root.glob(pattern))
+    assert len(paths) >= at_least, f"{pattern} matched {paths}: a moved folder would silently validate nothing"
+    for path in paths:
+        fleet = load_fleet(path)
+        assert fleet.arms and fleet.routes, path
+
+
+def test_helm_example_fleets_validate():
+    root = Path(__file__).resolve().parents[2]
+    paths = sorted(root.glob("helm/corral/examples/*.yaml"))
+    assert len(paths) >= 2
+    for path in paths:
+        parse_fleet(yaml.safe_load(path.read_text())["fleet"])
+
+
+# What `corral up` adds to validation before anything starts (serving/local.py parallelism_check), and
+# engine arguments corral forces whatever the spec says (serving/app.py llm_config_dict).
+
+def _model_dir(tmp_path, heads, kv_heads):
+    d = tmp_path / f"m{heads}-{kv_heads}"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"num_attention_heads": heads, "num_key_value_heads": kv_heads}))
+    return d
+
+
+def _tp_fleet(model, tp):
+    return parse_fleet({"cluster": {"devices_per_node": 4},
+                        "arms": [{"name": "a", "model": model, "engine": {"tensor_parallel_size": tp}}]})
+
+
+@pytest.mark.parametrize("heads,kv,tp,bad", [
+    (9, 3, 2, "num_attention_heads=9, num_key_value_heads=3"),  # SmolLM2-135M's heads on 2 cores
+    (8, 2, 4, "num_key_value_heads=2"),
+    (6, 6, 4, "num_attention_heads=6, num_key_value_heads=6"),
+])
+def test_up_refuses_tp_that_does_not_divide_the_heads(tmp_path, heads, kv, tp, bad):
+    fleet = _tp_fleet({"path": str(_model_dir(tmp_path, heads, kv))}, tp)
+    with pytest.raises(LocalError) as info:
+        parallelism_check(fleet)
+    assert info.value.code == 2
+    assert str(info.value) == f"arms[a].engine.tensor_parallel_size={tp} does not divide the model's {bad}"
+
+
+@pytest.mark.parametrize("heads,kv,tp", [(8, 4, 4), (9, 3, 3), (4, 4, 2)])
+def test_up_accepts_tp_dividing_both_head_counts(tmp_path, heads, kv, tp):
+    assert parallelism_check(_tp_fleet({"path": str(_model_dir(tmp_path, heads, kv))}, tp)) == []
+
+
+def test_hf_arm_before_download_is_said_not_silently_skipped(tmp_path):
+    said = []
+    fleet = _tp_fleet({"hf": "meta-llama/Meta-Llama-3-8B-Instruct"}, 4)
+    notes = parallelism_check(fleet, tmp_path, said.append)
+    assert notes == said and len(notes) == 1
+    assert notes[0].startswith("arms[a].engine.tensor_parallel_size=4 not checked against the model's heads")
+    assert "vLLM refuses" in notes[0]
+
+
+def test_request_logging_is_forced_off_whatever_the_spec_says():
+    fleet = parse_fleet({"arms": [{**DEMO_ARM, "engine": {"extra": {"enable_log_requests": True}}}]})
+    assert llm_config_dict(fleet.arms[0], fleet)["engine_kwargs"]["enable_log_requests"] is False

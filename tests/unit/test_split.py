@@ -1,6 +1,10 @@
 """Arm choice: shares follow weights, users stay put, growing an arm only pulls users to it."""
 
+import json
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -71,3 +75,32 @@ def test_arm_health_ejects_after_consecutive_failures_and_recovers_on_probe():
     assert not health.failed("a", 4.0, "500")  # already out
     assert health.recovered("a", 10.5) == 7.5 and health.is_up("a")
     assert health.recovered("a", 11.0) is None
+
+
+# Fixed key -> arm values. `_unit` hashes "key\0arm" with BLAKE2b (hashlib, 8-byte digest, no key, no salt),
+# a pure function of the bytes: the same user lands on the same arm in every ingress replica, process and
+# Python version. Python's built-in hash() of a str is salted per process (PYTHONHASHSEED), so an
+# implementation using it would still pass the tests above (one process) but fail these pinned values.
+PINNED_WEIGHTS = {"a": 10, "b": 30, "c": 60}
+PINNED = {
+    "user-0": "c", "user-2": "b", "user-3": "b", "user-9": "b", "user-15": "a",
+    "alice": "b", "bob": "b", "sk-test-key": "c", "session-42": "a",
+}
+
+
+def test_pinned_keys_land_on_fixed_arms():
+    assert {k: pick_arm(PINNED_WEIGHTS, k) for k in PINNED} == PINNED
+
+
+@pytest.mark.parametrize("seed", ["0", "1", "12345"])
+def test_pinned_keys_same_in_another_process(seed):
+    code = (
+        "import json, sys; from corral.serving.split import pick_arm;"
+        "w, keys = json.loads(sys.argv[1]), json.loads(sys.argv[2]);"
+        "print(json.dumps({k: pick_arm(w, k) for k in keys}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(PINNED_WEIGHTS), json.dumps(list(PINNED))],
+        env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert json.loads(out.stdout) == PINNED

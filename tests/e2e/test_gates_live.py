@@ -1,0 +1,147 @@
+"""Metric gates on the real fleet: every default gate query answers from the live Prometheus, and a
+metric gate (not the golden set) rolls a real candidate back.
+
+How the bad candidates are made, without touching the ingress:
+* latency: the fleet's `smollm2` arm (SmolLM2-135M, 30 layers, bf16 emulated on this AVX2 CPU) as
+  the candidate against `tiny-random` (2 layers, hidden 256, float32). On a 60-token prompt the
+  candidate's prefill takes about a second, the baseline's a few milliseconds (README: 2.2 s per
+  128 bf16 prompt tokens on this machine): a TTFT p95 ratio far above the gate's 2.0.
+* errors: not here. A candidate that fails requests needs an arm the fleet does not have (e.g. a
+  `max_model_len` below normal prompts), and adding an arm to the running fleet changes the Serve
+  application's `args`, which restarts every replica (serving/app.py serve_config).
+
+The controller runs as tests/e2e/test_rollout.py runs it (Controller + PrometheusMetricSource +
+LocalServeActuator), with short bake and analysis intervals set in the rollout spec.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+
+import pytest
+import requests
+
+from corral.cluster.spec.rollout import QualityGate, RolloutSpec, RolloutStep, default_gates
+from corral.rollout.actuators import LocalServeActuator
+from corral.rollout.controller import Controller, start_rollout
+from corral.rollout.gates import render
+from corral.rollout.metrics import PrometheusMetricSource
+from corral.rollout.store import FileStore
+from corral.serving.prometheus import PrometheusClient
+
+# Short intervals; patience for the first series of an arm to reach Prometheus (export + 2 scrapes).
+FAST = dict(analysis_interval_s=3, analysis_window_s=30, min_window_s=3, min_sample_requests=3, failure_limit=1,
+            error_limit=1, inconclusive_limit=60)
+LONG_PROMPT = "hello " * 60
+
+
+class Load:
+    """Streaming or plain requests on a route from background threads; every attempt is counted."""
+
+    def __init__(self, url: str, route: str, prompt: str, stream: bool, threads: int = 2):
+        self.url, self.route, self.prompt, self.stream = url, route, prompt, stream
+        self.attempts = 0
+        self.outcomes: Counter = Counter()  # (arm, status or exception name) -> count
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
+
+    def _run(self, n: int) -> None:
+        i = 0
+        while not self._stop.is_set() and i < 5000:
+            body = {"model": self.route, "prompt": self.prompt, "max_tokens": 3, "ignore_eos": True,
+                    "stream": self.stream, "user": f"gate-{n}-{i}"}
+            with self._lock:
+                self.attempts += 1
+            try:
+                r = requests.post(f"{self.url}/v1/completions", json=body, timeout=120)
+                _ = r.content
+                outcome = (r.headers.get("x-corral-arm"), r.status_code)
+            except requests.RequestException as exc:
+                outcome = (None, type(exc).__name__)
+            with self._lock:
+                self.outcomes[outcome] += 1
+            i += 1
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=150)
+        assert not any(t.is_alive() for t in self._threads)
+        assert sum(self.outcomes.values()) == self.attempts  # no thread died with a request unaccounted
+
+
+def _wait_for(condition, cap_s: float, what: str, poll_s: float = 2.0):
+    deadline = time.monotonic() + cap_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {cap_s:g}s: {what}")
+        time.sleep(poll_s)
+
+
+def test_every_default_gate_query_answers_a_number_for_arms_with_traffic(fleet, fleet_url, prometheus_url):
+    """cluster/spec/rollout.py default_gates() rendered by rollout/gates.render, against the live Prometheus."""
+    client = PrometheusClient(prometheus_url)
+    gates = default_gates()
+    assert {g.name for g in gates} == {"error_rate", "ttft_p95", "itl_p95", "goodput"}
+    arms = ("smollm2", "tiny-random")  # route `llama`, 50/50 in the fleet file
+    with Load(fleet_url, "llama", "Hello there", stream=True) as load:
+        def answers():
+            got = {(g.name, arm): client.query(render(g.query, "llama", arm, 60)) for g in gates for arm in arms}
+            return got if all(v is not None for v in got.values()) else None
+
+        values = _wait_for(answers, 300, "every default gate answering for both arms of route llama")
+    assert {arm for arm, _ in load.outcomes} == set(arms), load.outcomes
+    assert all(status == 200 for _, status in load.outcomes), load.outcomes
+    for (gate, arm), v in values.items():
+        assert math.isfinite(v), (gate, arm, v)
+    for arm in arms:
+        assert values[("error_rate", arm)] == 0.0  # all 200
+        assert 0.0 < values[("ttft_p95", arm)] < 120 and 0.0 < values[("itl_p95", arm)] < 120
+        assert 0.0 < values[("goodput", arm)] <= 1.0 + 1e-9  # a share of requests (rates of one window)
+
+
+@pytest.fixture
+def actuator(fleet):
+    act = LocalServeActuator(fleet.name)
+    yield act
+    act.set_weights("llama", {"smollm2": 50, "tiny-random": 50})
+    for arm in ("smollm2", "tiny-random"):
+        act.set_replica_floor(arm, None)
+
+
+def _run_rollout(spec: RolloutSpec, prometheus_url: str, actuator, store: FileStore, max_ticks: int):
+    start_rollout(store, spec, time.time())
+    controller = Controller(spec, {spec.baseline: 1, spec.candidate: 1},
+                            PrometheusMetricSource(PrometheusClient(prometheus_url)), actuator, store)
+    return controller.run(tick_s=1, max_ticks=max_ticks)
+
+
+def test_slow_candidate_rolled_back_by_the_ttft_gate(fleet, fleet_url, prometheus_url, actuator, tmp_path):
+    actuator.set_weights("llama", {"tiny-random": 100, "smollm2": 0})
+    ttft = next(g for g in default_gates() if g.name == "ttft_p95").model_copy(update={"max": 2.0})
+    spec = RolloutSpec(route="llama", baseline="tiny-random", candidate="smollm2",
+                       steps=[RolloutStep(weight=w, bake_s=60, min_requests=5) for w in (50, 100)],
+                       gates=[ttft], quality=QualityGate(enabled=False), **FAST)
+    store = FileStore(tmp_path / "rollout.json")
+    with Load(fleet_url, "llama", LONG_PROMPT, stream=True) as load:
+        state = _run_rollout(spec, prometheus_url, actuator, store, max_ticks=400)
+    events = store.load().events
+    assert state.phase.value == "RolledBack", [(e.operator, e.reason) for e in events]
+    rollback = next(e for e in events if e.operator == "rollback")
+    assert "ttft_p95" in rollback.reason and "> max 2" in rollback.reason, rollback.reason
+    assert actuator.get_weights("llama") == {"tiny-random": 100, "smollm2": 0}
+    # The candidate really served (slowly, but without errors) before it was rolled back.
+    assert load.outcomes[("smollm2", 200)] >= spec.min_sample_requests, load.outcomes
+    assert {status for _, status in load.outcomes} == {200}, load.outcomes
