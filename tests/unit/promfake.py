@@ -66,8 +66,9 @@ _Q = re.compile(r"^sum(?: by \((\w+)\))? ?\((?:(increase|rate)\()?([a-z_]+)\{([^
 
 
 class FakePrometheus:
-    def __init__(self, requests=(), feedback=(), replicas=None):
+    def __init__(self, requests=(), feedback=(), replicas=None, now: float = 0.0):
         self.requests, self.feedback = list(requests), list(feedback)
+        self.now = now  # the evaluation time of instant queries without `time=`
         self.replicas = replicas or {}  # deployment -> healthy replicas (constant)
         self.queries: list[str] = []
         fake = self
@@ -84,7 +85,7 @@ class FakePrometheus:
                     if u.path.endswith("/query_range"):
                         body = fake.range(p["query"], float(p["start"]), float(p["end"]), float(p["step"]))
                     else:
-                        body = fake.instant(p["query"], float(p.get("time", "1e12")))
+                        body = fake.instant(p["query"], float(p["time"]) if "time" in p else fake.now)
                     code = 200
                 except ValueError as exc:
                     code, body = 400, {"status": "error", "errorType": "bad_data", "error": str(exc)}

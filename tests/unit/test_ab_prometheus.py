@@ -42,7 +42,7 @@ def traffic(seed=0):
 @pytest.fixture
 def prom():
     reqs, fb = traffic()
-    p = FakePrometheus(reqs, fb, replicas={f"LLMServer:{B}": 1, f"LLMServer:{C}": 2})
+    p = FakePrometheus(reqs, fb, replicas={f"LLMServer:{B}": 1, f"LLMServer:{C}": 2}, now=T1)
     yield p, reqs
     p.close()
 
@@ -167,3 +167,22 @@ def test_migration_fleets_validate():
     assert good.rollout.candidate == "smollm2" and bad.rollout.candidate == "llama2-random"
     assert good.arms[0].model.demo == "tiny-llama2-random" and bad.arms[1].model.demo == "tiny-llama2-random"
     assert {g.test for g in good.rollout.gates} == {"sequential", "threshold"} and good.rollout.quality.enabled
+
+
+def test_metric_source_collects_sequential_samples_over_the_step(prom):
+    from corral.cluster.spec.rollout import MetricGate, QualityGate, RolloutSpec
+    from corral.rollout.metrics import PrometheusMetricSource
+    from corral.rollout.sequential import evaluate_sequential_readings
+
+    p, _ = prom
+    gates = [MetricGate(name="err", test="sequential", metric="error_rate", margin=0.02),
+             MetricGate(name="ttft", test="sequential", metric="ttft", margin=1.3)]
+    spec = RolloutSpec(route="llama", baseline=B, candidate=C, gates=gates, quality=QualityGate(enabled=False))
+    client = PrometheusClient(p.url)  # the source asks for "now", which the fake takes as T1
+    m = PrometheusMetricSource(client).collect(spec, window_s=60, elapsed_s=T1 - T0)
+    assert m.values == {} and m.requests == {B: 400, C: 400}
+    assert m.samples["err"][C][0] == 400 and m.samples["err"][C][1] == pytest.approx(0.1)
+    # 10% vs 1% errors with a 2-point margin: worse, with 95% confidence; TTFT twice as slow: worse
+    assert evaluate_sequential_readings(gates[0], m.samples["err"][C], m.samples["err"][B]).verdict.value == "fail"
+    r = evaluate_sequential_readings(gates[1], m.samples["ttft"][C], m.samples["ttft"][B])
+    assert r.verdict.value == "fail" and 1.7 < r.value < 2.3
