@@ -43,10 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_subparsers(dest="ab_cmd", metavar="ACTION", required=True)
     r = s.add_parser(
         "report", help="requests, errors, latency, TTFT, quality, satisfaction, cost per arm",
-        description="Per-arm statistics with 95%% intervals and a candidate-vs-baseline test, from a JSONL of "
+        description="Per-arm statistics with 95% intervals and a candidate-vs-baseline test, from a JSONL of "
                     "per-request records (--records) or from corral's Prometheus series over a time window "
                     "(--prometheus). Quantiles from Prometheus come from histogram buckets; the bucket holding "
-                    "each is named (log-spaced, 12%% apart for TTFT/ITL, 26%% for latency). Cost per 1M output "
+                    "each is named (log-spaced, 12% apart for TTFT/ITL, 26% for latency). Cost per 1M output "
                     "tokens = GPU $/h x GPUs per replica x replica-seconds / 3600 / output tokens x 1e6, with "
                     "replica-seconds integrated from ray_serve_deployment_replica_healthy.")
     add_fleet_arg(r)

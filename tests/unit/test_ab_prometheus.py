@@ -186,3 +186,16 @@ def test_metric_source_collects_sequential_samples_over_the_step(prom):
     assert evaluate_sequential_readings(gates[0], m.samples["err"][C], m.samples["err"][B]).verdict.value == "fail"
     r = evaluate_sequential_readings(gates[1], m.samples["ttft"][C], m.samples["ttft"][B])
     assert r.verdict.value == "fail" and 1.7 < r.value < 2.3
+
+
+def test_parse_time_forms():
+    from corral.commands.ab import parse_time
+
+    now = 1_700_000_000.0
+    assert parse_time("now", now) == now
+    assert parse_time("30m", now) == now - 1800 and parse_time("-90s", now) == now - 90
+    assert parse_time("1699990000", now) == 1_699_990_000
+    assert parse_time("2023-11-14T22:13:20Z", now) == 1_700_000_000
+    assert parse_time("2023-11-14T22:13:20", now) == 1_700_000_000  # UTC unless it says otherwise
+    with pytest.raises(ValueError, match="age like 30m"):
+        parse_time("last tuesday", now)
