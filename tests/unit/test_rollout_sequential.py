@@ -180,3 +180,22 @@ def test_state_machine_rolls_back_on_a_sequential_failure_and_promotes_on_a_pass
     assert w.state.step >= 1 and w.state.phase == Phase.PROGRESSING
     assert w.state.baseline_samples["errors"][0] == 2000
 
+
+
+def test_the_largest_baseline_sample_stands_in_when_the_baseline_gets_little_or_no_traffic():
+    w = World(make_spec(gates=[ERR]))
+    run_to_baking(w)
+    for _ in range(3):  # step 1 (50%): 2000 requests each, no errors -> pass, baseline sample kept
+        w.tick(10, metrics=_seq_readings(cand_errors=0, n=2000))
+    assert w.state.baseline_samples["errors"][0] == 2000
+    while w.state.stage.value != "baking":
+        w.tick(1)
+    # step 2: the baseline has only 12 requests this step; with them alone 2000 candidate requests
+    # could not pass the 3-point margin, with the kept 2000 they do
+    small = MetricReadings(values={}, requests={B: 50, C: 2000},
+                           samples={"errors": {B: bernoulli_sample(0, 12).to_list(),
+                                               C: bernoulli_sample(0, 2000).to_list()}})
+    assert evaluate_sequential(ERR, bernoulli_sample(0, 2000), bernoulli_sample(0, 12)).verdict == Verdict.INCONCLUSIVE
+    w.tick(10, metrics=small)
+    assert w.state.last_gates[0]["verdict"] == "pass", w.state.last_gates
+    assert w.state.baseline_samples["errors"][0] == 2000  # a smaller sample never replaces a larger one
