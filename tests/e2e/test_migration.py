@@ -44,6 +44,7 @@ class Load:
     def __init__(self, threads: int = 6):
         self.codes: Counter = Counter()
         self.arms: Counter = Counter()
+        self.feedback: Counter = Counter()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
 
@@ -63,7 +64,11 @@ class Load:
                 doc = r.json()
                 self.arms[r.headers.get("x-corral-arm")] += 1
                 score = 1.0 if "paris" in doc["choices"][0]["message"]["content"].lower() else 0.0
-                requests.post(f"{URL}/v1/feedback", json={"response_id": doc["id"], "score": score}, timeout=30)
+                try:
+                    fb = requests.post(f"{URL}/v1/feedback", json={"response_id": doc["id"], "score": score}, timeout=30)
+                    self.feedback[fb.status_code] += 1
+                except requests.RequestException as exc:
+                    self.feedback[type(exc).__name__] += 1
 
     def __enter__(self) -> Load:
         for t in self._threads:
@@ -116,6 +121,7 @@ def test_good_migration_promotes_and_the_ab_report_has_all_four_measures(tmp_pat
         weight_changes(store, "smollm2") == [50, 70, 90, 100]
     assert set(load.codes) == {200}, load.codes  # zero failed requests through every weight change
     assert load.arms["smollm2"] > 0 and load.arms["llama2-stand-in"] > 0
+    assert set(load.feedback) == {200}, load.feedback
 
     since, until = f"{t0:.0f}", f"{time.time():.0f}"
     common = [GOOD, "--prometheus", PROM, "--since", since, "--until", until, "--gpu-price", "2.5"]
