@@ -99,6 +99,8 @@ def transcripts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def down(transcripts, tmp_path_factory):
+    # A running Ray head may run another checkout's code (`corral up` reuses a head): start clean.
+    corral("down", cwd=tmp_path_factory.mktemp("down0"), out=transcripts, name="0-down-before", timeout=300)
     yield
     if not os.environ.get("CORRAL_E2E_KEEP"):
         corral("down", cwd=tmp_path_factory.mktemp("down"), out=transcripts, name="5-down", timeout=300)
