@@ -51,21 +51,28 @@ class Load:
     def _run(self, k: int) -> None:
         i = 0
         while not self._stop.is_set():
-            body = {"model": "llama", "max_tokens": 8, "temperature": 0, "user": f"user-{k}-{i}",
+            # Streaming: the ingress records TTFT and ITL only for streamed responses.
+            body = {"model": "llama", "max_tokens": 8, "temperature": 0, "user": f"user-{k}-{i}", "stream": True,
                     "messages": [{"role": "user", "content": "What is the capital of France? Answer with one word."}]}
             i += 1
             try:
-                r = requests.post(f"{URL}/v1/chat/completions", json=body, timeout=120)
-            except requests.RequestException as exc:
+                r = requests.post(f"{URL}/v1/chat/completions", json=body, timeout=120, stream=True)
+                rid, text = None, ""
+                for line in r.iter_lines(decode_unicode=True):
+                    if line and line.startswith("data: ") and line != "data: [DONE]":
+                        chunk = json.loads(line[6:])
+                        rid = rid or chunk.get("id")
+                        for c in chunk.get("choices") or []:
+                            text += (c.get("delta") or {}).get("content") or ""
+            except (requests.RequestException, ValueError) as exc:
                 self.codes[type(exc).__name__] += 1
                 continue
             self.codes[r.status_code] += 1
-            if r.status_code == 200:
-                doc = r.json()
+            if r.status_code == 200 and rid:
                 self.arms[r.headers.get("x-corral-arm")] += 1
-                score = 1.0 if "paris" in doc["choices"][0]["message"]["content"].lower() else 0.0
+                score = 1.0 if "paris" in text.lower() else 0.0
                 try:
-                    fb = requests.post(f"{URL}/v1/feedback", json={"response_id": doc["id"], "score": score}, timeout=30)
+                    fb = requests.post(f"{URL}/v1/feedback", json={"response_id": rid, "score": score}, timeout=30)
                     self.feedback[fb.status_code] += 1
                 except requests.RequestException as exc:
                     self.feedback[type(exc).__name__] += 1
