@@ -158,3 +158,15 @@ def two_proportion_z_test(x1: int, n1: int, x2: int, n2: int) -> Comparison:
 
     z = (x1 / n1 - x2 / n2) / se
     return Comparison("two-proportion-z", z, float(2 * stats.norm.sf(abs(z))))
+
+
+def welch_t_test_from_stats(mean1: float, var1: float, n1: float, mean2: float, var2: float,
+                            n2: float) -> Comparison:
+    """Welch's t-test of mean1 - mean2 from summary statistics (e.g. binned data)."""
+    if n1 < 2 or n2 < 2 or (var1 <= 0 and var2 <= 0):
+        return Comparison("welch-t", None, None)
+    from scipy import stats
+
+    r = stats.ttest_ind_from_stats(mean1, math.sqrt(max(var1, 0.0)), n1, mean2, math.sqrt(max(var2, 0.0)), n2,
+                                   equal_var=False)
+    return Comparison("welch-t", float(r.statistic), float(r.pvalue))

@@ -9,7 +9,8 @@ Welch's t-test for means, the two-proportion z-test for rates. Latency quantiles
 distribution-free CI from order statistics. Cost per 1M output tokens uses the GPU price
 from the fleet spec: price/hour x GPUs of the arm x hours observed / output tokens.
 
-The statistics themselves live in `corral.common.stats` (scipy's distributions).
+The statistics themselves live in `corral.common.stats` (scipy's distributions). The same
+report from live traffic in Prometheus is `corral.rollout.ab_prometheus`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Row:
     metric: str
     estimates: dict[str, Estimate]
     comparison: Comparison | None
+    note: str = ""
+    """How the figure was obtained or its known error (e.g. the histogram bucket of a quantile)."""
 
 
 def ab_report(arms: dict[str, ArmRecords], baseline: str, candidate: str, duration_s: float,
@@ -115,5 +118,5 @@ def render_rows(rows: list[Row], baseline: str, candidate: str) -> list[list[str
         cmp_ = r.comparison
         sig = "-" if cmp_ is None or cmp_.p_value is None else \
             f"p={cmp_.p_value:.3g} ({cmp_.test}){' *' if cmp_.significant else ''}"
-        out.append([r.metric, fmt(r.estimates.get(baseline)), fmt(r.estimates.get(candidate)), sig])
+        out.append([r.metric, fmt(r.estimates.get(baseline)), fmt(r.estimates.get(candidate)), sig, r.note])
     return out

@@ -31,10 +31,21 @@ class GateResult:
     value: float | None
     """What was compared with the bounds: the ratio (compare=ratio) or the candidate's value."""
     message: str
+    low: float | None = None
+    """Sequential gates: lower end of the confidence sequence for `value` (None for threshold gates)."""
+    high: float | None = None
+    """Sequential gates: upper end of the confidence sequence for `value`."""
+    test: str = "threshold"
+    """`threshold` or `sequential` (how the verdict was reached)."""
+    alpha: float | None = None
+    """Sequential gates: the error rate the verdict carries."""
+    margin: float | None = None
+    """Sequential gates: how much worse the candidate may be (ratio or proportion points)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"gate": self.gate, "verdict": self.verdict.value, "candidate": self.candidate,
-                "baseline": self.baseline, "value": self.value, "message": self.message}
+                "baseline": self.baseline, "value": self.value, "message": self.message,
+                "low": self.low, "high": self.high, "test": self.test, "alpha": self.alpha, "margin": self.margin}
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,9 @@ class MetricReadings:
 
     values: dict[str, dict[str, float | None]] = field(default_factory=dict)
     requests: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, dict[str, list[float] | None]] = field(default_factory=dict)
+    """Sequential gates: gate -> arm -> [n, mean, variance] of the per-request values over the
+    step (see `corral.rollout.sequential.ArmSample`); None = no data."""
 
 
 def format_window(seconds: float) -> str:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.cluster.spec.rollout import RolloutSpec, needed_replicas
 from corral.rollout.gates import GateResult, MetricReadings, Verdict, evaluate_gate
+from corral.rollout.sequential import evaluate_sequential_readings
 
 
 class Phase(str, Enum):
@@ -142,6 +143,9 @@ class RolloutState(BaseModel):
     quality_scores: dict[str, float] = Field(default_factory=dict)
     baseline_reference: dict[str, float] = Field(default_factory=dict)
     """Last baseline value per gate, used at 100% when the baseline has no traffic."""
+    baseline_samples: dict[str, list[float]] = Field(default_factory=dict)
+    """Sequential gates: the largest baseline [n, mean, variance] per gate seen in a passing
+    analysis, used when the current step has less of the baseline (90%, 100%)."""
     last_gates: list[dict[str, Any]] = Field(default_factory=list)
     last_command_seq: int = 0
     pause_reason: str | None = None
@@ -349,6 +353,16 @@ def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) 
     baseline_live = s.desired_weights.get(spec.baseline, 0) > 0
     results = []
     for gate in spec.gates:
+        if gate.test == "sequential":
+            # The baseline does not change during a rollout: compare with the largest sample of it
+            # seen in any step (at 90% it gets a tenth of the traffic, at 100% none).
+            samples = m.samples.get(gate.name, {})
+            base_s = samples.get(spec.baseline) if baseline_live else None
+            kept = s.baseline_samples.get(gate.name)
+            if kept is not None and (base_s is None or kept[0] > base_s[0]):
+                base_s = kept
+            results.append(evaluate_sequential_readings(gate, samples.get(spec.candidate), base_s))
+            continue
         values = m.values.get(gate.name, {})
         cand = values.get(spec.candidate)
         base = values.get(spec.baseline) if baseline_live else s.baseline_reference.get(gate.name)
@@ -387,8 +401,13 @@ def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) 
     s.passed_in_step, s.inconclusive = True, 0
     if baseline_live:
         for r in results:
-            if r.baseline is not None:
+            if r.baseline is not None and r.test != "sequential":
                 s.baseline_reference[r.gate] = r.baseline
+        for gate in spec.gates:
+            base_s = m.samples.get(gate.name, {}).get(spec.baseline)
+            kept = s.baseline_samples.get(gate.name)
+            if gate.test == "sequential" and base_s is not None and (kept is None or base_s[0] >= kept[0]):
+                s.baseline_samples[gate.name] = list(base_s)
     return Decision(Operator.ANALYSIS, f"all gates passed (requests {counts})", gates)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from corral.cluster.spec.rollout import RolloutSpec
+from corral.rollout import promstats
 from corral.rollout.gates import MetricReadings, render, requests_query
 from corral.serving.prometheus import PrometheusClient, PrometheusError
 
@@ -43,7 +44,13 @@ class PrometheusMetricSource:
         arms = (spec.baseline, spec.candidate)
         values = {
             g.name: {arm: self.client.query(render(g.query, spec.route, arm, window_s)) for arm in arms}
-            for g in spec.gates
+            for g in spec.gates if g.test == "threshold"
         }
+        # Sequential gates see every request of the step so far (their test is valid at any count).
+        samples = {}
+        for g in spec.gates:
+            if g.test == "sequential":
+                got = {arm: promstats.sample(self.client, g.metric, spec.route, arm, elapsed_s) for arm in arms}
+                samples[g.name] = {arm: (v.to_list() if v is not None else None) for arm, v in got.items()}
         requests = {arm: self.client.query(requests_query(spec.route, arm, elapsed_s)) or 0.0 for arm in arms}
-        return MetricReadings(values=values, requests=requests)
+        return MetricReadings(values=values, requests=requests, samples=samples)

@@ -45,16 +45,17 @@ def _finite(value: float | None) -> float | None:
 
 
 class PrometheusClient:
-    """The one client of Prometheus' instant-query HTTP API (`GET /api/v1/query`) in corral."""
+    """The one client of Prometheus' query HTTP API (`GET /api/v1/query`, `/api/v1/query_range`) in corral."""
 
     def __init__(self, base_url: str, timeout_s: float = 10.0, session: requests.Session | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._session = session or requests.Session()
 
-    def _data(self, promql: str) -> dict:
+    def _data(self, promql: str, at: float | None = None, path: str = "query", extra: dict | None = None) -> dict:
+        params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {}), **(extra or {})}
         try:
-            resp = self._session.get(f"{self.base_url}/api/v1/query", params={"query": promql}, timeout=self.timeout_s)
+            resp = self._session.get(f"{self.base_url}/api/v1/{path}", params=params, timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise PrometheusError(f"Prometheus at {self.base_url} unreachable: {exc}") from exc
         try:
@@ -67,16 +68,25 @@ class PrometheusClient:
             )
         return body.get("data", {})
 
-    def vector(self, promql: str) -> list[dict]:
-        """Every sample of an instant query (`[{"metric": {...}, "value": [t, "v"]}, ...]`)."""
-        data = self._data(promql)
+    def vector(self, promql: str, at: float | None = None) -> list[dict]:
+        """Every sample of an instant query (`[{"metric": {...}, "value": [t, "v"]}, ...]`),
+        evaluated now or at unix time `at`."""
+        data = self._data(promql, at)
         if data.get("resultType") != "vector":
             raise PrometheusError(f"query returned a {data.get('resultType')}, expected a vector: {promql}")
         return list(data.get("result") or [])
 
-    def query(self, promql: str) -> float | None:
+    def matrix(self, promql: str, start: float, end: float, step_s: float) -> list[dict]:
+        """A range query (`GET /api/v1/query_range`): `[{"metric": {...}, "values": [[t, "v"], ...]}, ...]`."""
+        data = self._data(promql, path="query_range",
+                          extra={"start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"})
+        if data.get("resultType") != "matrix":
+            raise PrometheusError(f"query_range returned a {data.get('resultType')}, expected a matrix: {promql}")
+        return list(data.get("result") or [])
+
+    def query(self, promql: str, at: float | None = None) -> float | None:
         """The value of a query that yields at most one sample; None if it yields none or NaN."""
-        data = self._data(promql)
+        data = self._data(promql, at)
         kind, result = data.get("resultType"), data.get("result")
         if kind == "scalar" and result is not None:
             return _finite(float(result[1]))

@@ -67,20 +67,42 @@ class RolloutStep(_Strict):
     (too few = inconclusive, never a promotion)."""
 
 
-class MetricGate(_Strict):
-    """A PromQL measurement per arm and the bound it must respect.
+SequentialMetric = Literal["error_rate", "latency", "ttft", "itl", "quality_pass_rate"]
+SEQUENTIAL_METRICS: dict[str, str] = {
+    "error_rate": "share of requests answered 5xx; margin = how many points (0.01 = 1%) the candidate's "
+                  "rate may exceed the baseline's",
+    "latency": "end-to-end latency; compared as candidate/baseline ratio of geometric means; margin = largest "
+               "acceptable ratio (1.2 = 20% slower)",
+    "ttft": "time to first token; ratio of geometric means as for latency",
+    "itl": "mean inter-token latency per request; ratio of geometric means as for latency",
+    "quality_pass_rate": "share of /v1/feedback ratings above 0.5; margin = how many points the candidate's "
+                         "share may fall below the baseline's",
+}
+"""What a `test: sequential` gate can measure (each from corral's own series, per arm, over the step)."""
 
-    `query` is a template: `$route`, `$arm`, `$window` (e.g. `60s`) and the metric names
-    `$requests`, `$latency`, `$ttft`, `$itl`, `$input_tokens`, `$output_tokens`,
-    `$feedback` (write `${ttft}_bucket` for histogram buckets). It must evaluate to one
-    number per arm. With `compare: ratio` the gate bounds candidate / baseline; with
-    `absolute` it bounds the candidate's own value.
+
+class MetricGate(_Strict):
+    """A gate: a PromQL measurement per arm and the bound it must respect, or a sequential test.
+
+    `test: threshold` (default): `query` is a template: `$route`, `$arm`, `$window` (e.g. `60s`)
+    and the metric names `$requests`, `$latency`, `$ttft`, `$itl`, `$input_tokens`,
+    `$output_tokens`, `$feedback` (write `${ttft}_bucket` for histogram buckets). It must
+    evaluate to one number per arm. With `compare: ratio` the gate bounds candidate / baseline;
+    with `absolute` it bounds the candidate's own value.
+
+    `test: sequential`: an always-valid comparison of candidate and baseline on `metric`, from
+    every request of the step so far (see `corral.rollout.sequential`): pass as soon as a
+    confidence sequence at level 1 - `alpha` shows the candidate is not worse by more than
+    `margin`, fail as soon as it shows it is worse by more than `margin`, inconclusive until then.
     """
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
     """Gate id shown in events and reports."""
-    query: str
-    """PromQL template (see the class docstring)."""
+    test: Literal["threshold", "sequential"] = "threshold"
+    """`threshold`: compare one PromQL reading per arm with `max`/`min` at each analysis.
+    `sequential`: always-valid test of `metric` against `margin` with error rate `alpha`."""
+    query: str = ""
+    """PromQL template (threshold gates; see the class docstring)."""
     compare: Literal["ratio", "absolute"] = "ratio"
     """`ratio`: bound candidate / baseline. `absolute`: bound the candidate's value."""
     max: float | None = None
@@ -90,6 +112,20 @@ class MetricGate(_Strict):
     floor: float = Field(0.0, ge=0)
     """Values below `floor` count as `floor` before comparing, so a tiny baseline (0 errors)
     does not turn noise into a huge ratio. In the metric's own unit."""
+    metric: SequentialMetric | None = None
+    """Sequential gates: what to compare (`error_rate`, `latency`, `ttft`, `itl`, `quality_pass_rate`)."""
+    margin: float | None = Field(None, gt=0)
+    """Sequential gates: how much worse the candidate may be. For `error_rate` and
+    `quality_pass_rate` a difference of proportions (0.02 = 2 points); for `latency`, `ttft`,
+    `itl` a ratio of geometric means above 1 (1.25 = 25% slower). Latency histograms have
+    buckets 12% (TTFT, ITL) or 26% (latency) apart, so a latency margin should be wider than that."""
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    """Sequential gates: error rate. The chance that the gate ever passes a candidate worse by
+    more than `margin`, or ever fails one that is not, over the whole step however often it is
+    checked (asymptotically)."""
+    design_n: int = Field(500, ge=1)
+    """Sequential gates: requests per arm at which the confidence sequence is tightest (it is
+    valid at every count; this only tunes where it is narrowest)."""
 
     @field_validator("query")
     @classmethod
@@ -101,6 +137,23 @@ class MetricGate(_Strict):
 
     @model_validator(mode="after")
     def _has_bound(self) -> MetricGate:
+        if self.test == "sequential":
+            if self.metric is None or self.margin is None:
+                raise ValueError(f"sequential gate {self.name!r} needs metric (one of {list(SEQUENTIAL_METRICS)}) "
+                                 f"and margin")
+            if self.metric in ("latency", "ttft", "itl") and self.margin <= 1:
+                raise ValueError(f"sequential gate {self.name!r}: margin for {self.metric} is a ratio and "
+                                 f"must be > 1 (got {self.margin})")
+            if self.metric in ("error_rate", "quality_pass_rate") and self.margin >= 1:
+                raise ValueError(f"sequential gate {self.name!r}: margin for {self.metric} is a difference "
+                                 f"of proportions and must be < 1 (got {self.margin})")
+            if self.query or self.max is not None or self.min is not None:
+                raise ValueError(f"sequential gate {self.name!r}: query, max and min belong to threshold gates")
+            return self
+        if self.metric is not None or self.margin is not None:
+            raise ValueError(f"gate {self.name!r}: metric and margin belong to `test: sequential` gates")
+        if not self.query:
+            raise ValueError(f"gate {self.name!r}: a threshold gate needs a query")
         if self.max is None and self.min is None:
             raise ValueError(f"gate {self.name!r} sets neither max nor min")
         if self.max is not None and self.min is not None and self.min > self.max:

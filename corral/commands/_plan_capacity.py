@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.commands._common import EXIT_BAD_INPUT, CliError, add_fleet_arg
+from corral.commands._cost import add_cost_args, cost_comparison
 
 
 def register(plan_sub: argparse._SubParsersAction) -> None:
@@ -46,6 +47,7 @@ def register(plan_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="overlay YAML path (default: RESULTS/capacity-overlay.yaml); "
                    "capacity-plan.json and latency-curve.json (for the autoscaler simulator) go beside it")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_cost_args(p)
     p.set_defaults(func=cmd_capacity)
 
 
@@ -118,9 +120,12 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     if args.predict_replicas or args.predict_max_num_seqs:
         pred = planner.predict(args.predict_replicas, args.predict_max_num_seqs)
         predictions.append(pred)
+    costs = cost_comparison(args, plan.gpus, args.target_rps, planner.model.input_tokens,
+                            planner.model.output_tokens, price)
     if args.json:
         print(json.dumps({"plan": plan.to_dict(), "overlay": overlay,
-                          "predictions": [p.__dict__ for p in predictions]}, indent=2))
+                          "predictions": [p.__dict__ for p in predictions],
+                          **({"cost": costs.to_dict()} if costs is not None else {})}, indent=2))
     else:
         cost = "-" if plan.usd_per_hour is None else f"${plan.usd_per_hour:.2f}/h, ${plan.usd_per_million_output_tokens:.3f} per 1M output tokens"
         print(f"arm {plan.arm}: λ* per replica {plan.lambda_star_per_replica_rps:.3g} rps "
@@ -133,6 +138,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             print(f"  predicted λ* with {p.replicas} replica(s), max_num_seqs={p.max_num_seqs}: {p.lambda_star_rps:.3g} rps")
         for w in plan.warnings + [w for p in predictions for w in p.warnings if w not in plan.warnings]:
             print(f"  warning: {w}", file=sys.stderr)
+        from corral.cluster.cost import render_lines
+
+        for line in render_lines(costs) if costs is not None else []:
+            print(line)
         print(f"overlay   {out}")
         if args.write:
             print(f"fleet     {args.fleet}  (overlay merged in; apply with `corral up {args.fleet}`)")

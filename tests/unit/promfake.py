@@ -1,0 +1,175 @@
+"""A fake Prometheus HTTP API over synthetic per-request events, for unit tests.
+
+It evaluates the query shapes corral issues (`sum(increase(x{sel}[w]))`, `sum by (le|arm)
+(increase|rate(...))`, `sum(gauge{sel})`, with `or vector(0)`) exactly over the events, at
+`time=` for instant queries and on the `start/end/step` grid for `query_range`, and answers in
+Prometheus' JSON format. Counts are exact (a real Prometheus extrapolates `increase` to the
+window's edges).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+
+def log_buckets(low_s, high_s, per_decade=20):
+    # serving/ingress.py `log_buckets`, copied: importing the ingress loads Ray Serve.
+    out, k = [], 0
+    while True:
+        b = float(f"{low_s * 10 ** (k / per_decade):.3g}")
+        if b > high_s * (1 + 1e-9):
+            return out
+        if not out or b > out[-1]:
+            out.append(b)
+        k += 1
+
+
+BUCKETS = {
+    "ray_corral_ttft_seconds": log_buckets(0.005, 120),
+    "ray_corral_itl_seconds": log_buckets(0.001, 2),
+    "ray_corral_request_latency_seconds": log_buckets(0.01, 600, per_decade=10),
+    "ray_corral_feedback_score": [0.25, 0.5, 0.75, 1.0],
+}
+FIELD = {"ray_corral_ttft_seconds": "ttft", "ray_corral_itl_seconds": "itl",
+         "ray_corral_request_latency_seconds": "latency", "ray_corral_feedback_score": "score"}
+
+
+@dataclass
+class Req:
+    t: float
+    route: str
+    arm: str
+    status: int = 200
+    latency: float = 1.0
+    ttft: float = 0.2
+    itl: float = 0.05
+    input_tokens: int = 20
+    output_tokens: int = 30
+
+
+@dataclass
+class Feedback:
+    t: float
+    route: str
+    arm: str
+    score: float
+
+
+_SEL = re.compile(r'(\w+)(=~|=)"((?:[^"\\]|\\.)*)"')
+_Q = re.compile(r"^sum(?: by \((\w+)\))? ?\((?:(increase|rate)\()?([a-z_]+)\{([^}]*)\}(?:\[(\d+)s\]\))?\)( or vector\(0\))?$")
+
+
+class FakePrometheus:
+    def __init__(self, requests=(), feedback=(), replicas=None, now: float = 0.0):
+        self.requests, self.feedback = list(requests), list(feedback)
+        self.now = now  # the evaluation time of instant queries without `time=`
+        self.replicas = replicas or {}  # deployment -> healthy replicas (constant)
+        self.queries: list[str] = []
+        fake = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                u = urlparse(self.path)
+                p = {k: v[0] for k, v in parse_qs(u.query).items()}
+                fake.queries.append(p["query"])
+                try:
+                    if u.path.endswith("/query_range"):
+                        body = fake.range(p["query"], float(p["start"]), float(p["end"]), float(p["step"]))
+                    else:
+                        body = fake.instant(p["query"], float(p["time"]) if "time" in p else fake.now)
+                    code = 200
+                except ValueError as exc:
+                    code, body = 400, {"status": "error", "errorType": "bad_data", "error": str(exc)}
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def _eval(self, q: str, t: float) -> list[tuple[dict, float]]:
+        m = _Q.match(q)
+        if not m:
+            raise ValueError(f"fake Prometheus does not understand {q!r}")
+        by, fn, name, sel, window, or_zero = m.groups()
+        matchers = [(k, op, v.replace("\\\\", "\\")) for k, op, v in _SEL.findall(sel)]
+        if fn is None:  # a gauge: healthy replicas of a deployment
+            dep = next(v for k, _, v in matchers if k == "deployment")
+            return [({}, float(self.replicas[dep]))] if dep in self.replicas else []
+        w = float(window)
+        groups: dict[tuple, float] = {}
+        base, suffix = name, ""
+        for s in ("_bucket", "_sum", "_count"):
+            if name.endswith(s):
+                base, suffix = name[: -len(s)], s
+        events = self.feedback if base == "ray_corral_feedback_score" else self.requests
+        for e in events:
+            if not t - w < e.t <= t:
+                continue
+            labels = {"route": e.route, "arm": e.arm, "status": str(getattr(e, "status", ""))}
+            if not all((re.fullmatch(v, labels.get(k, "")) if op == "=~" else labels.get(k) == v)
+                       for k, op, v in matchers):
+                continue
+            if base == "ray_corral_requests_total":
+                self._add(groups, by, labels, None, 1.0)
+            elif base == "ray_corral_input_tokens_total":
+                self._add(groups, by, labels, None, e.input_tokens)
+            elif base == "ray_corral_output_tokens_total":
+                self._add(groups, by, labels, None, e.output_tokens)
+            elif base in BUCKETS:
+                value = getattr(e, FIELD[base])
+                if suffix == "_bucket":
+                    for le in BUCKETS[base] + [math.inf]:
+                        if value <= le:
+                            self._add(groups, "le", {**labels, "le": "+Inf" if math.isinf(le) else repr(le)}, None, 1.0)
+                        else:
+                            self._add(groups, "le", {**labels, "le": "+Inf" if math.isinf(le) else repr(le)}, None, 0.0)
+                elif suffix == "_sum":
+                    self._add(groups, by, labels, None, value)
+                else:
+                    self._add(groups, by, labels, None, 1.0)
+            else:
+                raise ValueError(f"fake Prometheus has no series {name}")
+        if fn == "rate":
+            groups = {k: v / w for k, v in groups.items()}
+        out = [(dict(k), v) for k, v in groups.items()]
+        if not out and or_zero:
+            out = [({}, 0.0)]
+        return out
+
+    @staticmethod
+    def _add(groups, by, labels, _unused, v):
+        key = ((by, labels[by]),) if by else ()
+        groups[key] = groups.get(key, 0.0) + v
+
+    def instant(self, q: str, t: float) -> dict:
+        res = [{"metric": m, "value": [t, repr(v)]} for m, v in self._eval(q, t)]
+        return {"status": "success", "data": {"resultType": "vector", "result": res}}
+
+    def range(self, q: str, start: float, end: float, step: float) -> dict:
+        series: dict[tuple, list] = {}
+        n = int(math.floor((end - start) / step + 1e-9))
+        for i in range(n + 1):
+            t = start + i * step
+            for m, v in self._eval(q, t):
+                series.setdefault(tuple(sorted(m.items())), []).append([t, repr(v)])
+        res = [{"metric": dict(k), "values": v} for k, v in series.items()]
+        return {"status": "success", "data": {"resultType": "matrix", "result": res}}
