@@ -41,6 +41,18 @@ def resolve_golden_path(name: str, base_dir: Path | None = None) -> Path:
     return p if p.is_absolute() or base_dir is None else base_dir / p
 
 
+def local_endpoint(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a server bound to `host` (a wildcard bind
+    address such as 0.0.0.0 is no address to connect to: use the loopback instead)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def load_golden(path: Path) -> list[GoldenPrompt]:
     prompts = []
     for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
@@ -77,13 +89,14 @@ class GoldenSetRunner:
     """Runs a golden set against arms through the fleet's OpenAI-compatible endpoint."""
 
     def __init__(self, base_url: str, prompts: list[GoldenPrompt], timeout_s: float = 60.0, session=None,
-                 api_key: str = "corral"):
+                 api_key: str | None = None):
+        """`api_key`: sent as `Authorization: Bearer <key>` (None: no header, for fleets without auth)."""
         import requests
 
         self.base_url = base_url.rstrip("/")
         self.prompts, self.timeout_s = prompts, timeout_s
         self.session = session or requests.Session()
-        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.last_replies: dict[str, dict[str, str]] = {}
 
     def ask(self, arm: str, prompt: GoldenPrompt) -> str:
