@@ -64,7 +64,8 @@ def _run_args(sp):
     sp.add_argument("--api-key-env", metavar="NAME", default=None,
                     help="send the API key in this environment variable with golden-set requests")
     sp.add_argument("--dashboard", metavar="URL", default=None,
-                    help="Ray dashboard for Serve's status with --kube (default http://<rayservice>-head-svc.<ns>.svc:8265)")
+                    help="Ray dashboard serving Serve's REST API (default: with --kube http://<rayservice>-head-svc.<ns>.svc:8265, "
+                         "else the local head's, port 8265)")
     sp.add_argument("--tick-s", type=float, default=None, help="seconds between controller ticks")
     sp.add_argument("--daemon", action="store_true",
                     help="run for ever: wait for a rollout, run it, wait for the next (SIGTERM stops)")
@@ -141,7 +142,17 @@ def _actuator(args, fleet):
                                              dashboard_url=args.dashboard)
         except Exception as exc:  # kubeconfig missing, etc.
             raise CliError(f"cannot reach Kubernetes: {exc}", EXIT_ENVIRONMENT) from None
-    return actuators.LocalServeActuator(fleet.name)
+    cluster = None
+    if args.dashboard:
+        from urllib.parse import urlparse
+
+        from corral.serving.local import LocalCluster
+
+        port = urlparse(args.dashboard).port
+        if port is None:
+            raise CliError(f"--dashboard {args.dashboard}: give the port (e.g. http://127.0.0.1:8265)", EXIT_BAD_INPUT)
+        cluster = LocalCluster(dashboard_port=port)
+    return actuators.LocalServeActuator(fleet.name, cluster=cluster)
 
 
 def _wiring(args, fleet, store) -> dict:
