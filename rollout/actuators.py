@@ -327,12 +327,16 @@ class LocalServeActuator:
         self.cluster = cluster or LocalCluster()
 
     def _update(self, change: Callable[[dict], bool]) -> bool:
+        import requests
+
         from corral.serving.local import LocalError
 
         try:
             return self.cluster.update_app(self.app_name, change)
         except LocalError as exc:
             raise ActuatorError(str(exc)) from None
+        except requests.RequestException as exc:
+            raise ActuatorError(f"Serve at {self.cluster.api}: {exc}") from exc
 
     def _app(self) -> dict:
         app = self.cluster.app_status(self.app_name)

@@ -167,9 +167,12 @@ def build_controller(spec: RolloutSpec, *, max_replicas: dict[str, int], actuato
                      prometheus_url: str, endpoint: str, api_key: str | None, base_dir: Path | None,
                      rollout_id: str | None = None, tick_s: float | None = None,
                      on_decision: Callable[[Decision, RolloutState], None] | None = None,
-                     on_error: Callable[[Exception], None] | None = None) -> Controller:
+                     on_error: Callable[[Exception], None] | None = None,
+                     heartbeat: Path | None = None) -> Controller:
     """A controller wired to Prometheus, the actuator, the store and (when the spec's quality
-    gate is on) a golden-set runner against `endpoint` with `api_key`."""
+    gate is on) a golden-set runner against `endpoint` with `api_key`, which touches `heartbeat`
+    after each prompt (a golden set on a large model can outlast the liveness probe's max age;
+    one prompt is bounded by `quality.request_timeout_s`)."""
     from corral.rollout.metrics import PrometheusMetricSource
     from corral.rollout.quality import GoldenSetRunner, load_golden, resolve_golden_path
     from corral.serving.prometheus import PrometheusClient
@@ -177,7 +180,8 @@ def build_controller(spec: RolloutSpec, *, max_replicas: dict[str, int], actuato
     runner = None
     if spec.quality.enabled:
         prompts = load_golden(resolve_golden_path(spec.quality.golden_set, base_dir))
-        runner = GoldenSetRunner(endpoint, prompts, timeout_s=spec.quality.request_timeout_s, api_key=api_key)
+        runner = GoldenSetRunner(endpoint, prompts, timeout_s=spec.quality.request_timeout_s, api_key=api_key,
+                                 on_prompt=None if heartbeat is None else lambda: touch(heartbeat, time.time()))
     return Controller(spec, max_replicas, PrometheusMetricSource(PrometheusClient(prometheus_url)), actuator, store,
                       quality_runner=runner, on_decision=on_decision, on_error=on_error, rollout_id=rollout_id,
                       tick_s=tick_s)

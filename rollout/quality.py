@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from corral.rollout.machine import QualityScores
 
@@ -89,8 +89,9 @@ class GoldenSetRunner:
     """Runs a golden set against arms through the fleet's OpenAI-compatible endpoint."""
 
     def __init__(self, base_url: str, prompts: list[GoldenPrompt], timeout_s: float = 60.0, session=None,
-                 api_key: str | None = None):
-        """`api_key`: sent as `Authorization: Bearer <key>` (None: no header, for fleets without auth)."""
+                 api_key: str | None = None, on_prompt: Callable[[], None] | None = None):
+        """`api_key`: sent as `Authorization: Bearer <key>` (None: no header, for fleets without auth).
+        `on_prompt` is called after each prompt (a long run keeps the controller's heartbeat fresh)."""
         import requests
 
         self.base_url = base_url.rstrip("/")
@@ -98,6 +99,7 @@ class GoldenSetRunner:
         self.session = session or requests.Session()
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.last_replies: dict[str, dict[str, str]] = {}
+        self.on_prompt = on_prompt
 
     def ask(self, arm: str, prompt: GoldenPrompt) -> str:
         resp = self.session.post(
@@ -115,7 +117,11 @@ class GoldenSetRunner:
         scores = {}
         try:
             for arm in arms:
-                replies = {p.id: self.ask(arm, p) for p in self.prompts}
+                replies = {}
+                for p in self.prompts:
+                    replies[p.id] = self.ask(arm, p)
+                    if self.on_prompt is not None:
+                        self.on_prompt()
                 self.last_replies[arm] = replies
                 scores[arm] = sum(score(p, replies[p.id]) for p in self.prompts) / len(self.prompts)
         except (requests.RequestException, KeyError, ValueError) as exc:

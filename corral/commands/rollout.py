@@ -183,11 +183,12 @@ def _run_daemon(args, fleet, store) -> int:
     stop = threading.Event()
     stop_on_sigterm(stop)
 
+    heartbeat = Path(args.heartbeat_file) if args.heartbeat_file else None
+
     def make(doc, spec):
         return build_controller(spec, **wiring, rollout_id=doc.id, on_decision=log.decisions(doc.id, spec),
-                                on_error=log.error)
+                                on_error=log.error, heartbeat=heartbeat)
 
-    heartbeat = Path(args.heartbeat_file) if args.heartbeat_file else None
     return Daemon(store, make, log, idle_s=args.tick_s or 5.0, heartbeat=heartbeat, stop=stop).run()
 
 
@@ -197,8 +198,8 @@ def _run_controller(args, spec, store, wiring: dict) -> int:
     from corral.rollout.daemon import LogLines, build_controller, touch
 
     doc_id = store.load().id
-    ctl = build_controller(spec, **wiring, rollout_id=doc_id)
     heartbeat = Path(args.heartbeat_file) if args.heartbeat_file else None
+    ctl = build_controller(spec, **wiring, rollout_id=doc_id, heartbeat=heartbeat)
 
     def sleep(s):
         touch(heartbeat, time.time())

@@ -246,7 +246,10 @@ def test_unexpected_errors_are_logged_with_their_traceback(tmp_path):
 def test_golden_set_sends_the_key_and_a_wrong_key_is_an_error(world):
     tmp_path, serve, prom, openai = world
     prompts = load_golden(tmp_path / "golden.jsonl")
-    assert GoldenSetRunner(openai.url, prompts, api_key=KEY).run(["old", "new"]).scores == {"old": 1.0, "new": 1.0}
+    beats = []
+    runner = GoldenSetRunner(openai.url, prompts, api_key=KEY, on_prompt=lambda: beats.append(1))
+    assert runner.run(["old", "new"]).scores == {"old": 1.0, "new": 1.0}
+    assert len(beats) == 2  # one heartbeat per prompt and arm
     failed = GoldenSetRunner(openai.url, prompts).run(["old"])
     assert failed.error is not None and "401" in failed.error and not failed.scores
     assert openai.requests[-1][2]["auth"] is None
