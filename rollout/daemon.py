@@ -54,8 +54,11 @@ def heartbeat_age(path: Path, now: float) -> float | None:
 class LogLines:
     """Plain, timestamped log lines for a non-TTY stdout."""
 
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.time):
-        self.stream, self.clock = stream, clock
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.time, repeat_s: float = 60.0):
+        """The same error reported again within `repeat_s` is counted, not printed again."""
+        self.stream, self.clock, self.repeat_s = stream, clock, repeat_s
+        self._last_error: tuple[str, float] | None = None
+        self._repeats = 0
 
     def __call__(self, message: str) -> None:
         t = self.clock()
@@ -76,7 +79,16 @@ class LogLines:
         return hook
 
     def error(self, exc: Exception) -> None:
-        self(f"error: {describe_error(exc)}")
+        text, now = describe_error(exc), self.clock()
+        if self._last_error is not None and self._last_error[0] == text and now - self._last_error[1] < self.repeat_s:
+            self._repeats += 1
+            return
+        same = self._last_error is not None and self._last_error[0] == text
+        if self._repeats and not same:
+            self(f"error: the previous error occurred {self._repeats} more times")
+        again = f" ({self._repeats} more times since the last report)" if self._repeats and same else ""
+        self(f"error: {text}{again}")
+        self._last_error, self._repeats = (text, now), 0
 
 
 def describe(doc_id: str, spec: RolloutSpec, decision: Decision, state: RolloutState) -> str:

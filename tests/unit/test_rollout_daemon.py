@@ -5,6 +5,7 @@ endpoint that enforces an API key (tests/unit/rollout_stubs.py)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -228,6 +229,21 @@ def test_transient_errors_are_logged_and_retried_with_backoff(tmp_path):
     assert hb.exists()
 
 
+def test_a_repeated_error_is_printed_once_a_minute_with_a_count():
+    t, buf = [0.0], io.StringIO()
+    log = LogLines(buf, clock=lambda: t[0])
+    for _ in range(14):  # t = 0, 5, ..., 65
+        log.error(ConnectionError("dashboard unreachable"))
+        t[0] += 5
+    log.error(ConnectionError("dashboard unreachable"))  # t = 70
+    log.error(ValueError("other"))
+    lines = [line.split(" ", 1)[1] for line in buf.getvalue().splitlines()]
+    assert lines == ["error: ConnectionError: dashboard unreachable",
+                     "error: ConnectionError: dashboard unreachable (11 more times since the last report)",
+                     "error: the previous error occurred 2 more times",
+                     "error: ValueError: other"], lines
+
+
 def test_unexpected_errors_are_logged_with_their_traceback(tmp_path):
     store = FileStore(tmp_path / "r.json")
     spec = RolloutSpec(route="chat", baseline="old", candidate="new", steps=[RolloutStep(weight=100, bake_s=1)])
@@ -266,3 +282,57 @@ def test_daemon_flag_is_refused_on_start(world, capsys):
     tmp_path, *_ = world
     assert main(["rollout", "start", str(tmp_path / "fleet.yaml"), "--daemon"]) == 2
     assert Path(tmp_path / "r.json").exists() is False
+
+
+def test_the_charts_command_line_against_a_stub_kubernetes_api(tmp_path):
+    """The exact command the Helm chart renders, with the real `kubernetes` client (kubeconfig ->
+    the stub API server of test_rollout_kuberay): idle without a rollout, picks up one started with
+    `corral rollout start --kube`, logs (not swallows) that Serve's status is unreachable (no head
+    service resolves here) and holds the weights, stays alive, SIGTERM -> 0."""
+    from test_rollout_kuberay import FLEET, StubApiServer, rayservice
+
+    api = StubApiServer(rayservice())
+    api.thread.start()
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "stub", "cluster": {"server": api.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "stub", "user": "u", "namespace": "llm"}}]}))
+        fleet = {**FLEET, "apiVersion": "corral/v1", "kind": "Fleet",
+                 "rollout": {"route": "chat", "baseline": "llama2", "candidate": "llama3",
+                             "quality": {"enabled": False}}}
+        fleet_file = tmp_path / "fleet.yaml"
+        fleet_file.write_text(yaml.safe_dump(fleet))
+        heartbeat = tmp_path / "corral-controller.alive"
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CORRAL_API_KEY": KEY}
+        kube = ["--kube", "corral", "--namespace", "llm"]
+        proc = subprocess.Popen([*CORRAL, "rollout", "run", str(fleet_file), "--daemon", *kube,
+                                 "--prometheus", "http://127.0.0.1:9", "--endpoint", "http://corral-serve-svc.llm.svc:8000",
+                                 "--api-key-env", "CORRAL_API_KEY", "--heartbeat-file", str(heartbeat), "--tick-s", "0.2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: any("idle: no rollout stored" in line for line in out), what="the idle line")
+            started = subprocess.run([*CORRAL, "rollout", "start", str(fleet_file), *kube], env=env,
+                                     capture_output=True, text=True, timeout=60)
+            assert started.returncode == 0, started.stderr
+            wait_for(lambda: any("reading Serve status from http://corral-head-svc.llm.svc:8265" in line for line in out),
+                     what="the unreachable Serve status to be logged")
+            time.sleep(1.0)
+            assert proc.poll() is None, "".join(out)
+            assert main(["rollout", "alive", "--heartbeat-file", str(heartbeat), "--max-age-s", "5"]) == 0
+            doc = json.loads(api.obj["metadata"]["annotations"]["corral.dev/rollout"])
+            assert doc["state"]["phase"] == "Pending"  # weights unknown: nothing started, nothing written
+            assert "deployments" not in api.app()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=30)
+            reader.join(timeout=5)
+        assert rc == 0, "".join(out)
+    finally:
+        api.server.shutdown()
+        api.server.server_close()
