@@ -15,6 +15,7 @@ the rollout as it moves.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -38,8 +39,6 @@ def touch(path: Path | None, now: float) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
-    import os
-
     os.utime(path, (now, now))
 
 
@@ -104,7 +103,9 @@ def describe(doc_id: str, spec: RolloutSpec, decision: Decision, state: RolloutS
 
 def describe_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
-    if not isinstance(exc, EXPECTED_ERRORS):
+    # kubernetes.client.ApiException carries status, reason and body in its message.
+    expected = isinstance(exc, EXPECTED_ERRORS) or type(exc).__name__ == "ApiException"
+    if not expected:
         text += "\n" + "".join(traceback.format_exception(exc)).rstrip()
     return text
 
@@ -113,15 +114,17 @@ class Daemon:
     """Idle -> run the stored rollout -> idle, until `stop` is set.
 
     `make_controller(doc, spec)` builds the controller for a newly seen rollout (its spec is
-    the one stored with it). `stop.wait` is the only sleep, so SIGTERM (which sets `stop`)
-    ends the loop at once."""
+    the one stored with it); a rollout ticks every `controller.tick_s`, the store is polled
+    every `idle_s` while idle. `stop.wait` is the only sleep, so SIGTERM (which sets `stop`)
+    ends the loop at once. Backoff after an error doubles from `backoff_s[0]` up to `backoff_s[1]`
+    (below the liveness probe's max age, so a retrying daemon still heartbeats)."""
 
     def __init__(self, store: RolloutStore, make_controller: Callable[[RolloutDoc, RolloutSpec], Controller],
-                 log: Callable[[str], None], tick_s: float | None = None, idle_s: float = 5.0,
+                 log: Callable[[str], None], idle_s: float = 5.0,
                  heartbeat: Path | None = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.time, backoff_s: tuple[float, float] = (1.0, 60.0)):
         self.store, self.make_controller, self.log = store, make_controller, log
-        self.tick_s, self.idle_s, self.heartbeat = tick_s, idle_s, heartbeat
+        self.idle_s, self.heartbeat = idle_s, heartbeat
         self.stop = stop or threading.Event()
         self.clock, self.backoff_s = clock, backoff_s
         self.failures = 0
@@ -130,10 +133,10 @@ class Daemon:
         self._idle_reason: str | None = None
 
     def run(self) -> int:
-        self.log("rollout controller started; waiting for a rollout" if self._doc_id is None else "resumed")
+        self.log("rollout controller started")
         while not self.stop.is_set():
-            touch(self.heartbeat, self.clock())
             try:
+                touch(self.heartbeat, self.clock())
                 pause = self.step()
                 self.failures = 0
             except Exception as exc:  # noqa: BLE001 - logged and retried: the daemon must stay up
