@@ -4,7 +4,7 @@ All writes are absolute and idempotent: `set_weights` with the weights already i
 changes nothing and returns False. That is what lets a restarted controller re-apply its
 persisted intent without a second weight change.
 
-- `InMemoryActuator`: a fleet held in memory (tests, `--dry-run`).
+- `InMemoryActuator`: a fleet held in memory (tests).
 - `KubeRayActuator`: patches the RayService's `spec.serveConfigV2` with the official
   `kubernetes` client.
 - `LocalServeActuator`: the same operations against a local Ray cluster via Serve's REST API
@@ -14,11 +14,22 @@ Both edit per-deployment overrides of the fleet's Serve application, never its `
 (Serve restarts every replica when `args` change): route weights in the ingress
 `user_config`, replica floors as the arm's `autoscaling_config.min_replicas`. The fleet in
 `args.fleet` keeps the spec's own values, so releasing a floor restores the spec's min.
+
+What they *read* is what Serve runs, not what was written: both read Serve's REST status
+(`GET /api/serve/applications/`, Ray's `ServeInstanceDetails` in ray/serve/schema.py), which
+carries per deployment its status and its live replicas with their states. Ready replicas
+are the arm's RUNNING ones; route weights are *applied* once the ingress deployment is
+HEALTHY, which Serve reports only when every replica runs the target version, i.e. has
+taken the new user_config (ray/serve/_private/deployment_state.py,
+`DeploymentState.check_curr_status`: HEALTHY needs `target_num_replicas ==
+running_at_target_version_replica_cnt == all_running_replica_cnt` and no STARTING/UPDATING
+replica). While it is not, `get_weights` answers None (not known to be in effect).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import yaml
@@ -28,9 +39,27 @@ class ActuatorError(RuntimeError):
     """The fleet could not be read or changed."""
 
 
+DEAD_STATUSES = ("UNHEALTHY", "DEPLOY_FAILED")
+"""Serve deployment statuses (ray/serve/_private/common.py `DeploymentStatus`) of an arm that is
+not serving and will not recover by waiting alone."""
+
+
+@dataclass(frozen=True)
+class ArmStatus:
+    """One arm as Serve runs it."""
+
+    ready: int
+    """RUNNING replicas."""
+    status: str = ""
+    """Serve's deployment status (HEALTHY, UPDATING, UPSCALING, DOWNSCALING, UNHEALTHY,
+    DEPLOY_FAILED); "" when Serve lists no deployment for the arm."""
+    message: str = ""
+
+
 class Actuator(Protocol):
-    def get_weights(self, route: str) -> dict[str, int]:
-        """Weights of `route` in effect now (arm -> percent)."""
+    def get_weights(self, route: str) -> dict[str, int] | None:
+        """Weights of `route` that Serve applies now (arm -> percent); None while a change
+        is still being applied."""
         ...
 
     def set_weights(self, route: str, weights: dict[str, int]) -> bool:
@@ -41,8 +70,8 @@ class Actuator(Protocol):
         """Keep at least `floor` replicas of `arm` (None = the fleet spec's own min); False if unchanged."""
         ...
 
-    def ready_replicas(self, arms: list[str]) -> dict[str, int]:
-        """Ready (running, health-checked) replicas per arm."""
+    def arm_status(self, arms: list[str]) -> dict[str, ArmStatus]:
+        """Each arm's running replicas and deployment status."""
         ...
 
 
@@ -50,9 +79,10 @@ class InMemoryActuator:
     """A fleet in memory; records every real change in `changes`."""
 
     def __init__(self, weights: dict[str, dict[str, int]], ready: dict[str, int] | None = None,
-                 min_replicas: dict[str, int] | None = None):
+                 min_replicas: dict[str, int] | None = None, status: dict[str, str] | None = None):
         self.weights = copy.deepcopy(weights)
         self.ready = dict(ready or {})
+        self.status = dict(status or {})
         self.spec_min = dict(min_replicas or {})
         self.floors: dict[str, int] = {}
         self.changes: list[tuple[str, Any]] = []
@@ -79,8 +109,65 @@ class InMemoryActuator:
         self.changes.append(("floor", (arm, floor)))
         return True
 
-    def ready_replicas(self, arms):
-        return {a: self.ready.get(a, 0) for a in arms}
+    def arm_status(self, arms):
+        return {a: ArmStatus(self.ready.get(a, 0), self.status.get(a, "HEALTHY")) for a in arms}
+
+
+# -- Serve's REST status -------------------------------------------------------------------
+
+
+def serve_arm_status(app: dict | None, arms: list[str],
+                     matches: Callable[[str, str], bool] | None = None) -> dict[str, ArmStatus]:
+    """Arms from one application of `GET /api/serve/applications/` (Ray's `ApplicationDetails`:
+    `deployments.<name>.status/message/replicas[].state`)."""
+    from corral.serving.local import replica_states
+
+    matches = matches or default_deployment_matches
+    deployments = (app or {}).get("deployments") or {}
+    out = {}
+    for arm in arms:
+        mine = [d for name, d in deployments.items() if matches(arm, name)]
+        ready = sum(replica_states(d).get("RUNNING", 0) for d in mine)
+        status = next((d.get("status", "") for d in mine if d.get("status") in DEAD_STATUSES),
+                      mine[0].get("status", "") if mine else "")
+        message = next((d.get("message", "") for d in mine if d.get("status") == status), "")
+        out[arm] = ArmStatus(ready, status, message)
+    return out
+
+
+def serve_applied_weights(app: dict | None, route: str) -> dict[str, int] | None:
+    """The route's weights the ingress runs: its deployment's user_config once HEALTHY, else None."""
+    from corral.serving.app import INGRESS_DEPLOYMENT
+
+    ingress = ((app or {}).get("deployments") or {}).get(INGRESS_DEPLOYMENT)
+    if not ingress or ingress.get("status") != "HEALTHY":
+        return None
+    routes = (((ingress.get("deployment_config") or {}).get("user_config")) or {}).get("routes") or {}
+    if route not in routes:
+        raise ActuatorError(f"the running ingress has no route {route!r} (routes: {sorted(routes)})")
+    return {a: int(w) for a, w in routes[route].items()}
+
+
+class ServeStatusReader:
+    """`GET /api/serve/applications/` on a Ray dashboard (token from RAY_AUTH_TOKEN or ~/.ray/auth_token)."""
+
+    def __init__(self, dashboard_url: str, app_name: str, timeout_s: float = 10.0):
+        self.url, self.app_name, self.timeout_s = dashboard_url.rstrip("/"), app_name, timeout_s
+
+    def app(self) -> dict:
+        import requests
+
+        from corral.serving.local import ray_auth_headers
+
+        try:
+            r = requests.get(f"{self.url}/api/serve/applications/", headers=ray_auth_headers(), timeout=self.timeout_s)
+            r.raise_for_status()
+            apps = r.json().get("applications") or {}
+        except (requests.RequestException, ValueError) as exc:
+            raise ActuatorError(f"reading Serve status from {self.url}: {exc}") from exc
+        if self.app_name not in apps:
+            raise ActuatorError(f"Serve at {self.url} runs no application {self.app_name!r} (has {sorted(apps)})")
+        return apps[self.app_name]
 
 
 # -- KubeRay -------------------------------------------------------------------------------
@@ -94,20 +181,6 @@ def fleet_app(serve_config: dict, app_name: str | None) -> dict:
                 raise ActuatorError(f"serve application {app.get('name')!r} has no args.fleet")
             return app
     raise ActuatorError(f"no serve application {app_name!r} in serveConfigV2 (have {[a.get('name') for a in apps]})")
-
-
-def _route(fleet: dict, route: str) -> dict:
-    for r in fleet.get("routes") or []:
-        if r.get("name") == route:
-            return r
-    raise ActuatorError(f"fleet has no route {route!r}")
-
-
-def _arm(fleet: dict, arm: str) -> dict:
-    for a in fleet.get("arms") or []:
-        if a.get("name") == arm:
-            return a
-    raise ActuatorError(f"fleet has no arm {arm!r}")
 
 
 def _weights_of(app: dict, route: str) -> dict[str, int]:
@@ -137,16 +210,6 @@ def _apply_floor(app: dict, arm: str, floor: int | None) -> bool:
         raise ActuatorError(str(exc)) from None
 
 
-def _min_replicas(app: dict, fleet: dict, arm: str) -> int:
-    """The arm's min_replicas in effect: the floor override if any, else the spec's min."""
-    from corral.serving.app import llm_deployment_name
-
-    for d in app.get("deployments") or []:
-        if d.get("name") == llm_deployment_name(arm) and "min_replicas" in (d.get("autoscaling_config") or {}):
-            return int(d["autoscaling_config"]["min_replicas"])
-    return int((_arm(fleet, arm).get("replicas") or {}).get("min", 1))
-
-
 def default_deployment_matches(arm: str, deployment: str) -> bool:
     """Does a Serve deployment name belong to `arm`? (Serve LLM names deployments after the model id.)"""
     return deployment == arm or deployment.endswith(f":{arm}") or deployment.endswith(f"-{arm}") or \
@@ -154,24 +217,32 @@ def default_deployment_matches(arm: str, deployment: str) -> bool:
 
 
 class KubeRayActuator:
-    """Route weights and replica floors through the RayService custom resource."""
+    """Route weights and replica floors through the RayService custom resource.
+
+    Writes go to `spec.serveConfigV2`; KubeRay submits it to the Serve controller. Reads come
+    from Serve itself, through the Ray dashboard: KubeRay's RayService status carries per
+    Serve deployment only `status` and `message`, no replica counts
+    (ray-project/kuberay ray-operator/apis/ray/v1/rayservice_types.go, `ServeDeploymentStatus`),
+    and nothing says which user_config the ingress runs. The dashboard answers on the
+    RayService's head service, `<name>-head-svc` port 8265 (kuberay
+    ray-operator/controllers/ray/utils/util.go `GenerateHeadServiceName`: for a RayService
+    `<name>-head-svc`, kept pointing at the active cluster across upgrades)."""
 
     def __init__(self, name: str, namespace: str = "default", app_name: str | None = None, api=None,
                  deployment_matches: Callable[[str, str], bool] = default_deployment_matches,
-                 ready_replicas_fn: Callable[[list[str]], dict[str, int]] | None = None,
-                 retries: int = 5):
+                 dashboard_url: str | None = None, serve_status=None, retries: int = 5):
         """`api` is a `kubernetes.client.CustomObjectsApi` (default: from kubeconfig / in-cluster).
-        `ready_replicas_fn` overrides readiness (e.g. counting RUNNING replicas through the Ray
-        dashboard's `/api/serve/applications/`); by default an arm counts its replica floor as
-        ready once KubeRay reports its deployment HEALTHY (Serve reports HEALTHY only when the
-        target replica count is running)."""
+        `serve_status` has `.app() -> ApplicationDetails dict` (default: a `ServeStatusReader` on
+        `dashboard_url`, by default `http://<name>-head-svc.<namespace>.svc:8265`)."""
         if api is None:
             from kubernetes import client, config
 
             config.load_config()
             api = client.CustomObjectsApi()
         self.api, self.name, self.namespace, self.app_name = api, name, namespace, app_name
-        self.deployment_matches, self.ready_replicas_fn, self.retries = deployment_matches, ready_replicas_fn, retries
+        self.deployment_matches, self.retries = deployment_matches, retries
+        self.dashboard_url = dashboard_url or default_dashboard_url(name, namespace)
+        self._serve_status = serve_status
 
     # reading --------------------------------------------------------------------------
     def _get(self) -> dict:
@@ -190,23 +261,22 @@ class KubeRayActuator:
         app = fleet_app(config, self.app_name)
         return config, app, app["args"]["fleet"]
 
-    def get_weights(self, route):
+    def _serve_app(self) -> dict:
+        if self._serve_status is None:
+            app_name = self.app_name or self._fleet(self._get())[1].get("name")
+            self._serve_status = ServeStatusReader(self.dashboard_url, app_name)
+        return self._serve_status.app()
+
+    def configured_weights(self, route: str) -> dict[str, int]:
+        """The weights written in serveConfigV2 (maybe not applied yet)."""
         _, app, _ = self._fleet(self._get())
         return _weights_of(app, route)
 
-    def ready_replicas(self, arms):
-        if self.ready_replicas_fn is not None:
-            return self.ready_replicas_fn(arms)
-        obj = self._get()
-        _, app, fleet = self._fleet(obj)
-        statuses = (((obj.get("status") or {}).get("activeServiceStatus") or {}).get("applicationStatuses") or {})
-        deployments = (statuses.get(app.get("name")) or {}).get("serveDeploymentStatuses") or {}
-        out = {}
-        for arm in arms:
-            healthy = any(self.deployment_matches(arm, d) and (st or {}).get("status") == "HEALTHY"
-                          for d, st in deployments.items())
-            out[arm] = _min_replicas(app, fleet, arm) if healthy else 0
-        return out
+    def get_weights(self, route):
+        return serve_applied_weights(self._serve_app(), route)
+
+    def arm_status(self, arms):
+        return serve_arm_status(self._serve_app(), arms, self.deployment_matches)
 
     # writing --------------------------------------------------------------------------
     def _modify(self, change: Callable[[dict], bool]) -> bool:
@@ -236,6 +306,11 @@ class KubeRayActuator:
     def set_replica_floor(self, arm, floor):
         return self._modify(lambda app: _apply_floor(app, arm, floor))
 
+
+def default_dashboard_url(name: str, namespace: str) -> str:
+    return f"http://{name}-head-svc.{namespace}.svc:8265"
+
+
 class LocalServeActuator:
     """Route weights and replica floors on a local Ray cluster, through Serve's REST API.
 
@@ -252,18 +327,29 @@ class LocalServeActuator:
         self.cluster = cluster or LocalCluster()
 
     def _update(self, change: Callable[[dict], bool]) -> bool:
+        import requests
+
         from corral.serving.local import LocalError
 
         try:
             return self.cluster.update_app(self.app_name, change)
         except LocalError as exc:
             raise ActuatorError(str(exc)) from None
+        except requests.RequestException as exc:
+            raise ActuatorError(f"Serve at {self.cluster.api}: {exc}") from exc
 
-    def get_weights(self, route):
-        app = (self.cluster.app_status(self.app_name) or {}).get("deployed_app_config")
+    def _app(self) -> dict:
+        app = self.cluster.app_status(self.app_name)
         if not app:
             raise ActuatorError(f"no running serve application {self.app_name!r}")
-        return _weights_of(app, route)
+        return app
+
+    def configured_weights(self, route: str) -> dict[str, int]:
+        """The weights last submitted (maybe not applied yet)."""
+        return _weights_of(self._app().get("deployed_app_config") or {}, route)
+
+    def get_weights(self, route):
+        return serve_applied_weights(self._app(), route)
 
     def set_weights(self, route, weights):
         return self._update(lambda app: _apply_weights(app, route, weights))
@@ -271,13 +357,5 @@ class LocalServeActuator:
     def set_replica_floor(self, arm, floor):
         return self._update(lambda app: _apply_floor(app, arm, floor))
 
-    def ready_replicas(self, arms):
-        from corral.serving.local import replica_states
-
-        app = self.cluster.app_status(self.app_name) or {}
-        deployments = app.get("deployments") or {}
-        return {
-            arm: sum(replica_states(d).get("RUNNING", 0) for name, d in deployments.items()
-                     if default_deployment_matches(arm, name))
-            for arm in arms
-        }
+    def arm_status(self, arms):
+        return serve_arm_status(self._app(), arms)

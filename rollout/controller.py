@@ -74,17 +74,25 @@ class Controller:
                  actuator: Actuator, store: RolloutStore, clock: Callable[[], float] = time.time,
                  quality_runner: QualityRunner | None = None,
                  on_decision: Callable[[Decision, RolloutState], None] | None = None,
-                 on_error: Callable[[Exception], None] | None = None):
-        """`max_replicas`: each arm's `replicas.max` from the fleet spec (caps the replica floor)."""
+                 on_error: Callable[[Exception], None] | None = None,
+                 rollout_id: str | None = None, tick_s: float | None = None):
+        """`max_replicas`: each arm's `replicas.max` from the fleet spec (caps the replica floor).
+        `rollout_id`: the stored rollout this controller drives (a tick refuses another one).
+        `on_error` hears every actuator error a tick works around (weights or status unreadable)."""
         self.spec, self.max_replicas = spec, dict(max_replicas)
         self.source, self.actuator, self.store, self.clock = metric_source, actuator, store, clock
         self.quality_runner = quality_runner
         self.on_decision, self.on_error = on_decision, on_error
+        self.rollout_id = rollout_id
+        self.tick_s = tick_s if tick_s is not None else max(0.5, min(5.0, spec.analysis_interval_s / 4))
+        """Seconds between ticks (default: a quarter of the analysis interval, within [0.5, 5])."""
 
     def tick(self) -> Decision:
         doc = self.store.load()
         if doc is None:
             raise LookupError("no rollout in the store; start one first")
+        if self.rollout_id is not None and doc.id != self.rollout_id:
+            raise RolloutConflict(f"the store holds rollout {doc.id}, not {self.rollout_id}")
         now = self.clock()
         state = doc.state
         snap = self._observe(state, doc, now)
@@ -111,14 +119,17 @@ class Controller:
 
     def _observe(self, state: RolloutState, doc: RolloutDoc, now: float) -> Snapshot:
         arms = [self.spec.baseline, self.spec.candidate]
+        weights = ready = status = None
         try:
-            weights = self.actuator.get_weights(self.spec.route)
-        except ActuatorError:
-            weights = None  # decide() holds while weights are unknown
+            weights = self.actuator.get_weights(self.spec.route)  # None while a change is being applied
+        except ActuatorError as exc:
+            self._report(exc)  # decide() holds while weights are unknown
         try:
-            ready = self.actuator.ready_replicas(arms)
-        except ActuatorError:
-            ready = {}
+            arm_status = self.actuator.arm_status(arms)
+            ready = {a: st.ready for a, st in arm_status.items()}
+            status = {a: st.status for a, st in arm_status.items()}
+        except ActuatorError as exc:
+            self._report(exc)  # no readiness, no dead-arm verdict this tick
         n = needs(state, self.spec, now)
         metrics = metrics_error = quality = None
         if n.metrics:
@@ -131,9 +142,13 @@ class Controller:
                 quality = QualityScores(error="no quality runner configured (quality.enabled is true)")
             else:
                 quality = self.quality_runner.run(arms)
-        return Snapshot(weights=weights, ready_replicas=ready, max_replicas=self.max_replicas,
+        return Snapshot(weights=weights, ready_replicas=ready or {}, max_replicas=self.max_replicas,
                         metrics=metrics, metrics_error=metrics_error, quality=quality,
-                        commands=doc.pending_commands())
+                        commands=doc.pending_commands(), deployment_status=status)
+
+    def _report(self, exc: Exception) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
 
     def reconcile(self, state: RolloutState) -> None:
         """Make the fleet match the state's intent (idempotent; safe to repeat after a restart)."""
@@ -144,20 +159,17 @@ class Controller:
         if state.desired_weights:
             self.actuator.set_weights(self.spec.route, state.desired_weights)
 
-    def run(self, tick_s: float | None = None, sleep: Callable[[float], None] = time.sleep,
-            max_ticks: int | None = None) -> RolloutState:
+    def run(self, sleep: Callable[[float], None] = time.sleep, max_ticks: int | None = None) -> RolloutState:
         """Tick until the rollout is Succeeded or RolledBack (or `max_ticks`)."""
-        tick_s = tick_s if tick_s is not None else max(0.5, min(5.0, self.spec.analysis_interval_s / 4))
         ticks = 0
         while True:
             try:
                 self.tick()
             except ActuatorError as exc:
                 # The intent is persisted; the next tick re-applies it.
-                if self.on_error is not None:
-                    self.on_error(exc)
+                self._report(exc)
             ticks += 1
             doc = self.store.load()
             if doc.state.terminal or (max_ticks is not None and ticks >= max_ticks):
                 return doc.state
-            sleep(tick_s)
+            sleep(self.tick_s)

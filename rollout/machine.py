@@ -110,6 +110,9 @@ class Snapshot:
     quality: QualityScores | None = None
     """Set when `needs().quality` was true."""
     commands: tuple[Command, ...] = ()
+    deployment_status: dict[str, str] | None = None
+    """Serve's deployment status per arm (HEALTHY, UPDATING, UNHEALTHY, DEPLOY_FAILED, ...; "" if
+    Serve lists none); None when it could not be read (then no arm is judged dead)."""
 
 
 class RolloutState(BaseModel):
@@ -148,6 +151,8 @@ class RolloutState(BaseModel):
     analysis, used when the current step has less of the baseline (90%, 100%)."""
     last_gates: list[dict[str, Any]] = Field(default_factory=list)
     last_command_seq: int = 0
+    arms_down_since: dict[str, float] = Field(default_factory=dict)
+    """When each arm was first seen down (see `_arm_down`) and not up since."""
     pause_reason: str | None = None
     reason: str = ""
     """Why the latest decision was taken."""
@@ -251,6 +256,9 @@ def _commands(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) ->
 def _advance(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Decision:
     if s.terminal:
         return Decision(Operator.HOLD, s.reason or f"rollout {s.phase.value}")
+    dead = _dead_arms(snap, spec, s, now)
+    if dead is not None:
+        return dead
     if s.phase == Phase.PAUSED:
         return Decision(Operator.HOLD, f"paused: {s.pause_reason}")
     start = None
@@ -409,6 +417,41 @@ def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) 
             if gate.test == "sequential" and base_s is not None and (kept is None or base_s[0] >= kept[0]):
                 s.baseline_samples[gate.name] = list(base_s)
     return Decision(Operator.ANALYSIS, f"all gates passed (requests {counts})", gates)
+
+
+# -- dead arms -------------------------------------------------------------------------------
+
+DEAD_STATUSES = ("UNHEALTHY", "DEPLOY_FAILED")
+
+
+def _arm_down(snap: Snapshot, s: RolloutState, arm: str) -> str | None:
+    """Why `arm` is not serving now, or None. Zero replicas only count while it has traffic."""
+    status = (snap.deployment_status or {}).get(arm, "")
+    if status in DEAD_STATUSES:
+        return f"deployment {status}"
+    if s.desired_weights.get(arm, 0) > 0 and snap.ready_replicas.get(arm, 0) == 0:
+        return f"zero running replicas at weight {s.desired_weights[arm]}%"
+    return None
+
+
+def _dead_arms(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Decision | None:
+    """A candidate down past `capacity.dead_after_s` rolls back; a baseline down that long pauses."""
+    if snap.deployment_status is None or s.started_at is None:
+        return None  # status unknown this tick: neither start nor clear a down period
+    down = {}
+    for arm in (spec.baseline, spec.candidate):
+        why = _arm_down(snap, s, arm)
+        if why is None:
+            s.arms_down_since.pop(arm, None)
+        else:
+            since = s.arms_down_since.setdefault(arm, now)
+            if now - since > spec.capacity.dead_after_s:
+                down[arm] = f"{why} for {now - since:.0f}s (dead_after_s={spec.capacity.dead_after_s:g})"
+    if spec.candidate in down and s.phase in (*ACTIVE, Phase.PAUSED):
+        return _rollback(spec, s, f"candidate {spec.candidate!r} is dead: {down[spec.candidate]}")
+    if spec.baseline in down and s.phase in ACTIVE:
+        return _pause(s, f"baseline {spec.baseline!r} is dead: {down[spec.baseline]}; weights held")
+    return None
 
 
 # -- transitions ----------------------------------------------------------------------------

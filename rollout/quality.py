@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from corral.common.openai_http import post
 from corral.rollout.machine import QualityScores
@@ -40,6 +40,18 @@ def resolve_golden_path(name: str, base_dir: Path | None = None) -> Path:
         return GOLDEN_DIR / f"{name.removeprefix('builtin:')}.jsonl"
     p = Path(name).expanduser()
     return p if p.is_absolute() or base_dir is None else base_dir / p
+
+
+def local_endpoint(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a server bound to `host` (a wildcard bind
+    address such as 0.0.0.0 is no address to connect to: use the loopback instead)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def load_golden(path: Path) -> list[GoldenPrompt]:
@@ -79,7 +91,9 @@ class GoldenSetRunner:
     (`corral.common.openai_http`), sending `api_key` as a bearer token when one is given."""
 
     def __init__(self, base_url: str, prompts: list[GoldenPrompt], timeout_s: float = 60.0, session=None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, on_prompt: Callable[[], None] | None = None):
+        """`api_key`: sent as `Authorization: Bearer <key>` (None: no header, for fleets without auth).
+        `on_prompt` is called after each prompt (a long run keeps the controller's heartbeat fresh)."""
         import requests
 
         self.base_url = base_url.rstrip("/")
@@ -87,6 +101,7 @@ class GoldenSetRunner:
         self.session = session or requests.Session()
         self.api_key = api_key
         self.last_replies: dict[str, dict[str, str]] = {}
+        self.on_prompt = on_prompt
 
     def ask(self, arm: str, prompt: GoldenPrompt) -> str:
         """The arm's reply; "" when the arm failed it (5xx); GoldenSetError when the endpoint did
@@ -104,7 +119,11 @@ class GoldenSetRunner:
         scores = {}
         try:
             for arm in arms:
-                replies = {p.id: self.ask(arm, p) for p in self.prompts}
+                replies = {}
+                for p in self.prompts:
+                    replies[p.id] = self.ask(arm, p)
+                    if self.on_prompt is not None:
+                        self.on_prompt()
                 self.last_replies[arm] = replies
                 scores[arm] = sum(score(p, replies[p.id]) for p in self.prompts) / len(self.prompts)
         except GoldenSetError as exc:

@@ -13,7 +13,6 @@ drops only the commands it has handled.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -174,6 +173,3 @@ class RayServiceAnnotationStore:
         except RayServiceConflict as exc:
             raise StoreConflict(f"rollout annotation: {exc}") from None
 
-
-def dump_json(doc: RolloutDoc) -> str:
-    return json.dumps(doc.model_dump(mode="json"), indent=1)

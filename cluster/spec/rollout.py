@@ -240,6 +240,10 @@ class CapacitySpec(_Strict):
     capped at the candidate's `replicas.max`."""
     warmup_timeout_s: float = Field(900.0, gt=0)
     """Waiting longer than this for ready replicas pauses the rollout (weights unchanged)."""
+    dead_after_s: float = Field(120.0, gt=0)
+    """An arm is dead once its Serve deployment has been UNHEALTHY or DEPLOY_FAILED, or has had
+    zero running replicas while it has traffic, for longer than this: a dead candidate rolls
+    the rollout back, a dead baseline pauses it."""
 
 
 class RolloutSpec(_Strict):

@@ -51,35 +51,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = rs.add_parser("history", help="the rollout's events")
     common(sp)
     sp.set_defaults(func=cmd_history)
+    sp = rs.add_parser("alive", help="liveness check of `run --daemon`: is its heartbeat file fresh?")
+    sp.add_argument("--heartbeat-file", required=True, help="the file `run --daemon --heartbeat-file` touches")
+    sp.add_argument("--max-age-s", type=float, default=120.0, help="oldest acceptable heartbeat, seconds")
+    sp.set_defaults(func=cmd_alive)
 
 
 def _run_args(sp):
     sp.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
-    sp.add_argument("--endpoint", default=None, help="OpenAI endpoint for the golden set (default: the fleet's)")
+    sp.add_argument("--endpoint", default=None,
+                    help="OpenAI endpoint for the golden set (default: the fleet's server, 0.0.0.0 as 127.0.0.1)")
+    sp.add_argument("--api-key-env", metavar="NAME", default=None,
+                    help="send the API key in this environment variable with golden-set requests")
+    sp.add_argument("--dashboard", metavar="URL", default=None,
+                    help="Ray dashboard serving Serve's REST API (default: with --kube http://<rayservice>-head-svc.<ns>.svc:8265, "
+                         "else the local head's, port 8265)")
     sp.add_argument("--tick-s", type=float, default=None, help="seconds between controller ticks")
+    sp.add_argument("--daemon", action="store_true",
+                    help="run for ever: wait for a rollout, run it, wait for the next (SIGTERM stops)")
+    sp.add_argument("--heartbeat-file", default=None, help="touched every loop (see `corral rollout alive`)")
 
 
 def _rollout_spec(fleet_path: str | None):
-    """The fleet's RolloutSpec (from FleetSpec.rollout once the fleet model has it, else the raw YAML)."""
-    import yaml
-    from pydantic import ValidationError
-
-    from corral.cluster.spec import default_fleet_path
-    from corral.cluster.spec.rollout import RolloutSpec
+    """The fleet and its `rollout:` section (validated with the fleet)."""
     from corral.commands._common import load_fleet_or_exit
 
     fleet = load_fleet_or_exit(fleet_path, check_paths=False)
-    spec = getattr(fleet, "rollout", None)
-    if spec is None:
-        raw = yaml.safe_load(Path(fleet_path or default_fleet_path()).read_text()).get("rollout")
-        if raw is None:
-            raise CliError(f"{fleet_path or 'demo fleet'}: no `rollout:` section", EXIT_BAD_INPUT)
-        try:
-            spec = RolloutSpec.model_validate(raw)
-            spec.check_against([a.name for a in fleet.arms], {r.name: [a.arm for a in r.arms] for r in fleet.routes})
-        except (ValidationError, ValueError) as exc:
-            raise CliError(f"rollout: {exc}", EXIT_BAD_INPUT) from None
-    return fleet, spec
+    if fleet.rollout is None:
+        raise CliError(f"{fleet_path or 'demo fleet'}: no `rollout:` section", EXIT_BAD_INPUT)
+    return fleet, fleet.rollout
 
 
 def _store(args, fleet_name: str):
@@ -107,52 +107,114 @@ def _load(args):
 def cmd_start(args) -> int:
     from corral.rollout.controller import RolloutConflict, start_rollout
 
+    if args.daemon:
+        raise CliError("--daemon belongs to `corral rollout run`", EXIT_BAD_INPUT)
     fleet, spec = _rollout_spec(args.fleet)
     store = _store(args, fleet.name)
+    wiring = _wiring(args, fleet, store) if args.run else None  # bad flags fail before anything is stored
     try:
         doc = start_rollout(store, spec, time.time(), force=args.force)
     except RolloutConflict as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     print(f"rollout {doc.id}: route {spec.route}: {spec.baseline} -> {spec.candidate}, steps "
-          f"{[s.weight for s in spec.steps]}")
-    return _run_controller(args, fleet, spec, store) if args.run else 0
+          f"{[s.weight for s in spec.steps]}", flush=True)
+    return _run_controller(args, spec, store, wiring) if args.run else 0
 
 
 def cmd_run(args) -> int:
     from corral.cluster.spec.rollout import RolloutSpec
 
+    if args.daemon:
+        from corral.commands._common import load_fleet_or_exit
+
+        fleet = load_fleet_or_exit(args.fleet, check_paths=False)
+        return _run_daemon(args, fleet, _store(args, fleet.name))
     fleet, store, doc = _load(args)
-    return _run_controller(args, fleet, RolloutSpec.model_validate(doc.spec), store)
+    return _run_controller(args, RolloutSpec.model_validate(doc.spec), store, _wiring(args, fleet, store))
 
 
 def _actuator(args, fleet):
     from corral.rollout import actuators
 
     if args.kube:
-        return actuators.KubeRayActuator(args.kube, args.namespace, app_name=fleet.name)
-    return actuators.LocalServeActuator(fleet.name)
+        try:
+            return actuators.KubeRayActuator(args.kube, args.namespace, app_name=fleet.name,
+                                             dashboard_url=args.dashboard)
+        except Exception as exc:  # kubeconfig missing, etc.
+            raise CliError(f"cannot reach Kubernetes: {exc}", EXIT_ENVIRONMENT) from None
+    cluster = None
+    if args.dashboard:
+        from urllib.parse import urlparse
+
+        from corral.serving.local import LocalCluster
+
+        port = urlparse(args.dashboard).port
+        if port is None:
+            raise CliError(f"--dashboard {args.dashboard}: give the port (e.g. http://127.0.0.1:8265)", EXIT_BAD_INPUT)
+        cluster = LocalCluster(dashboard_port=port)
+    return actuators.LocalServeActuator(fleet.name, cluster=cluster)
 
 
-def _run_controller(args, fleet, spec, store) -> int:
-    from rich.live import Live
+def _wiring(args, fleet, store) -> dict:
+    """What every controller of this process shares (build_controller's keyword arguments)."""
+    import os
 
-    from corral.rollout.controller import Controller
-    from corral.rollout.metrics import PrometheusMetricSource
-    from corral.rollout.quality import GoldenSetRunner, load_golden, resolve_golden_path
-    from corral.serving.prometheus import PrometheusClient
+    from corral.rollout.quality import local_endpoint
 
-    base_dir = Path(args.fleet).resolve().parent if args.fleet else None
-    runner = None
-    if spec.quality.enabled:
-        endpoint = args.endpoint or f"http://{fleet.server.host}:{fleet.server.port}"
-        prompts = load_golden(resolve_golden_path(spec.quality.golden_set, base_dir))
-        runner = GoldenSetRunner(endpoint, prompts, timeout_s=spec.quality.request_timeout_s)
-    ctl = Controller(spec, {a.name: a.replicas.max for a in fleet.arms},
-                     PrometheusMetricSource(PrometheusClient(args.prometheus)), _actuator(args, fleet), store,
-                     quality_runner=runner)
-    with Live(status_view(store.load()), refresh_per_second=2) as live:
-        ctl.on_decision = lambda d, s: live.update(status_view(store.load()))
-        state = ctl.run(tick_s=args.tick_s)
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise CliError(f"--api-key-env: environment variable {args.api_key_env} is not set", EXIT_BAD_INPUT)
+    return dict(max_replicas={a.name: a.replicas.max for a in fleet.arms}, actuator=_actuator(args, fleet),
+                store=store, prometheus_url=args.prometheus,
+                endpoint=args.endpoint or local_endpoint(fleet.server.host, fleet.server.port), api_key=api_key,
+                base_dir=Path(args.fleet).resolve().parent if args.fleet else None, tick_s=args.tick_s)
+
+
+def _run_daemon(args, fleet, store) -> int:
+    import sys
+    import threading
+
+    from corral.rollout.daemon import Daemon, LogLines, build_controller, stop_on_sigterm
+
+    wiring = _wiring(args, fleet, store)
+    log = LogLines(sys.stdout)
+    stop = threading.Event()
+    stop_on_sigterm(stop)
+
+    heartbeat = Path(args.heartbeat_file) if args.heartbeat_file else None
+
+    def make(doc, spec):
+        return build_controller(spec, **wiring, rollout_id=doc.id, on_decision=log.decisions(doc.id, spec),
+                                on_error=log.error, heartbeat=heartbeat)
+
+    return Daemon(store, make, log, idle_s=args.tick_s or 5.0, heartbeat=heartbeat, stop=stop).run()
+
+
+def _run_controller(args, spec, store, wiring: dict) -> int:
+    import sys
+
+    from corral.rollout.daemon import LogLines, build_controller, touch
+
+    doc_id = store.load().id
+    heartbeat = Path(args.heartbeat_file) if args.heartbeat_file else None
+    ctl = build_controller(spec, **wiring, rollout_id=doc_id, heartbeat=heartbeat)
+
+    def sleep(s):
+        touch(heartbeat, time.time())
+        time.sleep(s)
+
+    if sys.stdout.isatty():
+        from rich.live import Live
+
+        with Live(status_view(store.load()), refresh_per_second=2) as live:
+            ctl.on_decision = lambda d, s: live.update(status_view(store.load()))
+            state = ctl.run(sleep=sleep)
+    else:  # rich.Live writes nothing to a pipe: plain lines instead
+        log = LogLines(sys.stdout)
+        ctl.on_decision, ctl.on_error = log.decisions(doc_id, spec), log.error
+        state = ctl.run(sleep=sleep)
     print(f"rollout {state.phase.value}: {state.reason}")
     return 0 if state.phase.value == "Succeeded" else 1
 
@@ -205,6 +267,20 @@ def cmd_command(args) -> int:
         raise CliError(f"rollout {doc.id} already {doc.state.phase.value}", EXIT_BAD_INPUT)
     seq = enqueue_command(store, args.op, time.time(), full=getattr(args, "full", False), reason=args.reason)
     print(f"queued {args.op} (#{seq}) for rollout {doc.id}; the controller applies it on its next tick")
+    return 0
+
+
+def cmd_alive(args) -> int:
+    from corral.rollout.daemon import heartbeat_age
+
+    age = heartbeat_age(Path(args.heartbeat_file), time.time())
+    if age is None:
+        print(f"not alive: no heartbeat file {args.heartbeat_file}")
+        return 1
+    if age > args.max_age_s:
+        print(f"not alive: heartbeat {age:.0f}s old (max {args.max_age_s:g}s)")
+        return 1
+    print(f"alive: heartbeat {age:.0f}s old")
     return 0
 
 

@@ -18,6 +18,7 @@ if __name__ == "__main__":
     store = FileStore(store_path)
     spec = RolloutSpec.model_validate(store.load().spec)
     controller = Controller(spec, {spec.baseline: 1, spec.candidate: 1},
-                            PrometheusMetricSource(PrometheusClient(prom_url)), LocalServeActuator(app_name), store)
-    state = controller.run(tick_s=1, max_ticks=600)
+                            PrometheusMetricSource(PrometheusClient(prom_url)), LocalServeActuator(app_name), store,
+                            rollout_id=store.load().id, tick_s=1)
+    state = controller.run(max_ticks=600)
     print(state.phase.value, flush=True)

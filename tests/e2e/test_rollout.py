@@ -115,7 +115,7 @@ def test_good_candidate_promoted_through_steps_survives_controller_kill(fleet, f
     doc = store.load()
     assert restarted.stdout.strip() == "Succeeded", (restarted.stdout, restarted.stderr[-2000:], doc.events)
     assert _weight_changes(doc) == [50, 70, 90, 100]  # once each: nothing repeated or skipped
-    assert actuator.get_weights("tiny") == {"tiny-random": 0, "tiny-random-tp2": 100}
+    assert actuator.configured_weights("tiny") == {"tiny-random": 0, "tiny-random-tp2": 100}
     assert load.codes and set(load.codes) == {200}, load.codes
 
 
@@ -130,7 +130,8 @@ def test_bad_candidate_rolled_back_by_quality_gate(fleet, fleet_url, prometheus_
     runner = GoldenSetRunner(fleet_url, load_golden(resolve_golden_path("builtin:llama_basic")))
     controller = Controller(spec, {"smollm2": 1, "tiny-random": 1}, PrometheusMetricSource(PrometheusClient(prometheus_url)),
                             actuator, store, quality_runner=runner)
-    state = controller.run(tick_s=1, max_ticks=120)
+    controller.tick_s = 1
+    state = controller.run(max_ticks=120)
     assert state.phase.value == "RolledBack", store.load().events
     # Rolled back by the golden set before any weight moved to it (how long that run takes
     # depends on the CPU the two arms share, so the check is on events, not wall time).
@@ -138,7 +139,7 @@ def test_bad_candidate_rolled_back_by_quality_gate(fleet, fleet_url, prometheus_
     ops = [e.operator for e in events]
     assert "set_weights" not in ops[:ops.index("rollback")], ops
     assert "quality" in events[ops.index("rollback")].reason, events
-    assert actuator.get_weights("llama") == {"smollm2": 100, "tiny-random": 0}
+    assert actuator.configured_weights("llama") == {"smollm2": 100, "tiny-random": 0}
     scores = runner.last_replies
     assert scores, "the golden set ran against both arms"
 
@@ -163,7 +164,7 @@ def test_prometheus_down_pauses_and_never_promotes(fleet, fleet_url, prometheus_
             if store.load().state.desired_weights.get("tiny-random-tp2") == 50:
                 break
             time.sleep(1)
-        assert actuator.get_weights("tiny") == {"tiny-random": 50, "tiny-random-tp2": 50}
+        assert actuator.configured_weights("tiny") == {"tiny-random": 50, "tiny-random-tp2": 50}
         prom.stop()
         try:
             phases = []
@@ -176,4 +177,5 @@ def test_prometheus_down_pauses_and_never_promotes(fleet, fleet_url, prometheus_
         finally:
             prom.start()
     assert "Error" in phases and phases[-1] == "Paused", phases
-    assert actuator.get_weights("tiny") == {"tiny-random": 50, "tiny-random-tp2": 50}  # never promoted
+    assert actuator.configured_weights("tiny") == {"tiny-random": 50, "tiny-random-tp2": 50}  # never promoted
+

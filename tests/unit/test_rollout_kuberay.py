@@ -4,6 +4,14 @@ No API server can run here, so the stub below speaks the real HTTP protocol for 
 custom resource (GET and PATCH /apis/ray.io/v1/namespaces/{ns}/rayservices/{name} with
 application/merge-patch+json and application/json-patch+json, resourceVersion
 preconditions answered with 409) and the official `kubernetes` client talks to it.
+
+What Serve runs is read from the Ray dashboard (`GET /api/serve/applications/`), since
+KubeRay's RayService status has no replica counts (kuberay rayservice_types.go,
+`ServeDeploymentStatus{Status, Message}`). `StubServe` answers that endpoint with documents
+validated against Ray's own `ApplicationDetails` model (ray/serve/schema.py); the test moves
+it along as KubeRay and Serve would: `submit()` takes the RayService's serveConfigV2 as the
+new target (replicas of a raised floor STARTING, the ingress UPDATING), `settle()` makes them
+RUNNING and the deployments HEALTHY.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import yaml
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client  # noqa: E402
 
-from corral.cluster.spec.rollout import RolloutSpec, RolloutStep  # noqa: E402
-from corral.rollout.actuators import ActuatorError, KubeRayActuator  # noqa: E402
-from corral.rollout.controller import enqueue_command, start_rollout  # noqa: E402
-from corral.rollout.store import RayServiceAnnotationStore, StoreConflict  # noqa: E402
+from corral.cluster.spec.rollout import CapacitySpec, QualityGate, RolloutSpec, RolloutStep  # noqa: E402
+from corral.rollout.actuators import ActuatorError, ArmStatus, KubeRayActuator  # noqa: E402
+from corral.rollout.controller import Controller, enqueue_command, start_rollout  # noqa: E402
+from corral.rollout.gates import MetricReadings  # noqa: E402
+from corral.rollout.machine import Phase, Stage  # noqa: E402
+from corral.rollout.store import FileStore, RayServiceAnnotationStore, StoreConflict  # noqa: E402
 from corral.serving.app import route_weights  # noqa: E402
 
 PATH = "/apis/ray.io/v1/namespaces/{ns}/rayservices/{name}"
@@ -146,6 +156,104 @@ class StubApiServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
+class StubServe:
+    """The Ray dashboard's `GET /api/serve/applications/` for one application."""
+
+    def __init__(self, api_stub: StubApiServer):
+        from corral.serving.app import INGRESS_DEPLOYMENT, llm_deployment_name, route_weights
+
+        self.api_stub, self.requests = api_stub, []
+        self.ingress, self.llm = INGRESS_DEPLOYMENT, llm_deployment_name
+        self._route_weights = route_weights
+        self.deployments: dict[str, dict] = {}
+        self.fail_next = 0
+        self.submit()
+        self.settle()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                stub.requests.append(self.path)
+                if stub.fail_next:
+                    stub.fail_next -= 1
+                    code, body = 503, {"error": "dashboard restarting"}
+                elif self.path != "/api/serve/applications/":
+                    code, body = 404, {"error": self.path}
+                else:
+                    code, body = 200, {"applications": {"demo": stub.app()}}
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _dep(self, name):
+        return self.deployments.setdefault(name, {"status": "HEALTHY", "replicas": [], "user_config": None,
+                                                  "target": 0, "n": 0})
+
+    def submit(self):
+        """KubeRay submitted the current serveConfigV2: new targets, new replicas STARTING."""
+        app = self.api_stub.app()
+        ingress = self._dep(self.ingress)
+        new_user_config = {"routes": self._route_weights(app)}
+        if ingress["user_config"] != new_user_config:
+            ingress["user_config"], ingress["target"] = new_user_config, 1
+            ingress["replicas"] = [("UPDATING" if ingress["replicas"] else "STARTING")]
+            ingress["status"] = "UPDATING"
+        for arm in self.api_stub.fleet()["arms"]:
+            d = self._dep(self.llm(arm["name"]))
+            floor = self.api_stub.min_replicas(arm["name"])
+            d["target"] = max(d["target"], floor if floor is not None else arm["replicas"]["min"])
+            while len(d["replicas"]) < d["target"]:
+                d["replicas"].append("STARTING")
+                d["status"] = "UPSCALING"
+
+    def settle(self):
+        """Every replica RUNNING at the target version; deployments HEALTHY."""
+        for d in self.deployments.values():
+            d["replicas"] = ["RUNNING"] * len(d["replicas"])
+            d["status"] = "HEALTHY"
+
+    def set(self, arm, status=None, running=None):
+        d = self._dep(self.llm(arm))
+        if status is not None:
+            d["status"] = status
+        if running is not None:
+            d["replicas"] = ["RUNNING"] * running
+
+    def app(self) -> dict:
+        from ray.serve.schema import ApplicationDetails
+
+        deployments = {}
+        for name, d in self.deployments.items():
+            deployment_config = {"name": name}
+            if d["user_config"] is not None:
+                deployment_config["user_config"] = d["user_config"]
+            deployments[name] = {
+                "name": name, "status": d["status"], "status_trigger": "CONFIG_UPDATE_COMPLETED", "message": "",
+                "deployment_config": deployment_config, "target_num_replicas": d["target"],
+                "required_resources": {"CPU": 1},
+                "replicas": [{"replica_id": f"{name}-{i}", "state": st, "start_time_s": 1.0}
+                             for i, st in enumerate(d["replicas"])],
+            }
+        app = {"name": "demo", "route_prefix": "/", "docs_path": None, "status": "RUNNING", "message": "",
+               "last_deployed_time_s": 1.0, "source": "declarative", "deployments": deployments,
+               "external_scaler_enabled": False}
+        ApplicationDetails.model_validate(app)  # the shape Ray's dashboard really serves
+        return app
+
+
 FLEET = {
     "name": "demo",
     "arms": [{"name": "llama2", "model": {"demo": "tiny-llama2-random"}, "replicas": {"min": 1, "max": 3}},
@@ -178,6 +286,15 @@ def stub():
 
 
 @pytest.fixture
+def serve(stub):
+    s = StubServe(stub)
+    s.thread.start()
+    yield s
+    s.server.shutdown()
+    s.server.server_close()
+
+
+@pytest.fixture
 def api(stub):
     cfg = client.Configuration()
     cfg.host = stub.url
@@ -185,10 +302,16 @@ def api(stub):
     return client.CustomObjectsApi(client.ApiClient(cfg))
 
 
-def test_get_and_set_weights_patches_serve_config(stub, api):
-    act = KubeRayActuator("corral", "llm", app_name="demo", api=api)
+def test_get_and_set_weights_patches_serve_config(stub, api, serve):
+    act = KubeRayActuator("corral", "llm", app_name="demo", api=api, dashboard_url=serve.url)
     assert act.get_weights("chat") == {"llama2": 100, "llama3": 0}
     assert act.set_weights("chat", {"llama2": 50, "llama3": 50}) is True
+    # Written, not applied: Serve still runs the old weights until KubeRay submits and the ingress takes them.
+    assert act.configured_weights("chat") == {"llama2": 50, "llama3": 50}
+    assert act.get_weights("chat") == {"llama2": 100, "llama3": 0}
+    serve.submit()
+    assert act.get_weights("chat") is None  # ingress UPDATING: not known to be in effect
+    serve.settle()
     # Live weights go to the ingress user_config override; args.fleet (the code version) is untouched.
     assert route_weights(stub.app())["chat"] == {"llama2": 50, "llama3": 50}
     assert stub.app()["deployments"] == [{"name": "CorralIngress", "user_config": {"routes": {"chat": {"llama2": 50, "llama3": 50}}}}]
@@ -209,7 +332,7 @@ def test_conflict_is_retried_on_fresh_read(stub, api):
     assert act.set_weights("chat", {"llama2": 30, "llama3": 70}) is True
     codes = [r for r in stub.requests if r[0] == "PATCH"]
     assert len(codes) == 2
-    assert act.get_weights("chat") == {"llama2": 30, "llama3": 70}
+    assert act.configured_weights("chat") == {"llama2": 30, "llama3": 70}
 
 
 def test_a_writer_that_never_stops_is_an_error_and_nothing_is_written(stub, api):
@@ -235,9 +358,9 @@ def test_bad_weights_and_missing_objects_are_actuator_errors(stub, api):
     with pytest.raises(ActuatorError, match="unknown arm"):
         act.set_weights("chat", {"llama2": 50, "gpt": 50})
     with pytest.raises(ActuatorError, match="no route"):
-        act.get_weights("nope")
+        act.configured_weights("nope")
     with pytest.raises(ActuatorError, match="HTTP 404"):
-        KubeRayActuator("missing", "llm", api=api).get_weights("chat")
+        KubeRayActuator("missing", "llm", api=api).configured_weights("chat")
 
 
 def test_replica_floor_raised_then_restored(stub, api):
@@ -253,13 +376,108 @@ def test_replica_floor_raised_then_restored(stub, api):
     assert act.set_replica_floor("llama2", 1) is False  # floor below the spec min changes nothing
 
 
-def test_readiness_from_rayservice_status(stub, api):
-    act = KubeRayActuator("corral", "llm", api=api)
-    assert act.ready_replicas(["llama2", "llama3"]) == {"llama2": 1, "llama3": 0}
-    stub.obj["status"]["activeServiceStatus"]["applicationStatuses"]["demo"]["serveDeploymentStatuses"][
-        "LLMServer:llama3"]["status"] = "HEALTHY"
+def test_readiness_is_running_replicas_not_the_configured_floor(stub, api, serve):
+    act = KubeRayActuator("corral", "llm", api=api, dashboard_url=serve.url)
+    assert act.arm_status(["llama2", "llama3"]) == {"llama2": ArmStatus(1, "HEALTHY"), "llama3": ArmStatus(0, "HEALTHY")}
     act.set_replica_floor("llama3", 2)
-    assert act.ready_replicas(["llama3"]) == {"llama3": 2}
+    assert act.arm_status(["llama3"]) == {"llama3": ArmStatus(0, "HEALTHY")}  # not submitted yet
+    serve.submit()
+    assert act.arm_status(["llama3"]) == {"llama3": ArmStatus(0, "UPSCALING")}  # loading weights
+    serve.set("llama3", status="UPSCALING", running=1)
+    serve.deployments["LLMServer:llama3"]["replicas"].append("STARTING")
+    assert act.arm_status(["llama3"])["llama3"].ready == 1
+    serve.settle()
+    assert act.arm_status(["llama3"]) == {"llama3": ArmStatus(2, "HEALTHY")}
+    serve.set("llama3", status="DEPLOY_FAILED", running=0)
+    assert act.arm_status(["llama3"]) == {"llama3": ArmStatus(0, "DEPLOY_FAILED")}
+    assert serve.requests and all(p == "/api/serve/applications/" for p in serve.requests)
+
+
+def test_dashboard_down_is_an_actuator_error(stub, api, serve):
+    act = KubeRayActuator("corral", "llm", api=api, dashboard_url=serve.url)
+    serve.fail_next = 2
+    with pytest.raises(ActuatorError, match="503"):
+        act.arm_status(["llama2"])
+    with pytest.raises(ActuatorError, match="503"):
+        act.get_weights("chat")
+    assert act.get_weights("chat") == {"llama2": 100, "llama3": 0}
+    with pytest.raises(ActuatorError, match="no application 'other'"):
+        KubeRayActuator("corral", "llm", app_name="other", api=api, dashboard_url=serve.url).arm_status(["llama2"])
+
+
+def test_default_dashboard_is_the_rayservice_head_service(api):
+    assert KubeRayActuator("corral", "llm", api=api).dashboard_url == "http://corral-head-svc.llm.svc:8265"
+
+
+class FakeSource:
+    def collect(self, spec, window_s, elapsed_s):
+        return MetricReadings(values={}, requests={"llama2": 100, "llama3": 100})
+
+
+def test_controller_waits_for_running_replicas_and_applied_weights(stub, api, serve, tmp_path):
+    """The first step needs 2 warm candidate replicas; weights move only once Serve runs them,
+    and bake time starts only once the ingress runs the new weights."""
+    spec = RolloutSpec(route="chat", baseline="llama2", candidate="llama3", gates=[], quality=QualityGate(enabled=False),
+                       steps=[RolloutStep(weight=50, bake_s=1000), RolloutStep(weight=100, bake_s=1000)],
+                       capacity=CapacitySpec(min_ready_replicas=2, warmup_timeout_s=10_000))
+    act = KubeRayActuator("corral", "llm", app_name="demo", api=api, dashboard_url=serve.url)
+    store = FileStore(tmp_path / "r.json")
+    start_rollout(store, spec, 0.0)
+    t = [0.0]
+    ctl = Controller(spec, {"llama2": 3, "llama3": 3}, FakeSource(), act, store, clock=lambda: t[0])
+
+    def tick(n=1):
+        for _ in range(n):
+            t[0] += 1
+            ctl.tick()
+        return store.load().state
+
+    st = tick(3)
+    assert st.stage == Stage.CAPACITY and stub.min_replicas("llama3") == 2
+    serve.submit()
+    serve.set("llama3", running=1)
+    serve.deployments["LLMServer:llama3"]["replicas"].append("STARTING")
+    st = tick(3)
+    assert st.stage == Stage.CAPACITY and act.configured_weights("chat") == {"llama2": 100, "llama3": 0}
+    assert "(1 ready)" in st.reason
+    serve.settle()
+    st = tick()
+    assert st.stage == Stage.SHIFTING and act.configured_weights("chat") == {"llama2": 50, "llama3": 50}
+    st = tick(3)
+    assert st.stage == Stage.SHIFTING and st.step_started_at is None  # written, not yet applied
+    serve.submit()
+    st = tick()
+    assert st.stage == Stage.SHIFTING and "seen unknown" in st.reason  # ingress UPDATING
+    serve.settle()
+    st = tick()
+    assert st.stage == Stage.BAKING and st.step_started_at == t[0] and st.phase == Phase.PROGRESSING
+
+
+def test_dead_candidate_on_kuberay_rolls_back(stub, api, serve, tmp_path):
+    spec = RolloutSpec(route="chat", baseline="llama2", candidate="llama3", gates=[], quality=QualityGate(enabled=False),
+                       steps=[RolloutStep(weight=50, bake_s=1000), RolloutStep(weight=100, bake_s=1000)],
+                       capacity=CapacitySpec(dead_after_s=30))
+    act = KubeRayActuator("corral", "llm", app_name="demo", api=api, dashboard_url=serve.url)
+    store = FileStore(tmp_path / "r.json")
+    start_rollout(store, spec, 0.0)
+    t = [0.0]
+    ctl = Controller(spec, {"llama2": 3, "llama3": 3}, FakeSource(), act, store, clock=lambda: t[0])
+    for _ in range(3):
+        t[0] += 1
+        ctl.tick()
+        serve.submit()
+        serve.settle()
+    assert store.load().state.stage == Stage.BAKING
+    serve.set("llama3", status="UNHEALTHY", running=0)
+    for _ in range(40):
+        t[0] += 1
+        ctl.tick()
+        if store.load().state.terminal:
+            break
+    doc = store.load()
+    assert doc.state.phase == Phase.ROLLED_BACK and t[0] > 30
+    assert "candidate 'llama3' is dead: deployment UNHEALTHY" in doc.events[-1].reason
+    assert act.configured_weights("chat") == {"llama2": 100, "llama3": 0}
 
 
 def test_annotation_store_round_trip_and_json_patch_path(stub, api):

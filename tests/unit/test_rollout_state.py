@@ -48,6 +48,7 @@ class World:
         self.state = RolloutState()
         self.weights = {B: 100, C: 0}
         self.ready = ready if ready is not None else {B: 1, C: 1}
+        self.status = None  # Serve deployment status per arm (None: not read)
         self.decisions = []
 
     def tick(self, dt=0.0, metrics=None, metrics_error=None, quality=None, commands=(), apply=True):
@@ -60,7 +61,8 @@ class World:
         snap = Snapshot(weights=dict(self.weights), ready_replicas=dict(self.ready), max_replicas={B: 4, C: 4},
                         metrics=metrics if n.metrics else None,
                         metrics_error=metrics_error if n.metrics else None,
-                        quality=quality if n.quality else None, commands=tuple(commands))
+                        quality=quality if n.quality else None, commands=tuple(commands),
+                        deployment_status=None if self.status is None else dict(self.status))
         d, self.state = decide(snap, self.spec, self.state, self.now)
         if apply:
             self.weights = dict(self.state.desired_weights)
@@ -335,3 +337,113 @@ def test_decide_does_not_mutate_input_state():
     before = s0.model_dump()
     decide(Snapshot(weights={B: 100, C: 0}, ready_replicas={C: 1}, max_replicas={C: 1}), spec, s0, 5.0)
     assert s0.model_dump() == before
+
+
+# -- dead arms ------------------------------------------------------------------------------
+
+
+def dead_spec(**over):
+    over = {"capacity": {"dead_after_s": 30},
+            "steps": [RolloutStep(weight=w, bake_s=1000, min_requests=10) for w in (50, 100)], **over}
+    return make_spec(quality=QualityGate(enabled=False), **over)
+
+
+@pytest.mark.parametrize("status,ready", [("UNHEALTHY", 1), ("DEPLOY_FAILED", 0), ("HEALTHY", 0)])
+def test_dead_candidate_rolls_back_after_the_bound(status, ready):
+    w = World(dead_spec())
+    w.status = {B: "HEALTHY", C: "HEALTHY"}
+    run_to_baking(w)
+    w.status[C], w.ready[C] = status, ready
+    down_at = w.now + 1
+    for _ in range(31):
+        w.tick(1)
+        assert w.state.phase == Phase.PROGRESSING, f"rolled back before dead_after_s at {w.now - down_at}s"
+    d = w.tick(1)
+    assert w.now - down_at == 31
+    assert d.operator == Operator.ROLLBACK and w.state.phase == Phase.ROLLED_BACK
+    assert f"candidate {C!r} is dead" in d.reason and "dead_after_s=30" in d.reason
+    assert w.weights == {B: 100, C: 0} and w.state.replica_floors == {}
+
+
+def test_candidate_that_recovers_within_the_bound_is_not_dead():
+    w = World(dead_spec())
+    w.status = {B: "HEALTHY", C: "HEALTHY"}
+    run_to_baking(w)
+    w.status[C] = "UNHEALTHY"
+    w.tick(20)
+    w.status[C] = "HEALTHY"
+    w.tick(1)
+    assert w.state.arms_down_since == {}
+    w.status[C] = "UNHEALTHY"
+    w.tick(20)  # a new down period starts here: 20 s, not 41
+    w.tick(5)
+    assert w.state.phase == Phase.PROGRESSING and w.state.arms_down_since == {C: w.now - 5}
+
+
+def test_unknown_status_neither_starts_nor_clears_a_down_period():
+    w = World(dead_spec())
+    w.status = {B: "HEALTHY", C: "HEALTHY"}
+    run_to_baking(w)
+    w.status[C] = "DEPLOY_FAILED"
+    w.tick(1)
+    since = w.state.arms_down_since[C]
+    w.status = None  # the dashboard did not answer
+    for _ in range(40):
+        w.tick(1)
+    assert w.state.phase == Phase.PROGRESSING and w.state.arms_down_since == {C: since}
+    w.status = {B: "HEALTHY", C: "DEPLOY_FAILED"}
+    assert w.tick(1).operator == Operator.ROLLBACK
+
+
+def test_candidate_without_traffic_and_zero_replicas_is_warming_not_dead():
+    """Zero replicas count only while the arm has traffic: a candidate at 0% still warming
+    up is the capacity stage's business (warmup_timeout_s), not a dead arm."""
+    w = World(dead_spec(capacity={"dead_after_s": 30, "warmup_timeout_s": 1000}), ready={B: 1, C: 0})
+    w.status = {B: "HEALTHY", C: "UPSCALING"}
+    for _ in range(100):
+        w.tick(1)
+    assert w.state.phase == Phase.PROGRESSING and w.state.stage == Stage.CAPACITY
+    assert w.state.arms_down_since == {}
+
+
+def test_dead_baseline_pauses_and_holds_weights():
+    w = World(dead_spec())
+    w.status = {B: "HEALTHY", C: "HEALTHY"}
+    run_to_baking(w)
+    held = dict(w.weights)
+    w.ready[B] = 0  # baseline has traffic and no running replica
+    for _ in range(31):
+        w.tick(1)
+    assert w.state.phase == Phase.PROGRESSING
+    d = w.tick(1)
+    assert d.operator == Operator.PAUSE and w.state.phase == Phase.PAUSED
+    assert f"baseline {B!r} is dead: zero running replicas at weight 50%" in w.state.pause_reason
+    assert w.weights == held
+    w.tick(1)
+    assert w.state.phase == Phase.PAUSED  # a pause is not re-decided every tick
+
+
+def test_dead_candidate_rolls_back_even_while_paused():
+    w = World(dead_spec())
+    w.status = {B: "HEALTHY", C: "HEALTHY"}
+    run_to_baking(w)
+    w.tick(1, commands=[Command(seq=1, op="pause")])
+    assert w.state.phase == Phase.PAUSED
+    w.status[C] = "UNHEALTHY"
+    for _ in range(32):
+        w.tick(1)
+    assert w.state.phase == Phase.ROLLED_BACK and w.weights == {B: 100, C: 0}
+
+
+def test_dead_arm_at_zero_weight_after_success_is_not_judged():
+    w = World(dead_spec(steps=[RolloutStep(weight=x, bake_s=1, min_requests=1) for x in (50, 100)]))
+    w.status = {B: "HEALTHY", C: "HEALTHY"}
+    for _ in range(100):
+        w.tick(1)
+        if w.state.terminal:
+            break
+    assert w.state.phase == Phase.SUCCEEDED
+    w.status[B], w.ready[B] = "UNHEALTHY", 0
+    for _ in range(40):
+        w.tick(1)
+    assert w.state.phase == Phase.SUCCEEDED
