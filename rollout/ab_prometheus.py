@@ -122,7 +122,7 @@ def time_series(client: PrometheusClient, route: str, since: float, until: float
     rate_w = format_window(max(2 * step, 30.0))
     name, sel = mn.exported(mn.REQUESTS), f'route="{route}"'
     ts = TimeSeries()
-    for target, extra in ((ts.rps, ""), (ts.errors_rps, ',status=~"5.."')):
+    for target, extra in ((ts.rps, ""), (ts.errors_rps, f',status=~"{mn.SERVER_ERROR_STATUS_RE}"')):
         for r in client.matrix(f"sum by (arm) (rate({name}{{{sel}{extra}}}[{rate_w}]))", since, until, step):
             pts = dict((float(t), float(v)) for t, v in r["values"])
             ts.t = sorted(set(ts.t) | set(pts))

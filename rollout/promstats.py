@@ -46,7 +46,7 @@ def requests_and_errors(client: PrometheusClient, route: str, arm: str, window_s
                         at: float | None = None) -> tuple[float, float]:
     """Requests answered and those answered 5xx."""
     n = total(client, mn.REQUESTS, route, arm, window_s, at)
-    errors = total(client, mn.REQUESTS, route, arm, window_s, at, extra='status=~"5.."')
+    errors = total(client, mn.REQUESTS, route, arm, window_s, at, extra=f'status=~"{mn.SERVER_ERROR_STATUS_RE}"')
     return n, errors
 
 
