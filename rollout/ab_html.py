@@ -13,6 +13,7 @@ import html
 import io
 import math
 import time
+from collections.abc import Sequence
 
 from corral.rollout.ab import Row, render_rows
 from corral.rollout.ab_prometheus import TIMED, ArmData, TimeSeries
@@ -98,8 +99,8 @@ def _bars(rows: list[Row], metrics: list[str], arms: list[str], title: str, ylab
 
 
 def render_html(rows: list[Row], data: dict[str, ArmData], ts: TimeSeries | None, baseline: str, candidate: str,
-                route: str, since: float, until: float, events: list[tuple[float, str]] = (),
-                extra_lines: list[str] = ()) -> str:
+                route: str, since: float, until: float, events: Sequence[tuple[float, str]] = (),
+                extra_lines: Sequence[str] = ()) -> str:
     import matplotlib
 
     matplotlib.use("Agg")

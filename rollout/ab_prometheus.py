@@ -122,14 +122,15 @@ def time_series(client: PrometheusClient, route: str, since: float, until: float
     rate_w = format_window(max(2 * step, 30.0))
     name, sel = mn.exported(mn.REQUESTS), f'route="{route}"'
     ts = TimeSeries()
-    for target, extra in ((ts.rps, ""), (ts.errors_rps, f',status=~"{mn.SERVER_ERROR_STATUS_RE}"')):
+    raw: list[dict[str, dict[float, float]]] = [{}, {}]
+    for by_arm, extra in ((raw[0], ""), (raw[1], f',status=~"{mn.SERVER_ERROR_STATUS_RE}"')):
         for r in client.matrix(f"sum by (arm) (rate({name}{{{sel}{extra}}}[{rate_w}]))", since, until, step):
-            pts = dict((float(t), float(v)) for t, v in r["values"])
+            pts = {float(t): float(v) for t, v in r["values"]}
             ts.t = sorted(set(ts.t) | set(pts))
-            target[r["metric"].get("arm", "?")] = pts  # type: ignore[assignment]
-    for target in (ts.rps, ts.errors_rps):
-        for arm, pts in list(target.items()):
-            target[arm] = [pts.get(t, 0.0) for t in ts.t]  # type: ignore[attr-defined]
+            by_arm[r["metric"].get("arm", "?")] = pts
+    for target, by_arm in ((ts.rps, raw[0]), (ts.errors_rps, raw[1])):
+        for arm, pts in by_arm.items():
+            target[arm] = [pts.get(t, 0.0) for t in ts.t]
     return ts
 
 

@@ -264,6 +264,8 @@ class KubeRayActuator:
     def _serve_app(self) -> dict:
         if self._serve_status is None:
             app_name = self.app_name or self._fleet(self._get())[1].get("name")
+            if not app_name:
+                raise ActuatorError("the RayService's fleet has no name, so its Serve application is unknown")
             self._serve_status = ServeStatusReader(self.dashboard_url, app_name)
         return self._serve_status.app()
 

@@ -49,7 +49,7 @@ class PrometheusMetricSource:
         # Sequential gates see every request of the step so far (their test is valid at any count).
         samples = {}
         for g in spec.gates:
-            if g.test == "sequential":
+            if g.test == "sequential" and g.metric is not None:
                 got = {arm: promstats.sample(self.client, g.metric, spec.route, arm, elapsed_s) for arm in arms}
                 samples[g.name] = {arm: (v.to_list() if v is not None else None) for arm, v in got.items()}
         requests = {arm: self.client.query(requests_query(spec.route, arm, elapsed_s)) or 0.0 for arm in arms}

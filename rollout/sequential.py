@@ -138,6 +138,7 @@ def evaluate_sequential(gate: MetricGate, candidate: ArmSample | None, baseline:
         if s is None or s.n < MIN_N:
             have = 0 if s is None else int(s.n)
             return result(Verdict.INCONCLUSIVE, msg=f"{have} {gate.metric} observations for the {role} (need {MIN_N})")
+    assert candidate is not None and baseline is not None  # the loop above returned otherwise
     d, low, high = difference_interval(candidate, baseline, gate.alpha, gate.design_n)
     if gate.metric in LOWER_IS_WORSE:
         d, low, high = -d, -high, -low

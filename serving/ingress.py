@@ -438,11 +438,11 @@ class CorralIngress(OpenAiIngress):
         if refused:
             return _error(Denied(400, refused))
         key_name = self._keys.keys.get(key, {}).get("name") if key else None
-        denied = self._in_flight.admit(key, spec.max_concurrent_requests_per_key, route, limits.max_concurrent_requests,
-                                       spec.concurrency_retry_after_s, key_name)
-        if denied is not None:
-            self._metrics.record(route, preferred or route, denied.status, 0.0, None, None, None)
-            return _error(denied)
+        busy = self._in_flight.admit(key, spec.max_concurrent_requests_per_key, route, limits.max_concurrent_requests,
+                                     spec.concurrency_retry_after_s, key_name)
+        if busy is not None:
+            self._metrics.record(route, preferred or route, busy.status, 0.0, None, None, None)
+            return _error(busy)
         slot = _Slot(self._in_flight, key, route)
         try:
             response = await self._attempts(body, request, call_method, route, preferred, arm, key, slot)
@@ -453,7 +453,7 @@ class CorralIngress(OpenAiIngress):
             slot.release()
         return response
 
-    async def _attempts(self, body, request: Request, call_method: str, route: str, preferred: str,
+    async def _attempts(self, body, request: Request, call_method: str, route: str, preferred: str | None,
                         arm: str | None, key: str | None, slot: _Slot) -> Response:
         """Send the request to `arm`; if the arm fails before answering, once more to another
         healthy arm of the route (not for pinned requests); 503 when no arm can take it."""
@@ -484,7 +484,7 @@ class CorralIngress(OpenAiIngress):
                     self._metrics.failovers.inc(1, {"route": route, "arm": arm, "reason": str(failed.outcome)})
                 arm = next_arm if len(tried) < 2 else None
         what = f"arm {preferred!r} is" if pinned else f"no arm of route {route!r} is"
-        self._metrics.record(route, preferred, 503, time.perf_counter() - start, None, None, None)
+        self._metrics.record(route, preferred or route, 503, time.perf_counter() - start, None, None, None)
         return _error(Denied(503, f"{what} available right now; retry later", failover.retry_after_s))
 
     async def _attempt(self, body, request: Request, call_method: str, route: str, arm: str, start: float,

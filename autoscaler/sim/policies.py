@@ -55,7 +55,7 @@ def serve_config(min_replicas: int, max_replicas: int, initial: int, target: flo
     """A ray.serve.config.AutoscalingConfig, as Serve would hold it for the deployment."""
     from ray.serve.config import AutoscalingConfig
 
-    kw = dict(min_replicas=min_replicas, max_replicas=max_replicas, initial_replicas=initial,
+    kw: dict[str, Any] = dict(min_replicas=min_replicas, max_replicas=max_replicas, initial_replicas=initial,
               target_ongoing_requests=target, upscale_delay_s=upscale_delay_s,
               downscale_delay_s=downscale_delay_s, look_back_period_s=look_back_period_s)
     if policy:

@@ -118,7 +118,9 @@ def cmd_start(args) -> int:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     print(f"rollout {doc.id}: route {spec.route}: {spec.baseline} -> {spec.candidate}, steps "
           f"{[s.weight for s in spec.steps]}", flush=True)
-    return _run_controller(args, spec, store, wiring) if args.run else 0
+    if wiring is None:
+        return 0
+    return _run_controller(args, spec, store, wiring)
 
 
 def cmd_run(args) -> int:
