@@ -373,7 +373,8 @@ class CorralIngress(OpenAiIngress):
         healthy = failover_weights(weights, self._health.down())
         return model, preferred, (pick_arm(healthy, key) if healthy else None)
 
-    async def models(self, request: Request | None = None) -> ModelList | Response:
+    # FastAPI reads this signature: `Request | None` would make `request` a query parameter, not the request.
+    async def models(self, request: Request = None) -> ModelList | Response:  # type: ignore[assignment]
         # Ray Serve LLM also calls models() internally, without a request.
         if request is not None:
             _, denied = self._authorize(request)

@@ -126,3 +126,22 @@ def test_max_ongoing_requests_is_one_rule_used_by_the_deployment():
     got = {c["model_loading_config"]["model_id"]: c["deployment_config"]["max_ongoing_requests"]
            for c in llm_config_dicts(fleet, Path("/models"))}
     assert got == {"small": 8, "big": 48}
+
+
+def test_fastapi_reads_every_ingress_endpoint_as_serve_builds_it():
+    """The ingress class goes through Ray Serve LLM's `make_fastapi_ingress` as `app_builder` does;
+    FastAPI analyses each handler's signature there (a `Request | None` parameter once made the
+    whole app fail to deploy). Every route takes the request itself and no query parameters."""
+    from ray.serve.llm.ingress import make_fastapi_ingress
+
+    from corral.serving._ray_compat import DEFAULT_ENDPOINTS
+    from corral.serving.ingress import CorralIngress, ingress_app
+
+    app = ingress_app()
+    endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda a: a.post("/v1/feedback"),
+                 "routes": lambda a: a.get("/v1/corral/routes")}
+    make_fastapi_ingress(CorralIngress, endpoint_map=endpoints, app=app)
+    routes = {r.path: r for r in app.routes if getattr(r, "path", "").startswith("/v1/")}
+    assert {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/feedback", "/v1/corral/routes"} <= set(routes)
+    for path, route in routes.items():
+        assert route.dependant.query_params == [], (path, [p.name for p in route.dependant.query_params])
