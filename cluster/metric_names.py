@@ -46,3 +46,34 @@ SERVER_ERROR_STATUS_RE = "5..|stream_error|exception|timeout"
 FAILOVERS = "corral_failovers_total"
 # Gauge (label: arm): 1 while the ingress routes to the arm, 0 while it is out.
 ARM_UP = "corral_arm_up"
+
+
+# -- histogram boundaries of the ingress's series (part of the contract: gates and reports read
+# quantiles off them) --------------------------------------------------------------------------
+
+def log_buckets(low_s: float, high_s: float, per_decade: int = 20) -> list[float]:
+    """Geometric histogram boundaries from low_s to high_s, `per_decade` per factor of ten
+    (20 = 12% apart), rounded to 3 significant digits.
+
+    Fine buckets matter twice here: SLO gates read quantiles off these histograms, and Ray's
+    metrics exporter turns every observation into its bucket's *midpoint* (so `_sum`/`_count`
+    means are only as exact as the buckets are narrow: at 12% apart, within about 6%).
+    """
+    if not 0 < low_s < high_s or per_decade < 1:
+        raise ValueError(f"need 0 < low_s ({low_s}) < high_s ({high_s}) and per_decade ({per_decade}) >= 1")
+    out: list[float] = []
+    k = 0
+    while True:
+        b = float(f"{low_s * 10 ** (k / per_decade):.3g}")
+        if b > high_s * (1 + 1e-9):
+            return out
+        if not out or b > out[-1]:
+            out.append(b)
+        k += 1
+
+
+# SLO metrics (TTFT, ITL) 12% apart; end-to-end latency, which spans more, 26% apart and with
+# a 10.0 boundary (the rollout's goodput gate counts requests under 10 s).
+TTFT_BUCKETS_S = log_buckets(0.005, 120)
+ITL_BUCKETS_S = log_buckets(0.001, 2)
+LATENCY_BUCKETS_S = log_buckets(0.01, 600, per_decade=10)

@@ -9,7 +9,7 @@ baseline test (pure). Per arm:
   inside the bucket as Prometheus' `histogram_quantile` does (prometheus/promql/quantile.go,
   `bucketQuantile`: linear within the bucket, the +Inf bucket answers its lower edge).
   **Bucket error**: the true quantile lies anywhere in the bucket that holds it; the buckets are
-  log-spaced (`serving/ingress.py` `log_buckets`: TTFT and ITL 20 per decade, 12% apart; latency
+  log-spaced (`cluster/metric_names.py` `log_buckets`: TTFT and ITL 20 per decade, 12% apart; latency
   10 per decade, 26% apart), so a quantile is good to about +/-6% (+/-13% for latency) beyond its
   sampling interval. Each quantile row names its bucket. The interval is distribution-free: the
   ranks n q +/- z sqrt(n q (1 - q)) mapped through the same interpolation.

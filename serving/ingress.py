@@ -26,6 +26,7 @@ from ray.serve.llm.ingress import OpenAiIngress
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from corral.cluster import metric_names as names
+from corral.cluster.metric_names import ITL_BUCKETS_S, LATENCY_BUCKETS_S, TTFT_BUCKETS_S, log_buckets  # noqa: F401
 from corral.cluster.spec.admission import AdmissionSpec
 from corral.serving import _ray_compat
 from corral.serving._ray_compat import (
@@ -44,34 +45,6 @@ logger = logging.getLogger("ray.serve")
 ARM_HEADER = "x-corral-arm"
 ROUTE_HEADER = "x-corral-route"
 SESSION_HEADER = "x-session-id"
-
-
-def log_buckets(low_s: float, high_s: float, per_decade: int = 20) -> list[float]:
-    """Geometric histogram boundaries from low_s to high_s, `per_decade` per factor of ten
-    (20 = 12% apart), rounded to 3 significant digits.
-
-    Fine buckets matter twice here: SLO gates read quantiles off these histograms, and Ray's
-    metrics exporter turns every observation into its bucket's *midpoint* (so `_sum`/`_count`
-    means are only as exact as the buckets are narrow: at 12% apart, within about 6%).
-    """
-    if not 0 < low_s < high_s or per_decade < 1:
-        raise ValueError(f"need 0 < low_s ({low_s}) < high_s ({high_s}) and per_decade ({per_decade}) >= 1")
-    out: list[float] = []
-    k = 0
-    while True:
-        b = float(f"{low_s * 10 ** (k / per_decade):.3g}")
-        if b > high_s * (1 + 1e-9):
-            return out
-        if not out or b > out[-1]:
-            out.append(b)
-        k += 1
-
-
-# SLO metrics (TTFT, ITL) 12% apart; end-to-end latency, which spans more, 26% apart and with
-# a 10.0 boundary (the rollout's goodput gate counts requests under 10 s).
-TTFT_BUCKETS_S = log_buckets(0.005, 120)
-ITL_BUCKETS_S = log_buckets(0.001, 2)
-LATENCY_BUCKETS_S = log_buckets(0.01, 600, per_decade=10)
 
 
 class RequestMetrics:

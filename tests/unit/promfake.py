@@ -17,23 +17,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-
-def log_buckets(low_s, high_s, per_decade=20):
-    # serving/ingress.py `log_buckets`, copied: importing the ingress loads Ray Serve.
-    out, k = [], 0
-    while True:
-        b = float(f"{low_s * 10 ** (k / per_decade):.3g}")
-        if b > high_s * (1 + 1e-9):
-            return out
-        if not out or b > out[-1]:
-            out.append(b)
-        k += 1
-
+from corral.cluster.metric_names import ITL_BUCKETS_S, LATENCY_BUCKETS_S, TTFT_BUCKETS_S
 
 BUCKETS = {
-    "ray_corral_ttft_seconds": log_buckets(0.005, 120),
-    "ray_corral_itl_seconds": log_buckets(0.001, 2),
-    "ray_corral_request_latency_seconds": log_buckets(0.01, 600, per_decade=10),
+    "ray_corral_ttft_seconds": TTFT_BUCKETS_S,
+    "ray_corral_itl_seconds": ITL_BUCKETS_S,
+    "ray_corral_request_latency_seconds": LATENCY_BUCKETS_S,
     "ray_corral_feedback_score": [0.25, 0.5, 0.75, 1.0],
 }
 FIELD = {"ray_corral_ttft_seconds": "ttft", "ray_corral_itl_seconds": "itl",

@@ -95,7 +95,7 @@ def test_error_rate_power_when_clearly_worse():
     assert np.median([f for f in first if f is not None]) <= 200
 
 
-# The ingress's TTFT buckets (serving/ingress.py: log_buckets(0.005, 120), 20 per decade, 3 digits);
+# The ingress's TTFT buckets (cluster/metric_names.py: log_buckets(0.005, 120), 20 per decade, 3 digits);
 # written out here because importing the ingress loads Ray Serve.
 TTFT_BUCKETS_S = sorted({float(f"{0.005 * 10 ** (k / 20):.3g}") for k in range(0, 88)})  # 0.005 .. 112 s
 
