@@ -179,7 +179,7 @@ def stop_on_sigterm(stop: threading.Event) -> None:
 
 
 def build_controller(spec: RolloutSpec, *, max_replicas: dict[str, int], actuator, store: RolloutStore,
-                     prometheus_url: str, endpoint: str, api_key: str | None, base_dir: Path | None,
+                     prometheus_url: str, endpoint: str, prometheus_scope: dict[str, str] | None = None, api_key: str | None, base_dir: Path | None,
                      rollout_id: str | None = None, tick_s: float | None = None,
                      on_decision: Callable[[Decision, RolloutState], None] | None = None,
                      on_error: Callable[[Exception], None] | None = None,
@@ -197,6 +197,6 @@ def build_controller(spec: RolloutSpec, *, max_replicas: dict[str, int], actuato
         prompts = load_golden(resolve_golden_path(spec.quality.golden_set, base_dir))
         runner = GoldenSetRunner(endpoint, prompts, timeout_s=spec.quality.request_timeout_s, api_key=api_key,
                                  on_prompt=None if heartbeat is None else lambda: touch(heartbeat, time.time()))
-    return Controller(spec, max_replicas, PrometheusMetricSource(PrometheusClient(prometheus_url)), actuator, store,
+    return Controller(spec, max_replicas, PrometheusMetricSource(PrometheusClient(prometheus_url, scope=prometheus_scope)), actuator, store,
                       quality_runner=runner, on_decision=on_decision, on_error=on_error, rollout_id=rollout_id,
                       tick_s=tick_s)

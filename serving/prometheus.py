@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,16 +45,44 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
+_CORRAL_SELECTOR = re.compile(r"\b(ray_(?:corral|serve)_[A-Za-z0-9_]*)\{")
+
+
+def scope_query(promql: str, scope: dict[str, str]) -> str:
+    """`promql` with `scope`'s label matchers added to every selector of a corral or Serve series
+    (`ray_corral_…{…}`, `ray_serve_…{…}`; corral's own queries always write selectors in braces).
+    A query that names a series without braces is left as written."""
+    if not scope:
+        return promql
+    matchers = ",".join(f'{k}="{v}"' for k, v in sorted(scope.items()))
+    return _CORRAL_SELECTOR.sub(lambda m: f"{m.group(1)}{{{matchers},", promql).replace(",}", "}")
+
+
+def parse_scope(text: str) -> dict[str, str]:
+    """`namespace=llm,service=x-metrics` -> {"namespace": "llm", "service": "x-metrics"}; "" -> {}."""
+    scope: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()) or '"' in value:
+            raise ValueError(f"label matcher {part!r}: expected NAME=VALUE")
+        scope[name.strip()] = value.strip()
+    return scope
+
+
 class PrometheusClient:
     """The one client of Prometheus' query HTTP API (`GET /api/v1/query`, `/api/v1/query_range`) in corral."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0, session: requests.Session | None = None):
+    def __init__(self, base_url: str, timeout_s: float = 10.0, session: requests.Session | None = None,
+                 scope: dict[str, str] | None = None):
+        """`scope`: label matchers added to every corral series in every query (see `scope_query`),
+        e.g. `{"namespace": "llm"}` so that two releases in one Prometheus never mix."""
         self.base_url = base_url.rstrip("/")
+        self.scope = dict(scope or {})
         self.timeout_s = timeout_s
         self._session = session or requests.Session()
 
     def _data(self, promql: str, at: float | None = None, path: str = "query", extra: dict | None = None) -> dict:
-        params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {}), **(extra or {})}
+        params = {"query": scope_query(promql, self.scope), **({"time": f"{at:.3f}"} if at is not None else {}), **(extra or {})}
         try:
             resp = self._session.get(f"{self.base_url}/api/v1/{path}", params=params, timeout=self.timeout_s)
         except requests.RequestException as exc:

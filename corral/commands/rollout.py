@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_args(sp):
     sp.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
+    sp.add_argument("--prometheus-scope", metavar="LABEL=VALUE,...", default=None,
+                    help="label matchers added to every corral series the gates query (default: with --kube "
+                         "namespace=<--namespace>, as prometheus-operator labels scraped series; '' for none)")
     sp.add_argument("--endpoint", default=None,
                     help="OpenAI endpoint for the golden set (default: the fleet's server, 0.0.0.0 as 127.0.0.1)")
     sp.add_argument("--api-key-env", metavar="NAME", default=None,
@@ -168,8 +171,17 @@ def _wiring(args, fleet, store) -> dict:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise CliError(f"--api-key-env: environment variable {args.api_key_env} is not set", EXIT_BAD_INPUT)
+    from corral.serving.prometheus import parse_scope
+
+    scope_text = args.prometheus_scope
+    if scope_text is None:
+        scope_text = f"namespace={args.namespace}" if args.kube else ""
+    try:
+        scope = parse_scope(scope_text)
+    except ValueError as exc:
+        raise CliError(f"--prometheus-scope: {exc}", EXIT_BAD_INPUT) from None
     return dict(max_replicas={a.name: a.replicas.max for a in fleet.arms}, actuator=_actuator(args, fleet),
-                store=store, prometheus_url=args.prometheus,
+                store=store, prometheus_url=args.prometheus, prometheus_scope=scope,
                 endpoint=args.endpoint or local_endpoint(fleet.server.host, fleet.server.port), api_key=api_key,
                 base_dir=Path(args.fleet).resolve().parent if args.fleet else None, tick_s=args.tick_s)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -232,3 +233,41 @@ def test_golden_runner_sends_the_given_api_key_and_reports_a_refusal():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_scoped_client_adds_the_namespace_to_every_corral_selector():
+    """On Kubernetes the gates read only this release's series: prometheus-operator labels every
+    scraped series with its namespace, and the controller scopes its queries to that namespace."""
+    from corral.serving.prometheus import parse_scope, scope_query
+
+    stub = PromStub(lambda q: vec(1))
+    try:
+        spec = RolloutSpec(route="chat", baseline="llama2", candidate="llama3")
+        PrometheusMetricSource(PrometheusClient(stub.url, scope={"namespace": "llm"})).collect(spec, 60, 45)
+        corral_selectors = [s for q in stub.queries for s in re.findall(r"ray_corral_\w+\{[^}]*\}", q)]
+        assert corral_selectors and all(s.split("{", 1)[1].startswith('namespace="llm",') for s in corral_selectors)
+    finally:
+        stub.close()
+    assert scope_query("up", {"namespace": "llm"}) == "up"
+    assert scope_query('sum(ray_corral_requests_total{})', {"namespace": "a"}) == 'sum(ray_corral_requests_total{namespace="a"})'
+    assert parse_scope("") == {} and parse_scope("namespace=a,service=b") == {"namespace": "a", "service": "b"}
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_scope("namespace")
+
+
+def test_rollout_cli_scopes_gates_to_the_kube_namespace():
+    from corral.cli import build_parser
+    from corral.cluster.spec import load_fleet
+    from corral.commands.rollout import _wiring
+
+    parser = build_parser()
+    fleet = load_fleet(None)
+    kube = parser.parse_args(["rollout", "run", "--kube", "llm-corral", "--namespace", "team-a"])
+    local = parser.parse_args(["rollout", "run"])
+    explicit = parser.parse_args(["rollout", "run", "--kube", "x", "--prometheus-scope", ""])
+    from unittest import mock
+
+    with mock.patch("corral.commands.rollout._actuator", return_value=None):
+        assert _wiring(kube, fleet, None)["prometheus_scope"] == {"namespace": "team-a"}
+        assert _wiring(local, fleet, None)["prometheus_scope"] == {}
+        assert _wiring(explicit, fleet, None)["prometheus_scope"] == {}
