@@ -9,13 +9,12 @@ window's edges).
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+from http_stub import JsonHttpStub
 
 from corral.cluster.metric_names import ITL_BUCKETS_S, LATENCY_BUCKETS_S, TTFT_BUCKETS_S
 
@@ -54,43 +53,24 @@ _SEL = re.compile(r'(\w+)(=~|=)"((?:[^"\\]|\\.)*)"')
 _Q = re.compile(r"^sum(?: by \((\w+)\))? ?\((?:(increase|rate)\()?([a-z_]+)\{([^}]*)\}(?:\[(\d+)s\]\))?\)( or vector\(0\))?$")
 
 
-class FakePrometheus:
+class FakePrometheus(JsonHttpStub):
     def __init__(self, requests=(), feedback=(), replicas=None, now: float = 0.0):
         self.requests, self.feedback = list(requests), list(feedback)
         self.now = now  # the evaluation time of instant queries without `time=`
         self.replicas = replicas or {}  # deployment -> healthy replicas (constant)
         self.queries: list[str] = []
-        fake = self
+        super().__init__()
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                u = urlparse(self.path)
-                p = {k: v[0] for k, v in parse_qs(u.query).items()}
-                fake.queries.append(p["query"])
-                try:
-                    if u.path.endswith("/query_range"):
-                        body = fake.range(p["query"], float(p["start"]), float(p["end"]), float(p["step"]))
-                    else:
-                        body = fake.instant(p["query"], float(p["time"]) if "time" in p else fake.now)
-                    code = 200
-                except ValueError as exc:
-                    code, body = 400, {"status": "error", "errorType": "bad_data", "error": str(exc)}
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def handle(self, method, path, headers, body):
+        u = urlparse(path)
+        p = {k: v[0] for k, v in parse_qs(u.query).items()}
+        self.queries.append(p["query"])
+        try:
+            if u.path.endswith("/query_range"):
+                return 200, self.range(p["query"], float(p["start"]), float(p["end"]), float(p["step"]))
+            return 200, self.instant(p["query"], float(p["time"]) if "time" in p else self.now)
+        except ValueError as exc:
+            return 400, {"status": "error", "errorType": "bad_data", "error": str(exc)}
 
     # -- evaluation ------------------------------------------------------------------------
 

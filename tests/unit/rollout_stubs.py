@@ -7,56 +7,15 @@ instant-query API (`GET /api/v1/query`) and an OpenAI chat endpoint that enforce
 from __future__ import annotations
 
 import copy
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+from http_stub import JsonHttpStub
 
-class _Server:
+
+class _Server(JsonHttpStub):
     def __init__(self, handle):
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _reply(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._reply(*handle("GET", self.path, self.headers, None))
-
-            def do_PUT(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                self._reply(*handle("PUT", self.path, self.headers, body))
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                self._reply(*handle("POST", self.path, self.headers, body))
-
         self.requests: list[tuple[str, str, dict]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        stub.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(handle)
 
 
 class StubServe(_Server):

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from http_stub import JsonHttpStub
 from test_helm_chart import CHART, K8S_VERSION, by_kind, helm, render, values_file
 from test_kuberay_serve_config import app_of, code_version, deployments
 
@@ -71,7 +69,7 @@ def _owned(obj: dict) -> dict:
     return obj
 
 
-class StubApi:
+class StubApi(JsonHttpStub):
     """GET-only Kubernetes API: discovery and the given objects (404 for everything else)."""
 
     def __init__(self, objects: list[dict]):
@@ -81,40 +79,23 @@ class StubApi:
             plural = next(n for n, k in KINDS[o["apiVersion"]] if k == o["kind"])
             self.routes[f"/{group}/namespaces/{NS}/{plural}/{o['metadata']['name']}"] = _owned(o)
         self.requests: list[str] = []
-        stub = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                path = self.path.split("?")[0]
-                stub.requests.append(path)
-                body = stub.routes.get(path)
-                code = 200 if body is not None else 404
-                if body is None:
-                    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def handle(self, method, path, headers, body):
+        path = path.split("?")[0]
+        self.requests.append(path)
+        found = self.routes.get(path)
+        if found is None:
+            return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+        return 200, found
 
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "stub",
-            "clusters": [{"name": "stub", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
+            "clusters": [{"name": "stub", "cluster": {"server": self.url}}],
             "users": [{"name": "stub", "user": {"token": "stub"}}],
             "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub", "namespace": NS}}]}))
         return path
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def render_live(tmp_path: Path, live: list[dict], values: dict) -> tuple[list[dict], StubApi]:

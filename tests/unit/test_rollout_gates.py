@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from http_stub import JsonHttpStub
 
 from corral.cluster import metric_names as mn
 from corral.cluster.spec.rollout import MetricGate, RolloutSpec, default_gates
@@ -61,33 +59,15 @@ def test_min_and_absolute_gates():
     assert r.verdict == Verdict.FAIL and "> max 2.0" in r.message
 
 
-class PromStub:
+class PromStub(JsonHttpStub):
     def __init__(self, answer):
         self.answer, self.queries = answer, []
-        stub = self
+        super().__init__()
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                u = urlparse(self.path)
-                q = parse_qs(u.query)["query"][0]
-                stub.queries.append(q)
-                code, body = stub.answer(q)
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def handle(self, method, path, headers, body):
+        q = parse_qs(urlparse(path).query)["query"][0]
+        self.queries.append(q)
+        return self.answer(q)
 
 
 def vec(*values):
@@ -163,76 +143,46 @@ def test_scoring_rules(match, answers, reply, expected):
 
 
 def test_golden_runner_over_openai_http():
-    from http.server import BaseHTTPRequestHandler
-
     seen = []
 
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
+    def handle(method, path, headers, body):
+        seen.append(body)
+        if body["model"] == "broken":
+            return 500, {}
+        text = "Paris" if body["model"] == "good" else "zxq"
+        return 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}
 
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            if body["model"] == "broken":
-                self.send_response(500)
-                self.end_headers()
-                return
-            text = "Paris" if body["model"] == "good" else "zxq"
-            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(data)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = JsonHttpStub(handle)
     try:
         prompts = [GoldenPrompt("fr", "Capital of France?", ("Paris",)), GoldenPrompt("de", "Capital?", ("Berlin",))]
-        r = GoldenSetRunner(f"http://127.0.0.1:{srv.server_address[1]}", prompts).run(["good", "bad", "broken"])
+        r = GoldenSetRunner(srv.url, prompts).run(["good", "bad", "broken"])
         assert r.error is None and r.scores == {"good": 0.5, "bad": 0.0, "broken": 0.0}
         assert all(b["temperature"] == 0 for b in seen) and {b["model"] for b in seen} == {"good", "bad", "broken"}
     finally:
-        srv.shutdown()
-        srv.server_close()
-    down = GoldenSetRunner(f"http://127.0.0.1:{srv.server_address[1]}", prompts, timeout_s=0.5).run(["good"])
+        srv.close()
+    down = GoldenSetRunner(srv.url, prompts, timeout_s=0.5).run(["good"])
     assert down.error and "golden set" in down.error
 
 
 def test_golden_runner_sends_the_given_api_key_and_reports_a_refusal():
-    from http.server import BaseHTTPRequestHandler
-
     auth = []
 
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
+    def handle(method, path, headers, body):
+        auth.append(headers.get("Authorization"))
+        if headers.get("Authorization") != "Bearer sk-real":
+            return 401, {"error": {"message": "invalid API key"}}
+        return 200, {"choices": [{"message": {"content": "Paris"}}]}
 
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            auth.append(self.headers.get("Authorization"))
-            if self.headers.get("Authorization") != "Bearer sk-real":
-                data, status = json.dumps({"error": {"message": "invalid API key"}}).encode(), 401
-            else:
-                data, status = json.dumps({"choices": [{"message": {"content": "Paris"}}]}).encode(), 200
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = JsonHttpStub(handle)
     try:
-        url, prompts = f"http://127.0.0.1:{srv.server_address[1]}", [GoldenPrompt("fr", "Capital?", ("Paris",))]
+        url, prompts = srv.url, [GoldenPrompt("fr", "Capital?", ("Paris",))]
         assert GoldenSetRunner(url, prompts, api_key="sk-real").run(["a"]).scores == {"a": 1.0}
         # No key: no header at all; a refusal (4xx) is the endpoint's failure, not a score of 0.
         refused = GoldenSetRunner(url, prompts).run(["a"])
         assert refused.error and "HTTP 401" in refused.error and "invalid API key" in refused.error
         assert auth == ["Bearer sk-real", None]
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.close()
 
 
 def test_scoped_client_adds_the_namespace_to_every_corral_selector():

@@ -17,12 +17,10 @@ RUNNING and the deployments HEALTHY.
 from __future__ import annotations
 
 import copy
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
+from http_stub import JsonHttpStub
 
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client  # noqa: E402
@@ -72,67 +70,54 @@ def json_patch(doc, ops):
     return doc
 
 
-class StubApiServer:
+def _status(code, reason, message):
+    """A Kubernetes Status object, as the API server answers a failed request."""
+    return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                  "reason": reason, "message": message, "code": code}
+
+
+class StubApiServer(JsonHttpStub):
     def __init__(self, obj):
         self.obj, self.version, self.requests = obj, 1, []
         self.obj["metadata"]["resourceVersion"] = "1"
         self.conflict_next = 0
-        stub = self
+        super().__init__(start=False)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+    def _target(self):
+        m = self.obj["metadata"]
+        return PATH.format(ns=m["namespace"], name=m["name"])
 
-            def _send(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _status(self, code, reason, message):
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                  "reason": reason, "message": message, "code": code})
-
-            def _target(self):
-                m = stub.obj["metadata"]
-                return PATH.format(ns=m["namespace"], name=m["name"])
-
-            def do_GET(self):
-                stub.requests.append(("GET", self.path, None))
-                if self.path.split("?")[0] != self._target():
-                    return self._status(404, "NotFound", f"{self.path} not found")
-                self._send(200, stub.obj)
-
-            def do_PATCH(self):
-                ctype = self.headers.get("Content-Type", "")
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append(("PATCH", self.path, ctype))
-                if self.path.split("?")[0] != self._target():
-                    return self._status(404, "NotFound", f"{self.path} not found")
-                try:
-                    if ctype == "application/merge-patch+json":
-                        rv = (body.get("metadata") or {}).get("resourceVersion")
-                        if stub.conflict_next:
-                            stub.conflict_next -= 1
-                            stub._bump()  # someone else wrote meanwhile
-                        if rv is not None and rv != stub.obj["metadata"]["resourceVersion"]:
-                            return self._status(409, "Conflict", "the object has been modified; "
-                                                "please apply your changes to the latest version and try again")
-                        new = merge_patch(stub.obj, body)
-                    elif ctype == "application/json-patch+json":
-                        new = json_patch(stub.obj, body)
-                    else:
-                        return self._status(415, "UnsupportedMediaType", f"unsupported patch type {ctype}")
-                except (ValueError, KeyError) as exc:
-                    return self._status(422, "Invalid", str(exc))
-                stub.obj = new
-                stub._bump()
-                self._send(200, stub.obj)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def handle(self, method, path, headers, body):
+        if method == "GET":
+            self.requests.append(("GET", path, None))
+            if path.split("?")[0] != self._target():
+                return _status(404, "NotFound", f"{path} not found")
+            return 200, self.obj
+        if method != "PATCH":
+            return _status(405, "MethodNotAllowed", f"{method} is not supported")
+        ctype = headers.get("Content-Type", "")
+        self.requests.append(("PATCH", path, ctype))
+        if path.split("?")[0] != self._target():
+            return _status(404, "NotFound", f"{path} not found")
+        try:
+            if ctype == "application/merge-patch+json":
+                rv = (body.get("metadata") or {}).get("resourceVersion")
+                if self.conflict_next:
+                    self.conflict_next -= 1
+                    self._bump()  # someone else wrote meanwhile
+                if rv is not None and rv != self.obj["metadata"]["resourceVersion"]:
+                    return _status(409, "Conflict", "the object has been modified; "
+                                   "please apply your changes to the latest version and try again")
+                new = merge_patch(self.obj, body)
+            elif ctype == "application/json-patch+json":
+                new = json_patch(self.obj, body)
+            else:
+                return _status(415, "UnsupportedMediaType", f"unsupported patch type {ctype}")
+        except (ValueError, KeyError) as exc:
+            return _status(422, "Invalid", str(exc))
+        self.obj = new
+        self._bump()
+        return 200, self.obj
 
     def _bump(self):
         self.version += 1
@@ -151,12 +136,8 @@ class StubApiServer:
                 return d["autoscaling_config"]["min_replicas"]
         return None
 
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-
-class StubServe:
+class StubServe(JsonHttpStub):
     """The Ray dashboard's `GET /api/serve/applications/` for one application."""
 
     def __init__(self, api_stub: StubApiServer):
@@ -169,34 +150,16 @@ class StubServe:
         self.fail_next = 0
         self.submit()
         self.settle()
-        stub = self
+        super().__init__(start=False)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                stub.requests.append(self.path)
-                if stub.fail_next:
-                    stub.fail_next -= 1
-                    code, body = 503, {"error": "dashboard restarting"}
-                elif self.path != "/api/serve/applications/":
-                    code, body = 404, {"error": self.path}
-                else:
-                    code, body = 200, {"applications": {"demo": stub.app()}}
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def handle(self, method, path, headers, body):
+        self.requests.append(path)
+        if self.fail_next:
+            self.fail_next -= 1
+            return 503, {"error": "dashboard restarting"}
+        if path != "/api/serve/applications/":
+            return 404, {"error": path}
+        return 200, {"applications": {"demo": self.app()}}
 
     def _dep(self, name):
         return self.deployments.setdefault(name, {"status": "HEALTHY", "replicas": [], "user_config": None,
