@@ -242,26 +242,25 @@ def set_route_weights(app: dict[str, Any], route: str, weights: dict[str, int]) 
     return True
 
 
-def set_auth(app: dict[str, Any], auth: dict[str, Any]) -> bool:
-    """Replace the ingress's API keys (an AuthSpec dump). False if unchanged."""
+def _set_ingress_config(app: dict[str, Any], key: str, value: dict[str, Any]) -> bool:
+    """Replace one key of the ingress's user_config override. False if unchanged."""
     override = _override(app, INGRESS_DEPLOYMENT)
     user_config = dict(override.get("user_config") or {"routes": route_weights(app)})
-    if user_config.get("auth") == auth:
+    if user_config.get(key) == value:
         return False
-    user_config["auth"] = auth
+    user_config[key] = value
     override["user_config"] = user_config
     return True
+
+
+def set_auth(app: dict[str, Any], auth: dict[str, Any]) -> bool:
+    """Replace the ingress's API keys (an AuthSpec dump). False if unchanged."""
+    return _set_ingress_config(app, "auth", auth)
 
 
 def set_admission(app: dict[str, Any], admission: dict[str, Any]) -> bool:
     """Replace the ingress's admission limits (an AdmissionSpec dump). False if unchanged."""
-    override = _override(app, INGRESS_DEPLOYMENT)
-    user_config = dict(override.get("user_config") or {"routes": route_weights(app)})
-    if user_config.get("admission") == admission:
-        return False
-    user_config["admission"] = admission
-    override["user_config"] = user_config
-    return True
+    return _set_ingress_config(app, "admission", admission)
 
 
 def set_replica_floor(app: dict[str, Any], arm: str, floor: int | None, home: Path | None = None) -> bool:
