@@ -51,8 +51,8 @@ def load_fleet_or_exit(path: str | None, check_paths: bool = True) -> Any:
 @contextmanager
 def domain_errors() -> Iterator[None]:
     """Turn the packages' errors into CliError with these exit codes: a bad fleet spec (SpecError)
-    is bad input (2); a local environment or deploy problem (serving.local.LocalError) keeps
-    its kind (3 environment, else 1)."""
+    is bad input (2); a local problem (serving.local.LocalError) keeps its kind (2 a fleet this
+    machine or model cannot run, e.g. a TP size that does not divide the heads; 3 environment; else 1)."""
     from corral.cluster.spec import SpecError
 
     try:
@@ -63,5 +63,6 @@ def domain_errors() -> Iterator[None]:
         from corral.serving.local import LocalError
 
         if isinstance(exc, LocalError):
-            raise CliError(str(exc), EXIT_ENVIRONMENT if exc.code == EXIT_ENVIRONMENT else EXIT_FAILURE) from None
+            known = (EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_ENVIRONMENT)
+            raise CliError(str(exc), exc.code if exc.code in known else EXIT_FAILURE) from None
         raise

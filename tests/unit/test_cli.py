@@ -90,3 +90,15 @@ def test_apply_fleet_refuses_an_invalid_fleet_before_touching_ray(tmp_path, caps
         apply_fleet(bad, say=lambda m: pytest.fail(f"progress before validation: {m}"))
     assert main(["up", str(bad)]) == _common.EXIT_BAD_INPUT  # ray.init would raise: nothing was started
     assert "arms[a].replicas" in capsys.readouterr().err
+
+
+def test_domain_errors_keep_a_local_errors_exit_code():
+    """A fleet this machine or model cannot run (LocalError code 2, e.g. a TP size that does not
+    divide the heads) exits 2 like any bad input; environment problems 3; anything else 1."""
+    from corral.commands._common import CliError, domain_errors
+    from corral.serving.local import LocalError
+
+    for code, expected in ((2, 2), (3, 3), (1, 1), (7, 1)):
+        with pytest.raises(CliError) as info, domain_errors():
+            raise LocalError("x", code=code)
+        assert info.value.code == expected
