@@ -111,6 +111,9 @@ def test_engine_core_killed_under_load_fails_over_and_users_return(fleet, fleet_
         stop.set()
         for t in threads:
             t.join(timeout=200)
+        # The ingress can serve the victim again before Serve calls its deployment HEALTHY (the
+        # replacement replica's health checks): leave the fleet whole for the tests that follow.
+        _wait_until_running(fleet.name, cap_s=600)
     assert not any(t.is_alive() for t in threads)
     assert attempts[0] == len(results)  # every attempt was recorded, none died silently
 
@@ -157,3 +160,18 @@ def test_engine_core_killed_under_load_fails_over_and_users_return(fleet, fleet_
                       "outage_s": round(recovered_at - killed_at, 1), "route_rate_before": round(before, 2),
                       "healthy_rate_during": round(outage, 2),
                       "victim_errors_counted": errors, "failovers_counted": failovers}))
+
+
+def _wait_until_running(app_name: str, cap_s: float) -> None:
+    from corral.serving.local import LocalCluster
+
+    cluster, deadline = LocalCluster(), time.monotonic() + cap_s
+    while True:
+        app = cluster.app_status(app_name) or {}
+        deployments = app.get("deployments") or {}
+        if app.get("status") == "RUNNING" and all(d.get("status") == "HEALTHY" for d in deployments.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fleet {app_name} not RUNNING with every deployment HEALTHY within {cap_s:g}s: "
+                                 f"{app.get('status')} {[(n, d.get('status')) for n, d in deployments.items()]}")
+        time.sleep(2)

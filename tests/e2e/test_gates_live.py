@@ -124,8 +124,8 @@ def actuator(fleet):
 def _run_rollout(spec: RolloutSpec, prometheus_url: str, actuator, store: FileStore, max_ticks: int):
     start_rollout(store, spec, time.time())
     controller = Controller(spec, {spec.baseline: 1, spec.candidate: 1},
-                            PrometheusMetricSource(PrometheusClient(prometheus_url)), actuator, store)
-    return controller.run(tick_s=1, max_ticks=max_ticks)
+                            PrometheusMetricSource(PrometheusClient(prometheus_url)), actuator, store, tick_s=1)
+    return controller.run(max_ticks=max_ticks)
 
 
 def test_slow_candidate_rolled_back_by_the_ttft_gate(fleet, fleet_url, prometheus_url, actuator, tmp_path):
