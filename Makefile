@@ -2,7 +2,7 @@
 VENV ?= .venv
 export HF_HUB_OFFLINE = 1
 
-.PHONY: setup up down test test-fast static
+.PHONY: setup up down test test-fast test-migration static
 
 setup:
 	@scripts/setup.sh
@@ -16,7 +16,11 @@ down:
 
 # The whole suite, end-to-end tests included (what CI runs after `make static`: .ci/run).
 test: setup
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest tests -m "not migration"
+
+# The migration demo end to end (tests/e2e/test_migration.py: deploys its own fleets, ~15 min).
+test-migration: setup
+	$(VENV)/bin/python -m pytest tests/e2e/test_migration.py -m migration
 
 # Unit tests only: no Ray cluster starts (tests/unit/conftest.py refuses ray.init) and no engine runs.
 # 18 of the 25 test files import neither Ray nor vLLM. These import Ray because their module under test

@@ -24,6 +24,10 @@ from pathlib import Path
 import pytest
 import requests
 
+# Not in `make test` (its own fleets replace the suite's, and it takes ~15 min of CI's time):
+# `make test-migration` runs it.
+pytestmark = pytest.mark.migration
+
 ROOT = Path(__file__).resolve().parents[2]
 GOOD, BAD = ROOT / "cluster/fleets/migration.yaml", ROOT / "cluster/fleets/migration-bad.yaml"
 URL, PROM = "http://127.0.0.1:8000", "http://127.0.0.1:9090"
