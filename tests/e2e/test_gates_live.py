@@ -141,7 +141,9 @@ def test_slow_candidate_rolled_back_by_the_ttft_gate(fleet, fleet_url, prometheu
     assert state.phase.value == "RolledBack", [(e.operator, e.reason) for e in events]
     rollback = next(e for e in events if e.operator == "rollback")
     assert "ttft_p95" in rollback.reason and "> max 2" in rollback.reason, rollback.reason
-    assert actuator.get_weights("llama") == {"tiny-random": 100, "smollm2": 0}
+    # Weights read back are the ones Serve runs: unknown (None) until the ingress is HEALTHY again.
+    back = {"tiny-random": 100, "smollm2": 0}
+    _wait_for(lambda: actuator.get_weights("llama") == back, 180, f"route llama back at {back} in Serve")
     # The candidate really served (slowly, but without errors) before it was rolled back.
     assert load.outcomes[("smollm2", 200)] >= spec.min_sample_requests, load.outcomes
     assert {status for _, status in load.outcomes} == {200}, load.outcomes
