@@ -9,6 +9,7 @@ It takes over this machine's local Ray head: the deploy replaces any running cor
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,16 @@ def ray_log_files(glob_filter: str = "**/*") -> dict[str, str]:
                 out[name] = "\n".join(get_log(address="auto", node_id=node.node_id, filename=name, tail=-1,
                                               errors="replace"))
     return out
+
+
+def wait_for(condition, cap_s: float, what: str, poll_s: float = 0.5):
+    """Poll `condition` until it is truthy and return its value; fail with `what` after `cap_s`
+    (a generous cap on two shared cores, not a timing claim)."""
+    deadline = time.monotonic() + cap_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {cap_s:g}s: {what}")
+        time.sleep(poll_s)

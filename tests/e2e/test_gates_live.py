@@ -31,6 +31,7 @@ from corral.rollout.gates import render
 from corral.rollout.metrics import PrometheusMetricSource
 from corral.rollout.store import FileStore
 from corral.serving.prometheus import PrometheusClient
+from tests.e2e.conftest import wait_for
 
 # Short intervals; patience for the first series of an arm to reach Prometheus (export + 2 scrapes).
 FAST = dict(analysis_interval_s=3, analysis_window_s=30, min_window_s=3, min_sample_requests=3, failure_limit=1,
@@ -79,17 +80,6 @@ class Load:
         assert sum(self.outcomes.values()) == self.attempts  # no thread died with a request unaccounted
 
 
-def _wait_for(condition, cap_s: float, what: str, poll_s: float = 2.0):
-    deadline = time.monotonic() + cap_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {cap_s:g}s: {what}")
-        time.sleep(poll_s)
-
-
 def test_every_default_gate_query_answers_a_number_for_arms_with_traffic(fleet, fleet_url, prometheus_url):
     """cluster/spec/rollout.py default_gates() rendered by rollout/gates.render, against the live Prometheus."""
     client = PrometheusClient(prometheus_url)
@@ -101,7 +91,7 @@ def test_every_default_gate_query_answers_a_number_for_arms_with_traffic(fleet, 
             got = {(g.name, arm): client.query(render(g.query, "llama", arm, 60)) for g in gates for arm in arms}
             return got if all(v is not None for v in got.values()) else None
 
-        values = _wait_for(answers, 300, "every default gate answering for both arms of route llama")
+        values = wait_for(answers, 300, "every default gate answering for both arms of route llama", poll_s=2.0)
     assert {arm for arm, _ in load.outcomes} == set(arms), load.outcomes
     assert all(status == 200 for _, status in load.outcomes), load.outcomes
     for (gate, arm), v in values.items():
@@ -143,7 +133,7 @@ def test_slow_candidate_rolled_back_by_the_ttft_gate(fleet, fleet_url, prometheu
     assert "ttft_p95" in rollback.reason and "> max 2" in rollback.reason, rollback.reason
     # Weights read back are the ones Serve runs: unknown (None) until the ingress is HEALTHY again.
     back = {"tiny-random": 100, "smollm2": 0}
-    _wait_for(lambda: actuator.get_weights("llama") == back, 180, f"route llama back at {back} in Serve")
+    wait_for(lambda: actuator.get_weights("llama") == back, 180, f"route llama back at {back} in Serve", poll_s=2.0)
     # The candidate really served (slowly, but without errors) before it was rolled back.
     assert load.outcomes[("smollm2", 200)] >= spec.min_sample_requests, load.outcomes
     assert {status for _, status in load.outcomes} == {200}, load.outcomes

@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.e2e.conftest import FLEET_FILE
+from tests.e2e.conftest import FLEET_FILE, wait_for
 
 
 def chat(url: str, model: str, user: str | None = None, max_tokens: int = 2, timeout: float = 120) -> requests.Response:
@@ -60,18 +60,6 @@ def _replica_ids(status: dict, app: str) -> dict[str, set[str]]:
     return {name: {r["replica_id"] for r in d.get("replicas", [])} for name, d in deployments.items()}
 
 
-def _wait_for(condition, cap_s: float, what: str, poll_s: float = 0.5):
-    """Poll `condition` until it is truthy; fail with `what` after `cap_s` (a generous cap, not a timing claim)."""
-    deadline = time.monotonic() + cap_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {cap_s:g}s: {what}")
-        time.sleep(poll_s)
-
-
 PHASE_REQUESTS = 30
 """Requests sent per weight phase: at 50% the share's standard deviation is ~9 points, so 25 is ~3 sd."""
 
@@ -116,11 +104,11 @@ def test_live_reweighting_under_load_drops_nothing(fleet, fleet_url, tmp_path):
             path.write_text(yaml.safe_dump(spec))
             apply_fleet(str(path), timeout_s=300, prometheus=False, say=lambda m: None)
             # Serve applies user_config asynchronously: wait until the new weights are visible.
-            _wait_for(lambda w=weight: requests.get(f"{fleet_url}/v1/models", timeout=30).json()["data"][0]
+            wait_for(lambda w=weight: requests.get(f"{fleet_url}/v1/models", timeout=30).json()["data"][0]
                       ["metadata"]["weights"].get("tiny-random") == w, 120, f"weight {weight} visible in /v1/models")
             # /v1/models answered from one ingress replica; requests sent from here on see the new weights.
             start = time.monotonic()
-            _wait_for(lambda s=start: sent_since(s) >= PHASE_REQUESTS, 300,
+            wait_for(lambda s=start: sent_since(s) >= PHASE_REQUESTS, 300,
                       f"{PHASE_REQUESTS} requests at weight {weight}", poll_s=0.2)
             phases.append((weight, start, time.monotonic()))
     finally:
