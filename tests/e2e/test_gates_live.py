@@ -88,6 +88,12 @@ def test_every_default_gate_query_answers_a_number_for_arms_with_traffic(fleet, 
     arms = ("smollm2", "tiny-random")  # route `llama`, 50/50 in the fleet file
     with Load(fleet_url, "llama", "Hello there", stream=True) as load:
         def answers():
+            # First this load must have reached both arms (the window may still hold earlier tests' traffic,
+            # so an answer alone does not prove these requests were counted).
+            with load._lock:
+                served = Counter(arm for arm, _ in load.outcomes.elements())
+            if any(served[arm] < 3 for arm in arms):
+                return None
             got = {(g.name, arm): client.query(render(g.query, "llama", arm, 60)) for g in gates for arm in arms}
             return got if all(v is not None for v in got.values()) else None
 
