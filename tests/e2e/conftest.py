@@ -9,6 +9,7 @@ It takes over this machine's local Ray head: the deploy replaces any running cor
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -91,3 +92,30 @@ def wait_for(condition, cap_s: float, what: str, poll_s: float = 0.5):
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached within {cap_s:g}s: {what}")
         time.sleep(poll_s)
+
+
+class BackgroundLoad:
+    """Requests sent from background threads while a test watches the fleet; a subclass's
+    `_run(k)` is thread k's loop and returns once `self._stop` is set. Used as a context manager:
+    the threads start on entry and are stopped and joined on exit (a thread still running after
+    `join_timeout_s` fails the test)."""
+
+    join_timeout_s = 150.0
+
+    def __init__(self, threads: int) -> None:
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
+
+    def _run(self, k: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self.join_timeout_s)
+        assert not any(t.is_alive() for t in self._threads), "a load thread did not stop"

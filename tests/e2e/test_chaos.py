@@ -162,6 +162,79 @@ def test_engine_core_killed_under_load_fails_over_and_users_return(fleet, fleet_
                       "victim_errors_counted": errors, "failovers_counted": failovers}))
 
 
+def test_candidate_killed_mid_step_rolls_back_and_no_request_gets_500(fleet, fleet_url, prometheus_url, tmp_path):
+    """A rollout whose candidate dies mid-step rolls back (rollout/machine.py `_dead_arms`): the
+    controller as `corral rollout run` runs it (Controller + LocalServeActuator), the candidate's
+    EngineCore killed while its first step bakes. No metric gate is configured, so the dead-arm
+    check is the only way this rollout can roll back; the ingress's failover keeps clients whole."""
+    from corral.cluster.spec.rollout import CapacitySpec, QualityGate, RolloutSpec, RolloutStep
+    from corral.rollout.actuators import LocalServeActuator
+    from corral.rollout.controller import Controller, start_rollout
+    from corral.rollout.machine import Phase, Stage
+    from corral.rollout.metrics import PrometheusMetricSource
+    from corral.rollout.store import FileStore
+    from corral.serving.prometheus import PrometheusClient
+    from tests.e2e.conftest import wait_for
+
+    act = LocalServeActuator(fleet.name)
+    before = {HEALTHY: 100, VICTIM: 0}
+    act.set_weights(ROUTE, before)
+    wait_for(lambda: act.get_weights(ROUTE) == before, 180, f"route {ROUTE} at {before} in Serve", poll_s=2.0)
+    spec = RolloutSpec(route=ROUTE, baseline=HEALTHY, candidate=VICTIM,
+                       steps=[RolloutStep(weight=50, bake_s=900, min_requests=1), RolloutStep(weight=100, bake_s=60)],
+                       gates=[], quality=QualityGate(enabled=False),
+                       capacity=CapacitySpec(dead_after_s=10, scale_with_weight=False),
+                       analysis_interval_s=3, analysis_window_s=30, min_window_s=3, min_sample_requests=1)
+    store = FileStore(tmp_path / "rollout.json")
+    start_rollout(store, spec, time.time())
+    controller = Controller(spec, {HEALTHY: 1, VICTIM: 1}, PrometheusMetricSource(PrometheusClient(prometheus_url)),
+                            act, store, tick_s=1)
+    final: list = []
+    runner = threading.Thread(target=lambda: final.append(controller.run(max_ticks=900)), daemon=True)
+
+    results: list[dict] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set() and i < 5000:
+            results.append(stream_once(fleet_url, f"dead-{n}-{i % USERS_PER_CLIENT}"))
+            i += 1
+            stop.wait(THINK_S)
+
+    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(2)]
+    try:
+        runner.start()
+        for t in clients:
+            t.start()
+
+        def baking_at_50():
+            doc = store.load()
+            return doc is not None and doc.state.stage == Stage.BAKING and doc.state.desired_weights.get(VICTIM) == 50
+        wait_for(baking_at_50, 300, f"the rollout baking {VICTIM} at 50%", poll_s=1.0)
+        wait_for(lambda: any(r["arm"] == VICTIM for r in results), 120, f"a request served by {VICTIM}", poll_s=1.0)
+        killed_at = time.monotonic()
+        os.kill(engine_core_pid(fleet.name, VICTIM), signal.SIGKILL)
+        runner.join(timeout=600)
+        assert final, "the controller did not finish within 600 s of the kill"
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=200)
+        _wait_until_running(fleet.name, cap_s=600)
+        act.set_weights(ROUTE, WEIGHTS)
+    state, events = final[0], store.load().events
+    assert state.phase == Phase.ROLLED_BACK, [(e.operator, e.reason) for e in events]
+    rollback = next(e for e in events if e.operator == "rollback")
+    assert f"candidate {VICTIM!r} is dead" in rollback.reason and "dead_after_s=10" in rollback.reason, rollback.reason
+    assert rollback.weights == before, rollback.weights
+    # Clients: never a 500; only streams in flight on the victim when it died may fail.
+    assert {r["status"] for r in results} == {200}, {r["status"] for r in results}
+    failed = [r for r in results if r["error"]]
+    assert all(r["arm"] == VICTIM and r["sent"] < killed_at + 2 for r in failed), failed
+    print(json.dumps({"requests": len(results), "failed": len(failed), "rollback": rollback.reason}))
+
+
 def _wait_until_running(app_name: str, cap_s: float) -> None:
     from corral.serving.local import LocalCluster
 

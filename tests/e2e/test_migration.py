@@ -16,13 +16,14 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.e2e.conftest import BackgroundLoad
 
 # Not in `make test` (its own fleets replace the suite's, and it takes ~15 min of CI's time):
 # `make test-migration` runs it.
@@ -41,16 +42,15 @@ def corral(*args, cwd: Path, out: Path, name: str, timeout: float = 1500) -> sub
     return p
 
 
-class Load:
+class Load(BackgroundLoad):
     """Users asking a question the golden set also asks; each rates the answer through /v1/feedback
     (1 if it names Paris, else 0): satisfaction measured the way an application would."""
 
     def __init__(self, threads: int = 6):
+        super().__init__(threads)
         self.codes: Counter = Counter()
         self.arms: Counter = Counter()
         self.feedback: Counter = Counter()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
 
     def _run(self, k: int) -> None:
         i = 0
@@ -80,16 +80,6 @@ class Load:
                     self.feedback[fb.status_code] += 1
                 except requests.RequestException as exc:
                     self.feedback[type(exc).__name__] += 1
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=150)
 
 
 def weight_changes(store: Path, candidate: str) -> list[int]:
