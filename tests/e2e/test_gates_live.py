@@ -31,7 +31,7 @@ from corral.rollout.gates import render
 from corral.rollout.metrics import PrometheusMetricSource
 from corral.rollout.store import FileStore
 from corral.serving.prometheus import PrometheusClient
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import BackgroundLoad, wait_for
 
 # Short intervals; patience for the first series of an arm to reach Prometheus (export + 2 scrapes).
 FAST = dict(analysis_interval_s=3, analysis_window_s=30, min_window_s=3, min_sample_requests=3, failure_limit=1,
@@ -39,21 +39,23 @@ FAST = dict(analysis_interval_s=3, analysis_window_s=30, min_window_s=3, min_sam
 LONG_PROMPT = "hello " * 60
 
 
-class Load:
+class Load(BackgroundLoad):
     """Streaming or plain requests on a route from background threads; every attempt is counted."""
 
-    def __init__(self, url: str, route: str, prompt: str, stream: bool, threads: int = 2):
-        self.url, self.route, self.prompt, self.stream = url, route, prompt, stream
+    def __init__(self, url: str, route: str, prompt: str, stream: bool, threads: int = 2, uncached: bool = False):
+        """`uncached`: start every prompt with its own request number, so vLLM's prefix cache
+        cannot skip the prefill of a prompt it has seen (the cache matches from the first token)."""
+        super().__init__(threads)
+        self.url, self.route, self.prompt, self.stream, self.uncached = url, route, prompt, stream, uncached
         self.attempts = 0
         self.outcomes: Counter = Counter()  # (arm, status or exception name) -> count
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
 
     def _run(self, n: int) -> None:
         i = 0
         while not self._stop.is_set() and i < 5000:
-            body = {"model": self.route, "prompt": self.prompt, "max_tokens": 3, "ignore_eos": True,
+            prompt = f"{n}-{i}: {self.prompt}" if self.uncached else self.prompt
+            body = {"model": self.route, "prompt": prompt, "max_tokens": 3, "ignore_eos": True,
                     "stream": self.stream, "user": f"gate-{n}-{i}"}
             with self._lock:
                 self.attempts += 1
@@ -67,16 +69,8 @@ class Load:
                 self.outcomes[outcome] += 1
             i += 1
 
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=150)
-        assert not any(t.is_alive() for t in self._threads)
+        super().__exit__(*exc)
         assert sum(self.outcomes.values()) == self.attempts  # no thread died with a request unaccounted
 
 
@@ -143,3 +137,45 @@ def test_slow_candidate_rolled_back_by_the_ttft_gate(fleet, fleet_url, prometheu
     # The candidate really served (slowly, but without errors) before it was rolled back.
     assert load.outcomes[("smollm2", 200)] >= spec.min_sample_requests, load.outcomes
     assert {status for _, status in load.outcomes} == {200}, load.outcomes
+
+
+def test_failing_candidate_rolled_back_by_the_error_gate(fleet, fleet_url, prometheus_url, actuator, tmp_path):
+    """Errors injected through configuration, as an operator could cause them: the fleet file is
+    applied again (`corral up`'s path: only the ingress's user_config changes, no replica restarts)
+    with a first-response timeout that the candidate's long prefill cannot meet and the
+    baseline's easily does. The candidate's requests end as `timeout` (a server-side outcome the
+    default error gate counts); the ingress retries each on the baseline, so clients still get 200.
+    The default error_rate gate (candidate/baseline ratio) must roll the candidate back."""
+    import yaml
+
+    from corral.serving.fleet_ops import apply_fleet
+    from tests.e2e.conftest import FLEET_FILE
+
+    # ~900 prompt tokens (max_model_len 1024): seconds of prefill for SmolLM2 here, tens of milliseconds
+    # for the 2-layer arm. With 300 tokens and 1.5 s, SmolLM2 met the bound 9 times in 10 on this machine.
+    prompt, timeout_s = "hello " * 900, 1.0
+    doc = yaml.safe_load(FLEET_FILE.read_text())
+    doc.setdefault("admission", {}).setdefault("failover", {})["first_response_timeout_s"] = timeout_s
+    strict = tmp_path / "ab-strict-timeout.yaml"
+    strict.write_text(yaml.safe_dump(doc, sort_keys=False))
+    apply_fleet(strict, prometheus=False, say=print)
+    try:
+        actuator.set_weights("llama", {"tiny-random": 100, "smollm2": 0})
+        errors = next(g for g in default_gates() if g.name == "error_rate")
+        spec = RolloutSpec(route="llama", baseline="tiny-random", candidate="smollm2",
+                           steps=[RolloutStep(weight=w, bake_s=120, min_requests=5) for w in (50, 100)],
+                           gates=[errors], quality=QualityGate(enabled=False), **FAST)
+        store = FileStore(tmp_path / "rollout.json")
+        with Load(fleet_url, "llama", prompt, stream=True, uncached=True) as load:
+            state = _run_rollout(spec, prometheus_url, actuator, store, max_ticks=400)
+    finally:
+        apply_fleet(FLEET_FILE, prometheus=False, say=print)  # the suite's admission and weights again
+    events = store.load().events
+    print(load.outcomes, *[f"{e.operator}: {e.reason}" for e in events if e.operator != "hold"], sep="\n")
+    assert state.phase.value == "RolledBack", [(e.operator, e.reason) for e in events]
+    rollback = next(e for e in events if e.operator == "rollback")
+    assert "error_rate" in rollback.reason, rollback.reason
+    # Every client request was answered (the timed-out attempts were retried on the baseline).
+    assert {status for _, status in load.outcomes} == {200}, load.outcomes
+    served = {arm for arm, _ in load.outcomes}
+    assert "tiny-random" in served, load.outcomes
