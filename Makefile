@@ -16,7 +16,7 @@ down:
 
 # The whole suite, end-to-end tests included (what CI runs after `make static`: .ci/run).
 test: setup
-	$(VENV)/bin/python -m pytest tests -m "not migration"
+	$(VENV)/bin/python -m pytest tests -m "not migration" --durations=15
 
 # The migration demo end to end (tests/e2e/test_migration.py: deploys its own fleets, ~15 min).
 test-migration: setup

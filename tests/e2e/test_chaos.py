@@ -235,6 +235,65 @@ def test_candidate_killed_mid_step_rolls_back_and_no_request_gets_500(fleet, fle
     print(json.dumps({"requests": len(results), "failed": len(failed), "rollback": rollback.reason}))
 
 
+def test_ingress_replica_killed_serve_brings_it_back_with_its_weights(fleet, fleet_url):
+    """The ingress replica itself (CorralIngress, one per fleet here) killed with SIGKILL under
+    streaming load: Serve's controller starts a new one, which gets the route weights from the
+    deployment's user_config again (serving/app.py ingress_user_config), so sticky users land on
+    the same arms as before. What fails meanwhile is measured and printed, not promised: requests
+    in flight on the killed replica, and any the proxy could not place while no replica ran."""
+    from tests.e2e.conftest import wait_for
+
+    marker = f"ServeReplica:{fleet.name}:CorralIngress"
+
+    def ingress_pids() -> set[int]:
+        return {p.pid for p in psutil.process_iter(["pid", "cmdline"])
+                if marker in " ".join(p.info["cmdline"] or [])}
+
+    results: list[dict] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set() and i < 5000:
+            results.append(stream_once(fleet_url, f"ingress-{n}-{i % USERS_PER_CLIENT}"))
+            i += 1
+            stop.wait(THINK_S / 2)
+
+    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(2)]
+    for t in clients:
+        t.start()
+    try:
+        wait_for(lambda: sum(1 for r in results if r["status"] == 200 and not r["error"]) >= 6, 120,
+                 "six requests served before the kill", poll_s=1.0)
+        (victim,) = ingress_pids()
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+
+        def served_again():
+            ok = [r["sent"] for r in list(results) if r["sent"] > killed_at + 1 and r["status"] == 200 and not r["error"]]
+            return min(ok) if ok else None
+        recovered_at = wait_for(served_again, 300, "a request sent after the kill served", poll_s=1.0)
+        time.sleep(AFTER_S)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=200)
+        _wait_until_running(fleet.name, cap_s=600)
+    assert not any(t.is_alive() for t in clients)
+    assert ingress_pids() and victim not in ingress_pids()
+    failed = [r for r in results if r["status"] != 200 or r["error"]]
+    # Failures only around the outage: nothing sent after the first request served again failed.
+    after = [r for r in results if r["sent"] >= recovered_at]
+    assert after and not [r for r in after if r["status"] != 200 or r["error"]], after
+    assert all(r["sent"] < recovered_at for r in failed), failed
+    # The new replica routes with the same weights: every user on the arm its hash picks at 50/50.
+    wrong = [(r["user"], r["arm"]) for r in after if r["arm"] != pick_arm(WEIGHTS, r["user"])]
+    assert not wrong, wrong
+    print(json.dumps({"requests": len(results), "failed": len(failed),
+                      "failed_statuses": sorted({str(r["status"]) for r in failed}),
+                      "outage_s": round(recovered_at - killed_at, 1)}))
+
+
 def _wait_until_running(app_name: str, cap_s: float) -> None:
     from corral.serving.local import LocalCluster
 
