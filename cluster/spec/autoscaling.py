@@ -64,7 +64,7 @@ class AutoscalingSpec(BaseModel):
     """When the most replicas the load asked for during the whole `downscale_delay_s` is at most
     this share of the current target (a burst has passed), scale down to that number in one step
     instead of by `downscale_max_fraction`. 0 = always shrink gradually (the default: on the
-    simulated workload family a direct drop lost attainment on 8 of 10 members, README)."""
+    simulated workload family a direct drop lost attainment on 9 of 10 held-out members, README)."""
     trend_horizon_s: float = 30.0
     """When adding replicas, provision for the load expected this far ahead along the
     recent rising trend (load grows while new replicas start). 0 = react to current load only."""
