@@ -17,8 +17,9 @@ loop. The policy keeps its memory (delay windows, last scale-up) in Serve's `pol
 
 Replica-side signals: corral's arm replicas (`corral.serving.llm_server.CorralLLMServer`)
 implement Serve's `record_autoscaling_stats()` and return vLLM's own recent TTFT p95,
-per-request ITL p95 and KV cache use (`METRIC_TTFT_P95`, `METRIC_ITL_P95`, `METRIC_KV_CACHE`),
-which reach the policy through `ctx.aggregated_metrics`. Without them (another server class,
+per-request ITL p95, KV cache use and the prompt tokens waiting for their prefill
+(`METRIC_TTFT_P95`, `METRIC_ITL_P95`, `METRIC_KV_CACHE`, `METRIC_QUEUED_PROMPT_TOKENS`), which
+reach the policy through `ctx.aggregated_metrics`. Without them (another server class,
 stats off) the policy works from ongoing and queued requests alone.
 """
 
@@ -38,6 +39,7 @@ from corral.cluster.spec.autoscaling import AutoscalingSpec
 METRIC_TTFT_P95 = metric_names.SIGNAL_TTFT_P95
 METRIC_ITL_P95 = metric_names.SIGNAL_ITL_P95
 METRIC_KV_CACHE = metric_names.SIGNAL_KV_CACHE
+METRIC_QUEUED_PROMPT_TOKENS = metric_names.SIGNAL_QUEUED_PROMPT_TOKENS
 _log = logging.getLogger("ray.serve")
 # Key of this policy's memory inside Serve's policy_state (Serve keeps its own keys there too).
 STATE_KEY = "corral"
@@ -104,6 +106,8 @@ class Signals:
     """Recent p95 inter-token latency, if replicas report it."""
     kv_cache_usage: float | None = None
     """Mean KV cache use over replicas (0-1), if reported."""
+    queued_prompt_tokens: float | None = None
+    """Prompt tokens waiting for their prefill, summed over replicas, if reported."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,12 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) ->
     elif running > 0 and waiting_per_replica > spec.queue_per_replica_trigger:
         breach = (f"{waiting_per_replica:.3g} waiting requests per replica > "
                   f"{spec.queue_per_replica_trigger:g}")
+    elif (running > 0 and spec.prefill_tokens_per_s > 0 and signals.queued_prompt_tokens is not None
+          and signals.queued_prompt_tokens / running / spec.prefill_tokens_per_s
+          > spec.prefill_backlog_ttft_share * spec.ttft_p95_s):
+        backlog_s = signals.queued_prompt_tokens / running / spec.prefill_tokens_per_s
+        breach = (f"prefill backlog {backlog_s:.3g}s per replica > "
+                  f"{spec.prefill_backlog_ttft_share:g} x TTFT SLO {spec.ttft_p95_s:g}s")
 
     urgent = 0
     if breach is not None:
@@ -255,7 +265,8 @@ def guard(
         since = state.below_since_s if state.below_since_s is not None else now
         peak = max(state.below_peak, want_down) if state.below_since_s is not None else want_down
         if now - since + 1e-6 >= spec.downscale_delay_s:
-            peak = max(peak, current - max(1, math.floor(current * spec.downscale_max_fraction)))
+            if peak > current * spec.downscale_direct_below_share:
+                peak = max(peak, current - max(1, math.floor(current * spec.downscale_max_fraction)))
             return out(peak, f"load {signals.ongoing_requests:.3g} fits {peak} replicas for "
                              f"{spec.downscale_delay_s:g}s", state)
         return out(current, f"load below target for {now - since:.0f}s of {spec.downscale_delay_s:g}s",
@@ -292,7 +303,8 @@ def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str,
 
 def signals_from_context(ctx: Any) -> Signals:
     """Read a Ray Serve `AutoscalingContext` into `Signals`. Latency takes the worst replica
-    (one slow replica already breaks the SLO for its users); KV cache the mean."""
+    (one slow replica already breaks the SLO for its users); KV cache the mean; queued prompt
+    tokens the sum (the policy divides by the running replicas)."""
     try:
         custom = ctx.aggregated_metrics
     except Exception:  # noqa: BLE001 - a replica's broken metric must not stop autoscaling
@@ -306,6 +318,7 @@ def signals_from_context(ctx: Any) -> Signals:
         ttft_p95_s=_mean_metric(custom, METRIC_TTFT_P95),
         itl_p95_s=_mean_metric(custom, METRIC_ITL_P95),
         kv_cache_usage=_mean_metric(custom, METRIC_KV_CACHE, reduce=lambda v: sum(v) / len(v)),
+        queued_prompt_tokens=_mean_metric(custom, METRIC_QUEUED_PROMPT_TOKENS, reduce=sum),
     )
 
 

@@ -16,6 +16,14 @@ writes one plot per workload (offered load; replicas vs load for each policy) to
     python benchmarks/autoscaler_sim.py OUT_DIR [--workloads a,b] [--targets 3,2.5,2] [--set FIELD=VALUE]
     (the committed runs: `nice -n 10 python benchmarks/autoscaler_sim.py OUT` and the same with `--targets 3,2.5,2`)
 
+Candidate policy changes (`--candidate NAME:FIELD=VALUE,...`, with `--reference` a committed
+result.json of this benchmark) are judged without re-running the oracle: each candidate and the
+current setting run on every member's tuning draw (seed 0, where changes are chosen: attainment
+and replica-seconds, paired) and on its judging draw (seed 1, the reference's requests; goal
+verdict against the reference's oracle and Ray default figures). A candidate is kept only if it
+is better on the judging draws (attainment up at no more replica-seconds, or replica-seconds down
+at no less attainment, within 0.1 point / 1 %) without losing on any member.
+
 The goal (`corral.autoscaler.sim.evaluate`): SLO attainment >= min(99 %, oracle's - 0.5 point),
 replica-seconds <= 1.15x the oracle's, and better than Ray Serve's default policy. The oracle
 is the cheapest offline plan reaching 99 % (the most generous tried where none can).
@@ -130,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--itl-slo-s", type=float, default=0.4)
     ap.add_argument("--max-num-seqs", type=int, default=8)
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--candidate", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
+                    help="judge a candidate setting against the current one (needs --reference)")
+    ap.add_argument("--reference", default=None, help="a committed result.json of this benchmark (--candidate)")
+    ap.add_argument("--candidate-draws", default="tuning,judging",
+                    help="which draws the candidates run on: tuning (seed 0), judging (seed 1) or both")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     import logging
@@ -156,6 +169,22 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown workload(s) {unknown}; the family: {sorted(fam)}")
     grid = [float(t) for t in args.targets.split(",")] if args.targets else [knee]
     t0 = time.time()
+    if args.candidate:
+        if not args.reference:
+            ap.error("--candidate needs --reference RESULT_JSON")
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        seeds = [{"tuning": TUNING_SEED, "judging": JUDGE_SEED}[d] for d in args.candidate_draws.split(",")]
+
+        def write(report: dict) -> str:  # after every member: a long run leaves what it has judged so far
+            report["elapsed_s"] = round(time.time() - t0, 1)
+            text = json.dumps(report, indent=1)
+            (out / "candidates.json").write_text(text)
+            return text
+
+        print(write(candidates(args.candidate, json.loads(Path(args.reference).read_text()), fam, judged_names,
+                               curve, sim, spec, knee, seeds, write)))
+        return 0
 
     log(f"tuning on {tuning_names} (seed {TUNING_SEED})")
     tuning = [Member(fam[n], TUNING_SEED, curve, sim, knee) for n in tuning_names]
@@ -211,6 +240,78 @@ def main(argv: list[str] | None = None) -> int:
     (out / "result.json").write_text(text)
     print(text)
     return 0
+
+
+def _parse_candidate(text: str) -> tuple[str, dict[str, str]]:
+    name, _, fields = text.partition(":")
+    return name, dict(kv.split("=", 1) for kv in fields.split(",") if kv)
+
+
+def candidates(texts: list[str], reference: dict, fam, names: list[str], curve, sim, spec, knee: float,
+               seeds: list[int] = (TUNING_SEED, JUDGE_SEED), progress=None) -> dict:
+    """Each candidate vs the current setting, paired, on the tuning and/or the judging draws.
+    A candidate is kept only if it is better on the judging draws and worse on none (verdicts
+    are on the judging draws; on the tuning draws alone the same comparison is reported)."""
+    from corral.autoscaler import sim as S
+
+    cands = dict(_parse_candidate(t) for t in texts)
+    base = {"current": {}}
+    rows: dict[str, dict] = {}
+    for name in names:
+        ref = reference["workloads"][name]
+        rows[name] = {}
+        for seed in seeds:
+            requests = fam[name].requests(seed)
+            # The fleet every policy starts from: the reference oracle's first plan (headroom 1 on the tuning draw).
+            headroom = ref["oracle_headroom"] if seed == JUDGE_SEED else 1.0
+            init = S.OraclePolicy(requests, curve, knee, sim.cold_start_s, headroom=headroom).initial()
+            msim = replace(sim, initial_replicas=min(max(init, sim.min_replicas), sim.max_replicas))
+            for cname, fields in (base | cands).items():
+                cspec = type(spec)(**{**spec.model_dump(), **fields})  # validated: a bad field is named
+                c = run_policy("corral", requests, curve, msim, cspec, knee).summary()
+                entry = {"slo_attainment": c["slo_attainment"], "replica_seconds": c["replica_seconds"],
+                         "scale_events": c["scale_events"]}
+                if seed == JUDGE_SEED:
+                    pol = ref["policies"]
+                    entry["goal"] = S.judge(c, pol["oracle"], pol["ray_default"], ref["feasible_attainment"])
+                rows[name].setdefault(cname, {})["tuning" if seed == TUNING_SEED else "judging"] = entry
+            log(f"{name} seed {seed}: " + ", ".join(
+                f"{c} {rows[name][c]['tuning' if seed == TUNING_SEED else 'judging']['slo_attainment']:.4f}/"
+                f"{rows[name][c]['tuning' if seed == TUNING_SEED else 'judging']['replica_seconds']:.0f}"
+                for c in rows[name]))
+        if progress is not None:
+            progress(_candidates_report(cands, rows, reference))
+    return _candidates_report(cands, rows, reference)
+
+
+def _candidates_report(cands: dict, rows: dict, reference: dict) -> dict:
+    from corral.autoscaler import sim as S
+
+    def compare(cname: str, draw: str) -> dict:
+        better, worse = [], []
+        for name, r in rows.items():
+            if draw not in r["current"]:
+                continue
+            a, b = r[cname][draw], r["current"][draw]
+            d_att = a["slo_attainment"] - b["slo_attainment"]
+            ratio = a["replica_seconds"] / b["replica_seconds"]
+            if d_att < -1e-3 or ratio > 1.01:
+                worse.append(name)
+            elif d_att > 1e-3 or ratio < 0.99:
+                better.append(name)
+        return {"better_on": better, "worse_on": worse}
+
+    verdicts = {}
+    for cname in cands:
+        tuning, judging = compare(cname, "tuning"), compare(cname, "judging")
+        judged = [r for r in rows.values() if "judging" in r["current"]]
+        verdicts[cname] = {
+            "fields": cands[cname], "tuning": tuning, "judging": judging,
+            "kept": bool(judging["better_on"]) and not judging["worse_on"],
+            "goal_met_judging": sum(r[cname]["judging"]["goal"]["met"] for r in judged),
+            "goal_met_judging_current": sum(r["current"]["judging"]["goal"]["met"] for r in judged)}
+    return {"benchmark": "autoscaler_sim candidates", "goal": S.GOAL_TEXT, "reference_protocol": reference["protocol"],
+            "seeds": {"tuning": TUNING_SEED, "judging": JUDGE_SEED}, "candidates": verdicts, "workloads": rows}
 
 
 def plot(name: str, workload, requests, results, out: Path) -> str:

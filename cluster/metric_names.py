@@ -30,6 +30,9 @@ def exported(name: str) -> str:
 SIGNAL_TTFT_P95 = "corral_ttft_p95_s"
 SIGNAL_ITL_P95 = "corral_itl_p95_s"
 SIGNAL_KV_CACHE = "corral_kv_cache_usage"
+# Prompt tokens of the requests a replica's engine holds that have not had their first token yet
+# (vLLM's `AsyncLLM.get_num_queued_tokens()`): prefill work waiting on that replica.
+SIGNAL_QUEUED_PROMPT_TOKENS = "corral_queued_prompt_tokens"
 
 # Values of REQUESTS' `status` label besides HTTP status codes: the outcome of a request whose
 # 200 headers were already sent, or that never got an HTTP answer from its arm. One count per

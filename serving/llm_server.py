@@ -6,7 +6,13 @@ token, per-request inter-token latency and KV cache use for its own metrics ever
 (`IterationStats`, `SchedulerStats`). `EngineSignals` is a vLLM stat logger that keeps the
 recent ones; `CorralLLMServer.record_autoscaling_stats` is Ray Serve's hook for custom
 autoscaling metrics, so they reach the policy through `AutoscalingContext.aggregated_metrics`
-on Serve's own metrics path (no second loop, no Prometheus round trip).
+on Serve's own metrics path (no second loop, no Prometheus round trip). Each replica also
+reports the prompt tokens its engine holds that are still waiting for their prefill
+(`queued_prompt_tokens`: vLLM's `AsyncLLM.get_num_queued_tokens()`, vllm 0.32
+`v1/engine/async_llm.py` -> `OutputProcessor.get_num_queued_tokens`, the prompt lengths of the
+requests in their prefill phase), the prefill pressure an ongoing-requests count does not show.
+Serve averages every custom metric per replica over `look_back_period_s`
+(`AutoscalingState._get_aggregated_custom_metrics`, Ray 2.60 `serve/_private/autoscaling_state.py`).
 
 The metric names are shared with the policy through `corral.cluster.metric_names` (serving may
 not import the autoscaler layer).
@@ -104,8 +110,24 @@ def attach_signals(engine: Any, signals: EngineSignals) -> bool:
     return True
 
 
+def queued_prompt_tokens(engine: Any) -> float | None:
+    """Prompt tokens of the requests a started Ray Serve LLM vLLM engine holds that have not
+    had their first token (vLLM's `get_num_queued_tokens`); None where the engine has no such
+    count (another engine class, an older vLLM)."""
+    client = getattr(engine, "_engine_client", None)
+    count = getattr(client, "get_num_queued_tokens", None)
+    if not callable(count):
+        return None
+    try:
+        return float(count())
+    except Exception:  # noqa: BLE001 - a failing count must not stop the replica's other signals
+        logger.warning("corral: the engine's queued prompt tokens could not be read", exc_info=True)
+        return None
+
+
 class CorralLLMServer(LLMServer):
-    """`LLMServer` plus `record_autoscaling_stats` (engine TTFT, ITL and KV cache use)."""
+    """`LLMServer` plus `record_autoscaling_stats` (engine TTFT, ITL, KV cache use and queued
+    prompt tokens)."""
 
     async def start(self) -> None:
         await super().start()
@@ -115,4 +137,8 @@ class CorralLLMServer(LLMServer):
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve calls this every `metrics_interval_s`; values reach the autoscaling policy."""
         signals = getattr(self, "_corral_signals", None)
-        return signals.snapshot() if signals is not None else {}
+        out = signals.snapshot() if signals is not None else {}
+        queued = queued_prompt_tokens(getattr(self, "engine", None))
+        if queued is not None:
+            out[names.SIGNAL_QUEUED_PROMPT_TOKENS] = queued
+        return out

@@ -8,7 +8,11 @@
   requests, finishes the ones it holds, then stops (graceful drain).
 * Controller: every `tick_s` builds a Ray `AutoscalingContext` (ongoing and queued
   requests averaged over `look_back_period_s`, sampled every `metrics_interval_s`; recent
-  per-replica TTFT and ITL p95 as custom metrics) and asks the policy for a target.
+  per-replica TTFT and ITL p95 and, averaged over the same window, each replica's queued
+  prompt tokens as custom metrics) and asks the policy for a target.
+* Queued prompt tokens (what a live replica reports from vLLM's `get_num_queued_tokens`): the
+  prompt lengths of the requests a replica holds that have no first token yet (waiting in its
+  engine, or admitted with their prefill still running).
 
 A request meets its SLO when its TTFT <= ttft_slo_s and its mean inter-token latency
 <= itl_slo_s.
@@ -23,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from corral.autoscaler.policy import LAST_DECISION_KEY, METRIC_ITL_P95, METRIC_TTFT_P95
+from corral.autoscaler.policy import (
+    LAST_DECISION_KEY,
+    METRIC_ITL_P95,
+    METRIC_QUEUED_PROMPT_TOKENS,
+    METRIC_TTFT_P95,
+)
 from corral.autoscaler.sim.policies import PolicyFn, serve_controller_step
 from corral.autoscaler.sim.replica import LatencyCurve, Replica, Seq
 from corral.autoscaler.sim.workload import Request
@@ -112,6 +121,7 @@ class _Run:
         self.target = sim.initial_replicas
         self.policy_state: dict = {}
         self.samples: deque = deque()  # (t, ongoing, queued)
+        self.prompt_samples: deque = deque()  # (t, {replica id: queued prompt tokens})
         self.recent: deque = deque()  # (t_done, replica, ttft, itl) of finished requests
         self.decisions: list[tuple[float, int, str]] = []
         self.tl: dict[str, list[float]] = {"t": [], "target": [], "ready": [], "ongoing": [], "queued": []}
@@ -120,6 +130,11 @@ class _Run:
     # -- fleet
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.stopped_s is None and not r.draining]
+
+    def queued_prompt_tokens(self, rep: Replica, now: float) -> int:
+        """Prompt tokens of the requests `rep` holds that have no first token yet."""
+        waiting = sum(self.requests[i].context_tokens for i in rep.waiting)
+        return waiting + sum(self.requests[s.req].context_tokens for s in rep.running if s.first_token_s > now)
 
     def in_system(self) -> int:
         return sum(r.ongoing() for r in self.replicas if r.stopped_s is None) + len(self.handle_queue)
@@ -185,6 +200,8 @@ class _Run:
             self.samples.popleft()
         while self.recent and self.recent[0][0] < now - sim.look_back_period_s:
             self.recent.popleft()
+        while self.prompt_samples and self.prompt_samples[0][0] < now - sim.look_back_period_s:
+            self.prompt_samples.popleft()
         ready = [r for r in self.live() if r.ready_s <= now]
         per_rep: dict[int, tuple[list[float], list[float]]] = {}
         for _, rid, tt, it in self.recent:
@@ -194,6 +211,13 @@ class _Run:
         ready_ids = {r.rid for r in ready}
         metrics = {METRIC_TTFT_P95: {f"r{rid}": _p95(a) for rid, (a, _) in per_rep.items() if rid in ready_ids},
                    METRIC_ITL_P95: {f"r{rid}": _p95(b) for rid, (_, b) in per_rep.items() if rid in ready_ids}}
+        # Serve averages each replica's custom metric over the window (MEAN aggregation).
+        tokens: dict[int, list[int]] = {}
+        for _, per in self.prompt_samples:
+            for rid, v in per.items():
+                tokens.setdefault(rid, []).append(v)
+        metrics[METRIC_QUEUED_PROMPT_TOKENS] = {f"r{rid}": float(np.mean(v)) for rid, v in tokens.items()
+                                                if rid in ready_ids}
         total = float(np.mean([s[1] for s in self.samples])) if self.samples else 0.0
         queued = float(np.mean([s[2] for s in self.samples])) if self.samples else 0.0
         return _make_ctx(
@@ -256,6 +280,8 @@ class _Run:
                 self.route(now)
             elif now == next_sample:
                 self.samples.append((now, self.in_system(), len(self.handle_queue)))
+                self.prompt_samples.append((now, {r.rid: self.queued_prompt_tokens(r, now) for r in self.live()
+                                                  if r.ready_s <= now}))
                 next_sample += self.sim.metrics_interval_s
             else:
                 self.tick(now)

@@ -1,4 +1,4 @@
-"""The arm replicas report vLLM's own latency and KV cache numbers to Serve's autoscaler."""
+"""The arm replicas report vLLM's own latency, KV cache and queued prompt token numbers to Serve's autoscaler."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ print(json.dumps(handle.record_autoscaling_stats.remote().result(timeout_s=60)))
 """
 
 
-def test_replicas_report_engine_ttft_itl_and_kv_cache(fleet, fleet_url):
+def test_replicas_report_engine_ttft_itl_kv_cache_and_queued_prompt_tokens(fleet, fleet_url):
     from corral.serving.app import llm_deployment_name
 
     for i in range(4):
@@ -36,8 +36,11 @@ def test_replicas_report_engine_ttft_itl_and_kv_cache(fleet, fleet_url):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     stats = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(stats) == {names.SIGNAL_TTFT_P95, names.SIGNAL_ITL_P95, names.SIGNAL_KV_CACHE}, stats
+    assert set(stats) == {names.SIGNAL_TTFT_P95, names.SIGNAL_ITL_P95, names.SIGNAL_KV_CACHE,
+                          names.SIGNAL_QUEUED_PROMPT_TOKENS}, stats
     # SmolLM2 on two CPU cores: a short prompt's first token within seconds, tokens well under 1 s apart.
     assert 0 < stats[names.SIGNAL_TTFT_P95] < 30
     assert 0 < stats[names.SIGNAL_ITL_P95] < 2
     assert 0 <= stats[names.SIGNAL_KV_CACHE] <= 1
+    # Every request has had its first token (they all finished): no prompt waits for its prefill.
+    assert stats[names.SIGNAL_QUEUED_PROMPT_TOKENS] == 0.0

@@ -34,3 +34,25 @@ def test_benchmark_reports_each_member_against_the_oracle_and_rays_default(tmp_p
     row = report["summary"]["table"][0]
     assert row["workload"] == "decode-heavy" and row["met"] == member["goal"]["met"]
     assert json.loads((tmp_path / "result.json").read_text()) == report
+
+
+def test_candidates_are_judged_paired_against_the_reference_run(tmp_path, capsys):
+    short = ["--workloads", "decode-heavy", "--tuning", "decode-heavy", "--duration-s", "120", "--no-plots"]
+    assert autoscaler_sim.main([str(tmp_path / "ref"), *short]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    rc = autoscaler_sim.main([str(tmp_path / "cand"), *short, "--reference", str(tmp_path / "ref" / "result.json"),
+                              "--candidate", "same:target_ongoing_requests=3", "--candidate", "wide:downscale_hysteresis=0.1"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    row = report["workloads"]["decode-heavy"]
+    # The current setting on the judging draw is the reference run's corral, request for request.
+    cur = row["current"]["judging"]
+    assert cur["slo_attainment"] == ref["workloads"]["decode-heavy"]["policies"]["corral"]["slo_attainment"]
+    assert cur["replica_seconds"] == ref["workloads"]["decode-heavy"]["policies"]["corral"]["replica_seconds"]
+    # The knee of the measured curve is 3: the "same" candidate changes nothing, so it is not kept.
+    assert row["same"] == row["current"]
+    same = report["candidates"]["same"]
+    assert same["judging"] == same["tuning"] == {"better_on": [], "worse_on": []} and same["kept"] is False
+    assert same["goal_met_judging"] == same["goal_met_judging_current"]
+    with pytest.raises(SystemExit):
+        autoscaler_sim.main([str(tmp_path / "bad"), *short, "--candidate", "x:downscale_hysteresis=0.1"])

@@ -42,6 +42,9 @@ def configs(draw):
         breach_upscale_fraction=draw(st.floats(0.01, 2)),
         breach_upscale_proportional=draw(st.booleans()),
         replica_floor=draw(st.integers(0, 20)),
+        prefill_tokens_per_s=draw(st.one_of(st.just(0.0), st.floats(10, 10000))),
+        prefill_backlog_ttft_share=draw(st.floats(0.05, 2)),
+        downscale_direct_below_share=draw(st.one_of(st.just(0.0), st.floats(0, 1))),
     )
     return PolicyConfig(spec=spec, min_replicas=lo, max_replicas=hi, max_num_seqs=draw(st.integers(1, 256)))
 
@@ -56,6 +59,7 @@ def signals(draw, max_target=24):
         ttft_p95_s=draw(opt_latency),
         itl_p95_s=draw(opt_latency),
         kv_cache_usage=draw(st.one_of(st.none(), st.floats(0, 1))),
+        queued_prompt_tokens=draw(st.one_of(st.none(), st.floats(0, 100000, allow_nan=False))),
     )
 
 
@@ -149,6 +153,49 @@ def test_proportional_breach_step_lies_between_one_replica_and_the_fixed_step(cf
     # A bigger overshoot never asks for fewer replicas.
     worse = Signals(**{**s.__dict__, f"{which}_p95_s": slo * over * 1.5})
     assert assess(worse, cfg).urgent_replicas >= assess(s, cfg).urgent_replicas
+
+
+def test_direct_downscale_after_a_burst_only_when_the_whole_window_was_light():
+    """After a burst: with downscale_direct_below_share the fleet drops to what the load asked for
+    over the whole delay in one step; one busy moment in the window keeps the gradual step."""
+    spec = AutoscalingSpec(target_ongoing_requests=4, downscale_delay_s=60, cold_start_s=0, trend_horizon_s=0,
+                           downscale_hysteresis=0.0, downscale_direct_below_share=0.5)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=64)
+
+    def run(loads):
+        state, d = PolicyState(), None
+        for i, load in enumerate(loads):
+            d, state = decide(Signals(running_replicas=40, target_replicas=40, ongoing_requests=load), cfg, state,
+                              100.0 + 10 * i)
+        return d
+
+    assert run([20.0] * 7).replicas == 5  # 20 requests fit 5 replicas for 60 s: 40 -> 5 at once
+    assert run([20.0] * 3 + [100.0] + [20.0] * 3).replicas == 30  # 25 replicas once: > 0.5 x 40, by 25%
+    gradual = PolicyConfig(spec=spec.model_copy(update={"downscale_direct_below_share": 0.0}), min_replicas=1,
+                           max_replicas=64)
+    state = PolicyState()
+    for i in range(7):
+        d, state = decide(Signals(running_replicas=40, target_replicas=40, ongoing_requests=20.0), gradual, state,
+                          100.0 + 10 * i)
+    assert d.replicas == 30
+
+
+def test_prefill_backlog_adds_replicas_without_waiting():
+    """Prompt tokens waiting for their prefill, as seconds of prefill per replica, breach at
+    prefill_backlog_ttft_share of the TTFT SLO, though the request count is on target."""
+    spec = AutoscalingSpec(target_ongoing_requests=4, upscale_delay_s=60, ttft_p95_s=2.0,
+                           prefill_tokens_per_s=200.0, prefill_backlog_ttft_share=0.5)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=16)
+    on_target = dict(running_replicas=4, target_replicas=4, ongoing_requests=16.0)
+    # 4 replicas x 200 tokens = 1 s of prefill each: = 0.5 x 2 s, not above it.
+    d, _ = decide(Signals(**on_target, queued_prompt_tokens=800.0), cfg, PolicyState(), 0.0)
+    assert d.operator == "hold"
+    d, _ = decide(Signals(**on_target, queued_prompt_tokens=1200.0), cfg, PolicyState(), 0.0)
+    assert (d.operator, d.replicas) == ("scale_up", 5) and "prefill backlog 1.5s per replica" in d.reason
+    # Without a prefill throughput the signal is not used; without the signal neither.
+    off = PolicyConfig(spec=spec.model_copy(update={"prefill_tokens_per_s": 0.0}), min_replicas=1, max_replicas=16)
+    assert decide(Signals(**on_target, queued_prompt_tokens=1e6), off, PolicyState(), 0.0)[0].operator == "hold"
+    assert decide(Signals(**on_target), cfg, PolicyState(), 0.0)[0].operator == "hold"
 
 
 def test_hysteresis_keeps_replicas_just_below_target():
@@ -288,6 +335,11 @@ def test_more_load_never_asks_for_fewer_replicas(cfg, s, more, rising):
     # A steeper rise never asks for less either.
     c = assess(s, cfg, rising + 1.0)
     assert max(c.load_replicas, c.urgent_replicas) >= max(a.load_replicas, a.urgent_replicas)
+    # Nor do more prompt tokens waiting for their prefill.
+    fuller = Signals(**{**s.__dict__, "queued_prompt_tokens": (s.queued_prompt_tokens or 0.0) + more})
+    d = assess(fuller, cfg, rising)
+    assert max(d.load_replicas, d.urgent_replicas) >= max(a.load_replicas, a.urgent_replicas)
+    assert d.down_replicas >= a.down_replicas
 
 
 @settings(max_examples=150, deadline=None)
@@ -302,6 +354,9 @@ def test_decide_is_monotone_in_load_from_any_state(cfg, s, more, dt, history):
     light, _ = decide(s, cfg, state, now + dt)
     heavy, _ = decide(heavier, cfg, state, now + dt)
     assert heavy.replicas >= light.replicas
+    fuller = Signals(**{**s.__dict__, "queued_prompt_tokens": (s.queued_prompt_tokens or 0.0) + more})
+    full, _ = decide(fuller, cfg, state, now + dt)
+    assert full.replicas >= light.replicas
 
 
 @settings(max_examples=150, deadline=None)
@@ -312,6 +367,13 @@ def test_at_most_the_stated_fraction_removed_per_step(cfg, sigs, dt):
         decision, state = decide(s, cfg, state, now)
         current = s.target_replicas
         if cfg.lower_bound <= current <= cfg.max_replicas:
-            # downscale_max_fraction of the current target, at least one replica, per decision.
-            assert decision.replicas >= current - max(1, math.floor(current * cfg.spec.downscale_max_fraction))
+            # downscale_max_fraction of the current target, at least one replica, per decision;
+            # more only where the load asked for at most downscale_direct_below_share of it.
+            step = current - max(1, math.floor(current * cfg.spec.downscale_max_fraction))
+            # Never below what the load of this very snapshot needs (bounds permitting).
+            need = min(max(assess(s, cfg).down_replicas, cfg.lower_bound), cfg.max_replicas)
+            assert decision.replicas >= min(need, current)
+            if decision.replicas < step:
+                share = cfg.spec.downscale_direct_below_share
+                assert decision.replicas <= max(math.floor(current * share), cfg.lower_bound), (decision, current)
         now += dt

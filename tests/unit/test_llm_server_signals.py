@@ -68,3 +68,35 @@ def test_attach_needs_an_engine_that_keeps_stats():
     assert attach_signals(Engine(), sig) and Manager.stat_loggers == [sig]
     Client.logger_manager = None  # vLLM with log_stats off
     assert not attach_signals(Engine(), EngineSignals())
+
+
+def test_queued_prompt_tokens_come_from_vllms_own_count_of_requests_in_prefill():
+    """vLLM's OutputProcessor (what `AsyncLLM.get_num_queued_tokens` asks) counts the prompt tokens of
+    requests with no output yet; a request leaves the count with its first token."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from vllm.v1.engine import EngineCoreOutput, EngineCoreRequest
+    from vllm.v1.engine.output_processor import OutputProcessor
+
+    from corral.serving.llm_server import queued_prompt_tokens
+
+    processor = OutputProcessor(None, log_stats=False)
+    params = SamplingParams(max_tokens=4, detokenize=False, output_kind=RequestOutputKind.DELTA)
+    for rid, n in (("a", 120), ("b", 30)):
+        processor.add_request(EngineCoreRequest(rid, list(range(n)), None, params, None, 0.0, None, None, None,
+                                                external_req_id=rid), None)
+
+    class Client:  # AsyncLLM.get_num_queued_tokens delegates to its OutputProcessor (vllm/v1/engine/async_llm.py)
+        get_num_queued_tokens = processor.get_num_queued_tokens
+
+    class Engine:
+        _engine_client = Client()
+
+    assert queued_prompt_tokens(Engine()) == 150.0
+    processor.process_outputs([EngineCoreOutput("a", [7])])  # a's prefill is done: its first token
+    assert queued_prompt_tokens(Engine()) == 30.0
+
+    class OldClient:
+        pass
+
+    Engine._engine_client = OldClient()  # an engine without the count: no signal, not 0
+    assert queued_prompt_tokens(Engine()) is None

@@ -150,3 +150,28 @@ def test_calibrated_oracle_records_what_is_feasible():
     o = S.calibrated_oracle(reqs, S.LatencyCurve.default(), sim, 4, steps=3)
     assert o.feasible_attainment is not None and o.feasible_attainment >= o.slo_attainment
     assert o.policy.startswith("oracle(x")
+
+
+def test_replicas_report_prompt_tokens_waiting_for_their_prefill():
+    """What the policy sees as queued prompt tokens: the prompt lengths of requests a replica
+    holds with no first token yet, averaged over the look-back window like Serve's custom metrics."""
+    from corral.autoscaler.policy import METRIC_QUEUED_PROMPT_TOKENS
+
+    curve = S.LatencyCurve(batch=(1, 2), itl_s=(0.01, 0.02), prefill_s_per_token=0.01, prefill_base_s=0.0)
+    # Three 300-token prompts at once on one replica: prefills run one after another (3 s each).
+    reqs = [S.Request(0.0, 300, 2), S.Request(0.0, 300, 2), S.Request(0.0, 300, 2)]
+    seen = []
+
+    def spy(ctx):
+        seen.append((ctx.current_time, sum((ctx.aggregated_metrics.get(METRIC_QUEUED_PROMPT_TOKENS) or {}).values())))
+        return 1, {}
+
+    sim = S.SimConfig(initial_replicas=1, max_replicas=1, max_num_seqs=8, metrics_interval_s=1.0,
+                      look_back_period_s=1.0)
+    S.simulate(reqs, spy, S.serve_config(1, 1, 1, 8, 0, 0, look_back_period_s=1.0), sim, curve, "prefill")
+    at = dict(seen)
+    # 900 tokens wait until the first prefill ends (t=3), 600 until t=6, 300 until t=9.
+    assert at[2.0] == pytest.approx(900)
+    assert at[4.0] == pytest.approx(600)
+    assert at[7.0] == pytest.approx(300)
+    assert at[8.0] == pytest.approx(300)
