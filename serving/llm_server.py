@@ -115,7 +115,8 @@ class IterationLog:
         details = getattr(scheduler_stats, "iteration_details", None)
         if details is None:
             return
-        row = dataclasses.asdict(details) if dataclasses.is_dataclass(details) else dict(vars(details))
+        row = {f.name: getattr(details, f.name) for f in dataclasses.fields(details)} \
+            if dataclasses.is_dataclass(details) else dict(vars(details))
         row.update(t_unix=self._clock(), engine_idx=engine_idx)
         self._out.write(json.dumps(row) + "\n")
 
