@@ -70,6 +70,8 @@ MOCK = {"arms": [
      "max_num_seqs": 4},
     {"name": "c", "mode": "batched", "step_base_s": 0.010, "step_per_seq_s": 0.003, "prefill_per_token_s": 0.0001,
      "max_num_seqs": 8},
+    {"name": "a2", "mode": "batched", "step_base_s": 0.010, "step_per_seq_s": 0.003, "prefill_per_token_s": 0.0001,
+     "max_num_seqs": 16, "replicas": 2},
 ]}
 
 
@@ -378,7 +380,7 @@ def main() -> int:
     p.add_argument("--out", default=f"benchmark-results/capacity-accuracy-{time.strftime('%Y%m%d-%H%M%S')}")
     a = p.parse_args()
     if a.held_out is None:
-        a.held_out = ["b:4", "c:8", "a:16:2"] if a.mock else []
+        a.held_out = ["b:4", "c:8", "a2:16:2"] if a.mock else []  # a2: arm a's engine, two replicas
     started = time.time()
     result = committed() if a.committed else live(a)
     result["wall_s"] = round(time.time() - started, 1)
