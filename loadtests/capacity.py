@@ -4,28 +4,20 @@ From the stages of a load test (a rate sweep, ideally) against an arm deployed w
 and `max_num_seqs` M, the planner
 
 1. finds the measured λ*: the highest realised rate (a stage's requests sent in its measured
-   window / the window) meeting the SLO, per replica (λ*_r = λ*/R),
-   where the stages' attainment, fitted non-increasing in rate (isotonic regression: one noisy
-   stage does not decide), crosses the target;
-2. fits a per-replica model of a continuous-batching engine:
-   * iteration time vs running batch, `t_iter(B) = a + b·B`, from the stages' mean ITL and mean
-     decode batch (Little's law: B = per-replica rate × mean time in decode);
-   * service time of a request at batch B: `S(B) = ttft0 + (out - 1)·t_iter(B)`;
-   * the ITL (or TPOT) bound: the batch whose iteration time times the measured tail factor
-     (p_q / mean) reaches the SLO threshold, and the rate that produces that batch;
-   * the batch cap: with M slots busy the replica is an M-server queue with service time S(M);
-     Erlang C gives the probability of waiting, and the Allen-Cunneen approximation for M/G/c
-     scales the wait by (1 + cv²)/2, cv² being the measured squared coefficient of variation
-     of service times (≈ 0 for forced output lengths, ≈ 1 for exponential ones): the rate at
-     which the TTFT (or e2e) percentile reaches its threshold;
-   * the model's λ*(M) is the smaller of the two. The measurement anchors it: the bound of the
-     clause that failed just above the crossing (ITL/TPOT: the latency bound; TTFT/e2e: the
-     queueing bound) is scaled to equal the measured λ*, and only that bound. A factor fitted on
-     one mechanism says nothing about the other, which often binds at another max_num_seqs (at a
-     large M the ITL limits, at a small M the wait for a slot);
-3. predicts λ* at another replica count (linear in replicas) or another max_num_seqs, and sizes
-   a target rate: replicas, GPUs, $/hour, $ per 1M output tokens, max_num_seqs and autoscaler
-   settings, as a fleet-spec overlay. Extrapolations are reported as warnings.
+   window / the window) meeting the SLO, per replica (λ*_r = λ*/R), where the stages'
+   attainment, fitted non-increasing in rate (isotonic regression: one noisy stage does not
+   decide), crosses the target;
+2. fits the engine model (`corral.common.engine_model`, the one the autoscaler simulator and
+   the mock server use): a step time from the batch's composition, fitted from per-iteration
+   records (the engine's own when the load test recorded them, else reconstructed from client
+   token timings), and a per-request host overhead; the residual check replays every measured
+   stage's own arrivals through it and compares attainment, TTFT and TPOT with the measurement;
+3. predicts λ* at another replica count, max_num_seqs or length mix by replaying the measured
+   arrival schedules through the model under that configuration, judged by the same SLO code
+   and isotonic fit as the measurement, anchored to the measured λ* (`Planner`); refuses to
+   extrapolate beyond `EXTRAPOLATION_FACTOR` of the measurement; sizes a target rate: replicas,
+   GPUs, $/hour, $ per 1M output tokens, max_num_seqs and autoscaler settings, as a fleet-spec
+   overlay.
 """
 
 from __future__ import annotations
@@ -34,6 +26,20 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from corral.common.engine_model import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    Arrival,
+    ClientRequest,
+    EngineModel,
+    IterationRecord,
+    SchedulerLimits,
+    StepFit,
+    Timing,
+    fit_step_model,
+    iterations_from_client,
+    replay,
+    rescale,
+)
 from corral.common.stats import percentile
 from corral.loadtests.metrics import RequestRecord, realised_rate
 from corral.loadtests.slo import SloClause, evaluate
@@ -70,13 +76,6 @@ class StagePoint:
     """Measured requests in the stage (the weight of its attainment in `monotone_attainment`)."""
     offered_rate_rps: float | None = None
     """The stage's nominal rate (None for closed loop), for reports only."""
-
-
-# Which bound of the replica model limits each SLO metric.
-LATENCY_METRICS = frozenset({"itl", "tpot"})
-"""Bounded by the iteration time at the running batch (`ReplicaModel.lambda_latency_bound`)."""
-QUEUE_METRICS = frozenset({"ttft", "e2e"})
-"""Bounded by the wait for a free batch slot (`ReplicaModel.lambda_queue_bound`)."""
 
 
 def stage_points(stages: list[tuple[str, float | None, float, list[RequestRecord]]], clauses: list[SloClause],
@@ -185,159 +184,6 @@ def measured_lambda_star(points: list[StagePoint]) -> MeasuredLambda:
 
 
 @dataclass
-class ReplicaModel:
-    """Per-replica performance model fitted from the stage points (see module docstring)."""
-
-    iter_base_s: float
-    """a in t_iter(B) = a + b·B."""
-    iter_per_seq_s: float
-    """b in t_iter(B) = a + b·B."""
-    ttft0_s: float
-    """TTFT at the lightest measured load (prefill + first iteration + HTTP)."""
-    output_tokens: float
-    input_tokens: float
-    itl_tail_ratio: float
-    tpot_tail_ratio: float
-    batch_range: tuple[float, float]
-    """Smallest and largest mean decode batch measured."""
-    service_cv2: float = 1.0
-    """Squared coefficient of variation of service time (lightest measured stage): 1 = M/M/c."""
-
-    def t_iter(self, batch: float) -> float:
-        return self.iter_base_s + self.iter_per_seq_s * max(1.0, batch)
-
-    def service_s(self, batch: float) -> float:
-        return self.ttft0_s + max(0.0, self.output_tokens - 1) * self.t_iter(batch)
-
-    def batch_at(self, rate_per_replica: float) -> float:
-        """Mean requests in flight per replica at a rate, from B = λ·S(B) (unbounded batch)."""
-        # B = λ(ttft0 + n·(a + b·B))  =>  B = λ(ttft0 + n·a) / (1 - λ·n·b)
-        n = max(0.0, self.output_tokens - 1)
-        denom = 1 - rate_per_replica * n * self.iter_per_seq_s
-        if denom <= 0:
-            return math.inf
-        return rate_per_replica * (self.ttft0_s + n * self.iter_base_s) / denom
-
-    def max_batch_for_latency(self, clauses: list[SloClause]) -> float:
-        """Largest batch whose iteration time keeps the ITL/TPOT clauses (inf if none)."""
-        best = math.inf
-        for c in clauses:
-            tail = {"itl": self.itl_tail_ratio, "tpot": self.tpot_tail_ratio}.get(c.metric)
-            if tail is None:
-                continue
-            allowed_iter = c.threshold_s / tail
-            if allowed_iter <= self.iter_base_s + self.iter_per_seq_s:
-                return 0.0
-            if self.iter_per_seq_s > 0:
-                best = min(best, (allowed_iter - self.iter_base_s) / self.iter_per_seq_s)
-        return best
-
-    def lambda_latency_bound(self, clauses: list[SloClause]) -> float:
-        """Per-replica rate at which the decode batch reaches max_batch_for_latency."""
-        b = self.max_batch_for_latency(clauses)
-        return math.inf if math.isinf(b) else b / self.service_s(b)
-
-    def lambda_queue_bound(self, max_num_seqs: int, clauses: list[SloClause]) -> float:
-        """Per-replica rate at which waiting for one of max_num_seqs slots breaks TTFT/e2e (Erlang C)."""
-        c = max_num_seqs
-        service = self.service_s(c)
-        mu = 1.0 / service
-        limits = []
-        for cl in clauses:
-            if cl.metric == "ttft":
-                budget = cl.threshold_s - self.ttft0_s
-            elif cl.metric == "e2e":
-                budget = cl.threshold_s - service
-            else:
-                continue
-            if budget <= 0:
-                return 0.0
-            limits.append((budget, 1 - cl.quantile_pct / 100))
-        if not limits:
-            return 0.9 * c * mu  # no waiting-time clause: stay clear of the unstable region
-
-        # Given that it waits, a request's wait is ~exponential with rate (cμ - λ) in M/M/c;
-        # Allen-Cunneen stretches the mean wait by (1 + cv²)/2 for general service times.
-        stretch = (1 + self.service_cv2) / 2
-
-        def ok(lam: float) -> bool:
-            # Whether a request waits depends on the load at the *mean* batch (slots free up
-            # faster while few are busy); how long it waits, on the full batch's service rate.
-            batch = min(float(c), self.batch_at(lam))
-            pw = erlang_c(c, lam * self.service_s(batch))
-            return all(pw * math.exp(-(c * mu - lam) * budget / stretch) <= miss for budget, miss in limits)
-
-        lo, hi = 0.0, c * mu * (1 - 1e-9)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-        return lo
-
-    def latency_curve(self, max_batch: int, name: str = "measured", source: str = "") -> dict[str, Any]:
-        """The fitted model as a latency-vs-batch curve file (the format of the autoscaler
-        simulator's `--curve`: batch, itl_s, prefill cost): measured curves replace the illustrative
-        default. Prefill is the lightest-load TTFT less one iteration, spread over the measured
-        prompt length (HTTP and queueing overheads included, so it errs on the slow side)."""
-        batches = sorted({1, 2, *(2 ** k for k in range(2, 12) if 2 ** k < max_batch), max(2, max_batch)})
-        prefill = max(0.0, self.ttft0_s - self.t_iter(1))
-        return {
-            "name": name,
-            "source": source or "fitted by corral plan capacity from a load-test sweep: t_iter(B) = a + b*B",
-            "batch": batches,
-            "itl_s": [round(self.t_iter(b), 6) for b in batches],
-            "prefill_s_per_token": round(prefill / max(1.0, self.input_tokens), 9),
-            "prefill_base_s": 0.0,
-            "measured_batch_range": list(self.batch_range),
-        }
-
-
-def erlang_c(servers: int, offered_load: float) -> float:
-    """Probability that an arrival waits in an M/M/c queue (c servers, load a = λ/μ)."""
-    c, a = servers, offered_load
-    if a >= c:
-        return 1.0
-    # Iterative Erlang B, then C = B / (1 - ρ(1 - B)); stable for large c.
-    b = 1.0
-    for k in range(1, c + 1):
-        b = a * b / (k + a * b)
-    rho = a / c
-    return b / (1 - rho * (1 - b))
-
-
-def fit_model(points: list[StagePoint], max_num_seqs: int | None = None) -> ReplicaModel:
-    """Least-squares t_iter(B) = a + b·B over the stages, B = mean requests in flight per replica
-    (as in ReplicaModel.batch_at); b = 0 when batches did not vary. Stages whose mean in-flight
-    exceeds max_num_seqs are left out when others remain: their excess is queue, not batch."""
-    if not points:
-        raise ValueError("no stage points to fit")
-    unqueued = [p for p in points if max_num_seqs is None or p.in_flight <= max_num_seqs]
-    points_fit = unqueued if len(unqueued) >= 2 else points
-    xs = [p.in_flight for p in points_fit]
-    ys = [p.tpot_mean_s for p in points_fit]
-    n = len(points_fit)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 1e-12 else 0.0
-    slope = max(0.0, slope)
-    base = max(1e-6, my - slope * mx)
-    return ReplicaModel(
-        iter_base_s=base, iter_per_seq_s=slope,
-        ttft0_s=min(p.ttft_median_s for p in points),
-        output_tokens=sum(p.output_tokens_mean for p in points) / len(points),
-        input_tokens=sum(p.input_tokens_mean for p in points) / len(points),
-        itl_tail_ratio=_median([p.itl_tail_ratio for p in points if p.met] or [p.itl_tail_ratio for p in points]),
-        tpot_tail_ratio=_median([p.tpot_tail_ratio for p in points if p.met] or [p.tpot_tail_ratio for p in points]),
-        batch_range=(min(xs), max(xs)),
-        # The lightest stage: its decode times vary with output lengths, not with queueing.
-        service_cv2=min(1.0, points[0].service_cv2),
-    )
-
-
-def _median(xs: list[float]) -> float:
-    return percentile(xs, 50)
-
-
-@dataclass
 class Measured:
     """What was measured: the arm's deployment during the load test."""
 
@@ -345,6 +191,24 @@ class Measured:
     replicas: int
     max_num_seqs: int
     devices_per_replica: int = 1
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    max_ongoing_requests: int | None = None
+    """Serve's per-replica cap (None: not recorded; the replay then sends every request to an engine)."""
+
+
+EXTRAPOLATION_FACTOR = 2.0
+"""The planner refuses a configuration beyond this factor of what was measured (max_num_seqs
+above it times the measured one; mean prompt or output length above it times the longest measured
+mean): the fitted step model has seen no batch or prompt of that size, and its linear terms are
+the part most likely to bend there (attention cost grows with context, a CPU's caches run out)."""
+
+
+class ExtrapolationError(ValueError):
+    """A prediction was asked beyond `EXTRAPOLATION_FACTOR` of the measurement; `field` names the input."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -354,73 +218,294 @@ class Prediction:
     lambda_star_rps: float
     lambda_star_per_replica_rps: float
     warnings: list[str] = field(default_factory=list)
+    model_lambda_star_rps: float | None = None
+    """The replay's own λ* for this configuration, before anchoring to the measurement."""
+
+
+@dataclass
+class StageReplay:
+    """One measured stage replayed through the fitted model (the residual check)."""
+
+    name: str
+    rate_rps: float
+    measured_attainment: dict[str, float | None]
+    model_attainment: dict[str, float | None]
+    measured_ttft_p50_s: float | None
+    model_ttft_p50_s: float | None
+    measured_tpot_mean_s: float | None
+    model_tpot_mean_s: float | None
+
+
+@dataclass
+class _Stage:
+    """A measured stage as the replay needs it: every request's arrival (warm-up included, so the
+    engine is as busy at the window's start as it was), which ones were measured, the records."""
+
+    name: str
+    rate_rps: float
+    duration_s: float
+    arrivals: list[Arrival]
+    measured: list[bool]
+    records: list[RequestRecord]
+
+
+def _arrivals(stages: list[tuple[str, float | None, float, list[RequestRecord]]]) -> list[_Stage]:
+    out = []
+    for name, _, duration_s, records in stages:
+        measured = [r for r in records if r.phase == "measure"]
+        if not measured or not duration_s > 0:
+            continue
+        recs = sorted(records, key=lambda r: r.sent_s)
+        arrivals = [Arrival(r.sent_s, int(r.input_tokens or r.target_input_tokens or 1),
+                            int(r.output_tokens or r.target_output_tokens or 1)) for r in recs]
+        out.append(_Stage(name, len(measured) / duration_s, duration_s, arrivals,
+                          [r.phase == "measure" for r in recs], recs))
+    return sorted(out, key=lambda s: s.rate_rps)
+
+
+def _records(timings: list[Timing], measured: list[bool], name: str) -> list[RequestRecord]:
+    """Replayed timings as the load test's records, so the same SLO code judges them."""
+    return [RequestRecord(i, stage=name, phase="measure" if m else "warmup", sent_s=t.arrival_s, ttft_s=t.ttft_s,
+                          e2e_s=t.e2e_s, itl_s=list(t.itl_s), tpot_s=t.tpot_s, input_tokens=t.prompt_tokens,
+                          output_tokens=t.output_tokens)
+            for i, (t, m) in enumerate(zip(timings, measured))]
+
+
+def _client_requests(stages: list[_Stage]) -> list[list[ClientRequest]]:
+    return [[ClientRequest(r.sent_s, r.ttft_s, tuple(r.itl_s), int(r.input_tokens or 1), int(r.output_tokens or 1))
+             for r in s.records if r.ok and r.ttft_s is not None and r.itl_s] for s in stages]
+
+
+READERS_PER_STAGE = 60
+"""Requests per stage whose token gaps become reconstructed iterations (each of ~output-tokens
+gaps): a few thousand records per sweep, enough for four coefficients, at a bounded cost."""
+
+
+def fit_engine_model(stages: list[_Stage], limits: SchedulerLimits,
+                     iterations: list[IterationRecord] | None = None) -> tuple[EngineModel, StepFit, str]:
+    """The step model from the engine's own per-iteration records when given, else from
+    iterations reconstructed from the client timings (`iterations_from_client`, per stage);
+    then the host overhead: the median over the lightest stage's measured requests of client
+    TTFT minus the replay's TTFT (the replay's engine queue + prefill, no overhead)."""
+    if iterations:
+        source = f"{len(iterations)} engine iteration records"
+        fit = fit_step_model(iterations)
+    else:
+        recs = [it for reqs in _client_requests(stages) for it in iterations_from_client(reqs, READERS_PER_STAGE)]
+        source = f"{len(recs)} iterations reconstructed from client token timings (no engine records)"
+        fit = fit_step_model(recs)
+    lightest = stages[0]
+    timings = replay(lightest.arrivals, EngineModel(fit.model), limits)
+    gaps = [r.ttft_s - t.ttft_s for r, t, m in zip(lightest.records, timings, lightest.measured)
+            if m and r.ok and r.ttft_s is not None]
+    overhead = max(0.0, percentile(gaps, 50) or 0.0) if gaps else 0.0
+    return EngineModel(fit.model, overhead), fit, source
 
 
 @dataclass
 class Planner:
-    """A fitted planner: measured λ*, the model and one calibration factor per bound."""
+    """A fitted planner: the measured λ*, the engine model and the measured stages' arrivals.
+
+    Prediction by replay: the measured stages' arrival schedules, compressed or stretched in
+    time to a ladder of rates (lengths scaled for another mix), run through the engine model
+    under the other configuration; the replayed requests are judged by the same SLO code
+    (`slo.evaluate`) and the same isotonic λ* (`measured_lambda_star`) as the measurement.
+    The measurement anchors it: predicted λ* = measured λ* x model λ*(other) / model λ*(measured),
+    so a bias the model has at both configurations cancels; the unanchored replay λ* is reported too."""
 
     measured: Measured
     clauses: list[SloClause]
     points: list[StagePoint]
-    model: ReplicaModel
     lam: MeasuredLambda
-    calibration_latency: float = 1.0
-    """Measured λ*_r / the model's latency bound, when an ITL/TPOT clause failed just above
-    the crossing (or the bound lies below the measured λ*); 1 otherwise."""
-    calibration_queue: float = 1.0
-    """Measured λ*_r / the model's queueing bound at the measured max_num_seqs, when a TTFT/e2e
-    clause failed there (or the bound lies below the measured λ*); 1 otherwise."""
+    engine: EngineModel
+    step_fit: StepFit
+    fit_source: str
+    stages: list[_Stage]
+    model_lambda_at_measured: float
+    """The replay's λ* per replica at the measured configuration."""
+    input_tokens: float
+    output_tokens: float
+    residuals: list[StageReplay] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, measured: Measured, clauses: list[SloClause], points: list[StagePoint]) -> Planner:
+    def fit(cls, measured: Measured, clauses: list[SloClause],
+            stages: list[tuple[str, float | None, float, list[RequestRecord]]],
+            iterations: list[IterationRecord] | None = None) -> Planner:
+        """Fit from the raw stages: (name, nominal rate or None, measured window s, records)."""
         if not clauses:
             raise ValueError("an SLO is required to plan capacity")
+        points = stage_points(stages, clauses, measured.replicas)
         lam = measured_lambda_star(points)
-        model = fit_model(points, measured.max_num_seqs)
-        # What broke the SLO at the measured λ*: only that mechanism's bound is anchored to it.
-        # Without a failing stage λ* is a lower bound and can only lift a bound that lies below it.
-        failed = set(lam.missed_metrics)
+        replayable = _arrivals(stages)
+        limits = cls._limits(measured, measured.replicas, measured.max_num_seqs)
+        engine, step_fit, source = fit_engine_model(replayable, limits, iterations)
+        ok = [r for s in replayable for r, m in zip(s.records, s.measured) if m and r.ok]
+        planner = cls(measured, clauses, points, lam, engine, step_fit, source, replayable, math.nan,
+                      input_tokens=sum(r.input_tokens or 0 for r in ok) / max(1, len(ok)),
+                      output_tokens=sum(r.output_tokens or 0 for r in ok) / max(1, len(ok)))
+        planner.residuals = [planner._residual(s, limits) for s in replayable]
+        planner.model_lambda_at_measured = planner.model_lambda_star(measured.replicas, measured.max_num_seqs)
+        return planner
 
-        def factor(bound: float, metrics: frozenset[str]) -> float:
-            if not 0 < bound < math.inf:
-                return 1.0
-            if failed & metrics or bound < lam.per_replica_rps:
-                return lam.per_replica_rps / bound
-            return 1.0
+    @staticmethod
+    def _limits(measured: Measured, replicas: int, max_num_seqs: int) -> SchedulerLimits:
+        mor = measured.max_ongoing_requests
+        if mor is not None:  # the cap keeps its ratio to the batch (corral sets it from max_num_seqs)
+            mor = max(1, round(mor * max_num_seqs / measured.max_num_seqs))
+        return SchedulerLimits(max_num_seqs, measured.max_num_batched_tokens, replicas, mor)
 
-        return cls(measured, clauses, points, model, lam,
-                   calibration_latency=factor(model.lambda_latency_bound(clauses), LATENCY_METRICS),
-                   calibration_queue=factor(model.lambda_queue_bound(measured.max_num_seqs, clauses), QUEUE_METRICS))
+    def _residual(self, stage: _Stage, limits: SchedulerLimits) -> StageReplay:
+        model = _records(replay(stage.arrivals, self.engine, limits), stage.measured, stage.name)
+        real = [r for r, m in zip(stage.records, stage.measured) if m]
+        sim = [r for r in model if r.phase == "measure"]
 
-    def model_lambda_star(self, max_num_seqs: int) -> float:
-        """The calibrated model's λ* per replica at a max_num_seqs: the smaller calibrated bound."""
-        return min(self.calibration_latency * self.model.lambda_latency_bound(self.clauses),
-                   self.calibration_queue * self.model.lambda_queue_bound(max_num_seqs, self.clauses))
+        def att(recs: list[RequestRecord]) -> dict[str, float | None]:
+            return {c.key: c.attainment(recs) for c in self.clauses}
 
-    def predict(self, replicas: int | None = None, max_num_seqs: int | None = None) -> Prediction:
+        def p50(recs: list[RequestRecord]) -> float | None:
+            return percentile([r.ttft_s for r in recs if r.ok and r.ttft_s is not None], 50)
+
+        def tpot(recs: list[RequestRecord]) -> float | None:
+            xs = [r.tpot_s for r in recs if r.ok and r.tpot_s is not None]
+            return sum(xs) / len(xs) if xs else None
+
+        return StageReplay(stage.name, stage.rate_rps, att(real), att(sim), p50(real), p50(sim), tpot(real), tpot(sim))
+
+    def model_lambda_star(self, replicas: int, max_num_seqs: int, prompt_factor: float = 1.0,
+                          output_factor: float = 1.0) -> float:
+        """The replay's λ* per replica: a ladder of rates from the measured stages' schedules
+        (their realised per-replica rates, then upward in the sweep's median step until two
+        rates in a row miss), judged by the SLO and fitted isotonic like a measured sweep."""
+        limits = self._limits(self.measured, replicas, max_num_seqs)
+        per_rates = [s.rate_rps / self.measured.replicas for s in self.stages]
+        steps = [b - a for a, b in zip(per_rates, per_rates[1:]) if b > a]
+        step = percentile(steps, 50) if steps else per_rates[0] / 4
+        step = max(step or 0.0, per_rates[-1] * 0.02)
+        points: list[StagePoint] = []
+
+        def run(per: float) -> StagePoint | None:
+            stage = min(self.stages, key=lambda s: abs(s.rate_rps / self.measured.replicas - per))
+            factor = stage.rate_rps / (per * replicas)
+            arrivals = rescale(stage.arrivals, factor, prompt_factor, output_factor)
+            recs = _records(replay(arrivals, self.engine, limits), stage.measured, f"rate={per:.4g}")
+            pts = stage_points([(f"rate={per:.4g}", None, stage.duration_s * factor, recs)], self.clauses, replicas)
+            return pts[0] if pts else None
+
+        rates = list(per_rates)
+        while rates[0] > 1e-3:
+            p = run(rates[0])
+            if p is None or p.met:
+                if p is not None:
+                    points.append(p)
+                break
+            rates[0] /= 2  # the lowest measured rate already misses here: look lower
+            points = []
+        for per in rates[1:]:
+            p = run(per)
+            if p is not None:
+                points.append(p)
+        misses, per = 0, rates[-1]
+        for _ in range(200):
+            if misses >= 2:
+                break
+            per += step
+            p = run(per)
+            if p is None:
+                break
+            points.append(p)
+            misses = 0 if p.met else misses + 1
+        points.sort(key=lambda q: q.rate_rps)
+        try:
+            return measured_lambda_star(points).per_replica_rps
+        except ValueError:
+            return 0.0
+
+    def check_extrapolation(self, max_num_seqs: int, prompt_tokens: float | None = None,
+                            output_tokens: float | None = None) -> None:
+        """Raise `ExtrapolationError` beyond `EXTRAPOLATION_FACTOR` of the measurement."""
+        m, f = self.measured, EXTRAPOLATION_FACTOR
+        if max_num_seqs > f * m.max_num_seqs:
+            raise ExtrapolationError("max_num_seqs", f"max_num_seqs={max_num_seqs} is more than {f:g}x the measured "
+                                     f"{m.max_num_seqs}: the step model has seen no batch that large; measure it")
+        measured_in = [r.input_tokens or 0 for s in self.stages for r in s.records if r.ok]
+        measured_out = [r.output_tokens or 0 for s in self.stages for r in s.records if r.ok]
+        for name, value, seen in (("prompt_tokens", prompt_tokens, measured_in), ("output_tokens", output_tokens, measured_out)):
+            top = max(seen, default=0)
+            if value is not None and value > f * top:
+                raise ExtrapolationError(name, f"{name}={value:g} is more than {f:g}x the longest measured ({top}): "
+                                         "the step model has seen no prompt or context that long; measure it")
+
+    def predict(self, replicas: int | None = None, max_num_seqs: int | None = None,
+                prompt_tokens: float | None = None, output_tokens: float | None = None) -> Prediction:
+        """λ* at another configuration (replicas, max_num_seqs, mean prompt/output length), by replay
+        (class docstring). Raises `ExtrapolationError` beyond `EXTRAPOLATION_FACTOR`."""
         m = self.measured
         r = replicas or m.replicas
         seqs = max_num_seqs or m.max_num_seqs
+        if r < 1 or seqs < 1:
+            raise ValueError(f"replicas ({r}) and max_num_seqs ({seqs}) must be >= 1")
+        self.check_extrapolation(seqs, prompt_tokens, output_tokens)
         warnings = []
         if not self.lam.bracketed:
             warnings.append(f"every measured stage met the SLO (up to {self.points[-1].rate_rps:g} rps): "
                             "λ* is a lower bound; sweep to higher rates")
-        if seqs == m.max_num_seqs:
+        pf = prompt_tokens / self.input_tokens if prompt_tokens and self.input_tokens > 0 else 1.0
+        of = output_tokens / self.output_tokens if output_tokens and self.output_tokens > 0 else 1.0
+        same = (r, seqs, pf, of) == (m.replicas, m.max_num_seqs, 1.0, 1.0)
+        model_here = self.model_lambda_at_measured if same else self.model_lambda_star(r, seqs, pf, of)
+        if same:
             per = self.lam.per_replica_rps
+        elif self.model_lambda_at_measured > 0:
+            per = self.lam.per_replica_rps * model_here / self.model_lambda_at_measured
+            if seqs > m.max_num_seqs or pf > 1 or of > 1:
+                warnings.append(f"max_num_seqs={seqs}, lengths x{pf:.2g}/x{of:.2g}: beyond the measured configuration "
+                                "(predicted by replay, not measured)")
         else:
-            model_lam = self.model_lambda_star(seqs)
-            per = model_lam if math.isfinite(model_lam) else self.lam.per_replica_rps
-            lo, hi = self.model.batch_range
-            if seqs > m.max_num_seqs:
-                warnings.append(f"max_num_seqs={seqs} is above the measured {m.max_num_seqs}: "
-                                "predicted from the fitted model, not measured")
-            if not lo <= seqs <= max(hi, m.max_num_seqs):
-                warnings.append(f"extrapolating the iteration-time fit to batch {seqs}: measured mean batches "
-                                f"{lo:.1f}..{hi:.1f}")
-        if r > m.replicas:
-            warnings.append(f"{r} replicas: assumes λ* scales linearly with replicas (measured with {m.replicas})")
-        return Prediction(r, seqs, per * r, per, warnings)
+            per = 0.0
+            warnings.append("the model does not meet the SLO at any rate at the measured configuration: "
+                            "no prediction; see the residual check")
+        if r != m.replicas:
+            warnings.append(f"{r} replicas: predicted by replay through Serve's router (measured with {m.replicas})")
+        return Prediction(r, seqs, per * r, per, warnings, model_here * r)
+
+    def mean_in_flight(self, per_replica_rps: float, max_num_seqs: int) -> float:
+        """Mean requests in flight per replica at a rate (Little's law on the replay's e2e)."""
+        stage = min(self.stages, key=lambda s: abs(s.rate_rps / self.measured.replicas - per_replica_rps))
+        factor = stage.rate_rps / self.measured.replicas / per_replica_rps
+        timings = replay(rescale(stage.arrivals, factor), self.engine, self._limits(self.measured, 1, max_num_seqs))
+        e2e = [t.e2e_s for t in timings]
+        return per_replica_rps * sum(e2e) / len(e2e) if e2e else 1.0
+
+    def describe(self) -> dict[str, Any]:
+        """The fitted model and its residual check, for reports."""
+        return {"engine_model": self.engine.as_dict(), "fitted_from": self.fit_source,
+                "step_fit": {"records": self.step_fit.records, "rms_residual_s": self.step_fit.rms_residual_s,
+                             "mean_step_s": self.step_fit.mean_step_s,
+                             "decode_seqs_max": self.step_fit.decode_seqs_max,
+                             "prefill_tokens_max": self.step_fit.prefill_tokens_max},
+                "model_lambda_star_per_replica_rps": self.model_lambda_at_measured,
+                "measured_lambda_star_per_replica_rps": self.lam.per_replica_rps,
+                "input_tokens_mean": self.input_tokens, "output_tokens_mean": self.output_tokens,
+                "residuals": [asdict(r) for r in self.residuals]}
+
+    def latency_curve(self, max_batch: int, name: str = "measured", source: str = "") -> dict[str, Any]:
+        """The fitted model as a curve file for the autoscaler simulator's `--curve`: the engine
+        model's coefficients (`engine_model`, what the simulator uses) and, for reading, the
+        decode step time at each batch with the measured mean context."""
+        batches = sorted({1, 2, *(2 ** k for k in range(2, 12) if 2 ** k < max_batch), max(2, max_batch)})
+        ctx = self.input_tokens + self.output_tokens / 2
+        step = self.engine.step
+        return {
+            "name": name,
+            "source": source or "fitted by corral plan capacity from a load-test sweep (corral.common.engine_model)",
+            "engine_model": self.engine.as_dict(),
+            "context_tokens": round(ctx, 3),
+            "batch": batches,
+            "itl_s": [round(step.step_s(b, 0, round(b * ctx)), 6) for b in batches],
+            "prefill_s_per_token": round(step.per_prefill_token_s + step.per_kv_token_s, 9),
+            "prefill_base_s": round(step.base_s, 6),
+            "measured_batch_range": [1, self.step_fit.decode_seqs_max],
+        }
 
 
 @dataclass
@@ -459,22 +544,27 @@ class CapacityPlan:
 def plan_capacity(planner: Planner, target_rps: float, gpu_hourly_usd: float | None = None,
                   utilization: float = 0.85, max_num_seqs: int | None = None, min_rps: float = 0.0,
                   slo_text: str = "") -> CapacityPlan:
-    """Size the arm for target_rps, running each replica at `utilization` of its λ*."""
+    """Size the arm for target_rps, running each replica at `utilization` of its λ*. Without
+    `max_num_seqs`, the one (of powers of two and the measured one, up to `EXTRAPOLATION_FACTOR`
+    times it) with the highest predicted λ* per replica, the smallest among equals."""
     if target_rps <= 0:
         raise ValueError(f"target_rps={target_rps} must be > 0")
     if not 0 < utilization <= 1:
         raise ValueError(f"utilization={utilization} must be in (0, 1]")
     if gpu_hourly_usd is not None and gpu_hourly_usd < 0:
         raise ValueError(f"gpu_hourly_usd={gpu_hourly_usd} must be >= 0")
-    m, model = planner.measured, planner.model
+    m = planner.measured
     warnings: list[str] = []
     if max_num_seqs is None:
-        # The largest batch that keeps ITL/TPOT within the SLO: beyond it requests should queue
-        # (TTFT) rather than slow every running sequence. Never below the batch the plan needs.
-        cap = model.max_batch_for_latency(planner.clauses)
-        max_num_seqs = m.max_num_seqs if math.isinf(cap) else max(1, min(1024, int(cap)))
-    pred = planner.predict(replicas=1, max_num_seqs=max_num_seqs)
-    warnings += pred.warnings
+        top = int(EXTRAPOLATION_FACTOR * m.max_num_seqs)
+        candidates = sorted({m.max_num_seqs, *(2 ** k for k in range(11) if 2 ** k <= top)})
+        preds = {c: planner.predict(replicas=1, max_num_seqs=c) for c in candidates}
+        best = max(p.lambda_star_per_replica_rps for p in preds.values())
+        max_num_seqs = min(c for c, p in preds.items() if p.lambda_star_per_replica_rps >= best * (1 - 1e-9))
+        pred = preds[max_num_seqs]
+    else:
+        pred = planner.predict(replicas=1, max_num_seqs=max_num_seqs)
+    warnings += [w for w in pred.warnings if "replicas" not in w]
     per = pred.lambda_star_per_replica_rps
     if per <= 0:
         raise ValueError(f"predicted λ* per replica is {per:g} rps at max_num_seqs={max_num_seqs}: "
@@ -482,18 +572,16 @@ def plan_capacity(planner: Planner, target_rps: float, gpu_hourly_usd: float | N
     replicas = max(1, math.ceil(target_rps / (per * utilization) - 1e-9))
     if replicas > m.replicas:
         warnings.append(f"{replicas} replicas: assumes λ* scales linearly with replicas (measured with {m.replicas})")
-    top = planner.points[-1].rate_rps
-    if target_rps / replicas > top / m.replicas:
+    top_rate = planner.points[-1].rate_rps
+    if target_rps / replicas > top_rate / m.replicas:
         warnings.append(f"per-replica operating rate {target_rps / replicas:.3g} rps is above the highest measured "
-                        f"{top / m.replicas:.3g} rps")
+                        f"{top_rate / m.replicas:.3g} rps")
     op_rate = target_rps / replicas
-    in_flight = model.batch_at(op_rate)
-    if not math.isfinite(in_flight):
-        in_flight = float(max_num_seqs)
+    in_flight = planner.mean_in_flight(op_rate, max_num_seqs)
     target_ongoing = round(max(1.0, min(in_flight, max_num_seqs)), 1)
     gpus = replicas * m.devices_per_replica
     usd_h = None if gpu_hourly_usd is None else gpus * gpu_hourly_usd
-    out_per_h = target_rps * model.output_tokens * 3600
+    out_per_h = target_rps * planner.output_tokens * 3600
     usd_m = None if usd_h is None or out_per_h <= 0 else usd_h / out_per_h * 1e6
     min_replicas = max(1, math.ceil(min_rps / (per * utilization) - 1e-9)) if min_rps > 0 else 1
     return CapacityPlan(
@@ -501,6 +589,5 @@ def plan_capacity(planner: Planner, target_rps: float, gpu_hourly_usd: float | N
         gpu_hourly_usd=gpu_hourly_usd, usd_per_hour=usd_h, usd_per_million_output_tokens=usd_m,
         max_num_seqs=max_num_seqs, target_ongoing_requests=target_ongoing, min_replicas=min(min_replicas, replicas),
         lambda_star_per_replica_rps=per, measured_lambda_star_per_replica_rps=planner.lam.per_replica_rps,
-        measured=asdict(m), model={**asdict(model), "calibration": {"latency": planner.calibration_latency,
-                                                                   "queue": planner.calibration_queue}}, warnings=warnings,
+        measured=asdict(m), model=planner.describe(), warnings=warnings,
     )

@@ -6,11 +6,14 @@ the capacity planner without GPUs. Each arm is simulated in one of two modes:
 * `fixed`: every request is independent; the first token is sent `ttft_s` after the request
   arrives and each further token `itl_s` after the previous one (deadlines, so no drift).
   These are the *known timings* the metric-correctness tests compare against.
-* `batched`: a continuous-batching engine per replica, like vLLM's scheduler: at most
-  `max_num_seqs` sequences run; each iteration takes
-  `step_base_s + step_per_seq_s * running + prefill_per_token_s * (prompt tokens admitted)`
-  and gives every running sequence one token. Requests beyond `max_num_seqs` queue. Replicas are
-  chosen least-loaded first. Latency therefore grows with load the way a real replica's does.
+* `batched`: a continuous-batching engine per replica, the one engine model
+  (`corral.common.engine_model.Engine`, shared with the capacity planner and the autoscaler
+  simulator): vLLM's scheduler (at most `max_num_seqs` running, `max_num_batched_tokens` per
+  step shared by decodes and prefill chunks, first come first served) with the step time
+  `step_base_s + step_per_seq_s * decoding sequences + prefill_per_token_s * prompt tokens in
+  the step + step_per_kv_token_s * context tokens`. The loop sleeps each step's modelled time,
+  then hands out its tokens. Replicas are chosen least-loaded first. Latency therefore grows
+  with load the way a real replica's does.
 
 Token counting: a prompt's tokens are its whitespace-separated words (plus `prompt_overhead`).
 Output length: `max_tokens` when `ignore_eos` or `min_tokens` forces it, else
@@ -33,9 +36,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
+
+from corral.common.engine_model import DEFAULT_MAX_NUM_BATCHED_TOKENS, Engine, StepModel
 
 
 @dataclass
@@ -50,13 +54,17 @@ class ArmConfig:
     itl_s: float = 0.01
     """fixed: time between tokens."""
     step_base_s: float = 0.010
-    """batched: fixed cost of one engine iteration."""
+    """batched: fixed cost of one engine iteration, seconds (`StepModel.base_s`)."""
     step_per_seq_s: float = 0.001
-    """batched: extra iteration cost per running sequence."""
+    """batched: extra iteration cost per decoding sequence, seconds (`StepModel.per_decode_seq_s`)."""
     prefill_per_token_s: float = 0.00002
-    """batched: extra iteration cost per prompt token admitted in that iteration."""
+    """batched: extra iteration cost per prompt token computed in it, seconds (`StepModel.per_prefill_token_s`)."""
+    step_per_kv_token_s: float = 0.0
+    """batched: extra iteration cost per context token attended to, seconds (`StepModel.per_kv_token_s`)."""
     max_num_seqs: int = 16
     """batched: largest running batch per replica."""
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    """batched: tokens per step (decodes first, then prefill chunks), vLLM's budget."""
     replicas: int = 1
     """batched: independent engines behind the arm."""
     natural_output_tokens: int = 32
@@ -67,10 +75,10 @@ class ArmConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("fixed", "batched"):
             raise ValueError(f"arm {self.name!r}: mode={self.mode!r} is not 'fixed' or 'batched'")
-        for key in ("ttft_s", "itl_s", "step_base_s", "step_per_seq_s", "prefill_per_token_s"):
+        for key in ("ttft_s", "itl_s", "step_base_s", "step_per_seq_s", "prefill_per_token_s", "step_per_kv_token_s"):
             if getattr(self, key) < 0:
                 raise ValueError(f"arm {self.name!r}: {key}={getattr(self, key)} is negative")
-        for key in ("max_num_seqs", "replicas", "natural_output_tokens"):
+        for key in ("max_num_seqs", "max_num_batched_tokens", "replicas", "natural_output_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"arm {self.name!r}: {key}={getattr(self, key)} must be >= 1")
 
@@ -98,51 +106,44 @@ class MockConfig:
         return cls(arms=arms, routes=routes)
 
 
-class _Seq:
-    """A request inside a batched engine: receives one token per iteration."""
-
-    def __init__(self, input_tokens: int, output_tokens: int):
-        self.input_tokens = input_tokens
-        self.remaining = output_tokens
-        self.tokens: asyncio.Queue[bool] = asyncio.Queue()
-
-
 class _Engine:
-    """One replica's continuous-batching loop."""
+    """One replica: the shared engine model's scheduler, stepped in (asyncio) real time."""
 
     def __init__(self, arm: ArmConfig):
-        self.arm = arm
-        self.waiting: deque[_Seq] = deque()
-        self.running: list[_Seq] = []
+        step = StepModel(arm.step_base_s, arm.step_per_seq_s, arm.prefill_per_token_s, arm.step_per_kv_token_s)
+        self.engine = Engine(step, arm.max_num_seqs, arm.max_num_batched_tokens)
+        self._streams: dict[int, asyncio.Queue[bool]] = {}
+        self._keys = itertools.count()
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     @property
     def load(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return self.engine.ongoing
 
-    def submit(self, seq: _Seq) -> None:
-        self.waiting.append(seq)
+    def submit(self, input_tokens: int, output_tokens: int) -> asyncio.Queue[bool]:
+        """Queue a request; its queue gets one item per token (True with the last)."""
+        key = next(self._keys)
+        stream: asyncio.Queue[bool] = asyncio.Queue()
+        self._streams[key] = stream
+        self.engine.submit(key, input_tokens, output_tokens)
         self._wake.set()
+        return stream
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        a = self.arm
         while True:
-            if not self.waiting and not self.running:
+            step = self.engine.schedule()
+            if step is None:
                 self._wake.clear()
                 await self._wake.wait()
-            admitted = 0
-            while self.waiting and len(self.running) < a.max_num_seqs:
-                seq = self.waiting.popleft()
-                self.running.append(seq)
-                admitted += seq.input_tokens
-            step = a.step_base_s + a.step_per_seq_s * len(self.running) + a.prefill_per_token_s * admitted
-            await _sleep_until(loop, loop.time() + step)
-            for seq in self.running:
-                seq.remaining -= 1
-                seq.tokens.put_nowait(seq.remaining <= 0)
-            self.running = [s for s in self.running if s.remaining > 0]
+                continue
+            await _sleep_until(loop, loop.time() + step.duration_s)
+            done = {s.key for s in self.engine.finish(loop.time())}
+            for key in self.engine.last_tokens:
+                self._streams[key].put_nowait(key in done)
+            for key in done:
+                del self._streams[key]
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
@@ -204,10 +205,9 @@ class MockServer:
                 await _sleep_until(loop, t0 + arm.ttft_s + i * arm.itl_s)
                 yield i
             return
-        seq = _Seq(input_tokens, output_tokens)
-        self._engine(arm).submit(seq)
+        stream = self._engine(arm).submit(input_tokens, output_tokens)
         for i in range(output_tokens):
-            await seq.tokens.get()
+            await stream.get()
             yield i
 
     # ---------------------------------------------------------------------- HTTP handling

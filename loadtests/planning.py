@@ -11,9 +11,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from corral.loadtests.capacity import Measured, Planner, stage_points
+from corral.common.engine_model import IterationRecord, iteration_record
+from corral.loadtests.capacity import Measured, Planner
 from corral.loadtests.report import read_records
 from corral.loadtests.slo import parse_slo
+
+ITERATIONS_FILE = "engine-iterations.jsonl"
+"""Per-iteration engine records beside requests.jsonl, when the load test collected them: one
+JSON object per line with vLLM's `SchedulerIterationDetails` fields (see `serving/llm_server.py`,
+`IterationLog`). The planner fits its step model from them instead of client timings."""
+
+
+def read_iterations(path: Path) -> list[IterationRecord] | None:
+    """The records of an engine-iterations file (None when there is none)."""
+    if not path.exists():
+        return None
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise PlanningInputError("results", f"cannot read {path} ({exc})") from None
+    records = [r for r in (iteration_record(row) for row in rows) if r is not None]
+    return records or None
 
 
 class PlanningInputError(ValueError):
@@ -61,9 +79,9 @@ def load_planner(results: str | Path, slo: str, arm: str | None = None, replicas
         recs = [r for r in records if r.stage == s["name"] and (not multi or r.arm == arm)]
         rate = s.get("offered_rate_rps")
         stages.append((s["name"], None if rate is None else rate * weight, s["duration_s"], recs))
-    points = stage_points(stages, clauses, replicas)
-    measured = Measured(arm, replicas, max_num_seqs, devices_per_replica or info.get("devices_per_replica", 1))
+    measured = Measured(arm, replicas, max_num_seqs, devices_per_replica or info.get("devices_per_replica", 1),
+                        **{k: info[k] for k in ("max_num_batched_tokens", "max_ongoing_requests") if info.get(k)})
     try:
-        return Planner.fit(measured, clauses, points), summary
+        return Planner.fit(measured, clauses, stages, read_iterations(d / ITERATIONS_FILE)), summary
     except ValueError as exc:
         raise PlanningInputError("results", str(exc)) from None

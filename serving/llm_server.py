@@ -20,10 +20,13 @@ not import the autoscaler layer).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
 import time
 from collections import deque
-from typing import Any
+from typing import IO, Any
 
 from ray.serve.llm import LLMServer
 
@@ -97,7 +100,46 @@ class EngineSignals:
         return out
 
 
-def attach_signals(engine: Any, signals: EngineSignals) -> bool:
+ITERATIONS_ENV = "CORRAL_ENGINE_ITERATIONS_FILE"
+"""When set in a replica's environment, its engine's per-iteration records are appended to this
+file (JSON lines; `IterationLog`). vLLM fills them only with the engine argument
+`enable_logging_iteration_details` (fleet spec: `engine.extra`)."""
+
+
+class IterationLog:
+    """A vLLM stat logger that appends each engine iteration's `SchedulerIterationDetails`
+    (`vllm/v1/metrics/stats.py`: ctx/generation requests and tokens, `elapsed_ms`; attached to
+    `SchedulerStats.iteration_details` by `EngineCore.capture_iteration_details`) to a JSON-lines
+    file, with the wall time and the engine index: the records `corral plan capacity` fits its
+    step model from (`corral.common.engine_model.iteration_record`)."""
+
+    def __init__(self, out: IO[str], clock=time.time):
+        self._out, self._clock = out, clock
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+               engine_idx: int = 0) -> None:
+        details = getattr(scheduler_stats, "iteration_details", None)
+        if details is None:
+            return
+        row = {f.name: getattr(details, f.name) for f in dataclasses.fields(details)} \
+            if dataclasses.is_dataclass(details) else dict(vars(details))
+        row.update(t_unix=self._clock(), engine_idx=engine_idx)
+        self._out.write(json.dumps(row) + "\n")
+
+    def log(self) -> None:
+        self._out.flush()
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def record_sleep_state(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record_admission_rejection(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def attach_signals(engine: Any, signals: EngineSignals | IterationLog) -> bool:
     """Add `signals` to a started Ray Serve LLM vLLM engine's stat loggers. False (and a log
     line) when the engine keeps no stats, e.g. `disable_log_stats` or another engine class."""
     client = getattr(engine, "_engine_client", None)
@@ -133,6 +175,10 @@ class CorralLLMServer(LLMServer):
         await super().start()
         self._corral_signals = EngineSignals()
         attach_signals(self.engine, self._corral_signals)
+        path = os.environ.get(ITERATIONS_ENV)
+        if path:
+            self._corral_iterations = open(path, "a", buffering=1)  # line-buffered: a record per line
+            attach_signals(self.engine, IterationLog(self._corral_iterations))
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve calls this every `metrics_interval_s`; values reach the autoscaling policy."""

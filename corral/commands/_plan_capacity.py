@@ -39,6 +39,10 @@ def register(plan_sub: argparse._SubParsersAction) -> None:
                    help="deploy this max_num_seqs instead of the recommended one")
     p.add_argument("--predict-replicas", type=int, default=None, help="also predict λ* with this many replicas")
     p.add_argument("--predict-max-num-seqs", type=int, default=None, help="also predict λ* with this max_num_seqs")
+    p.add_argument("--predict-prompt-tokens", type=float, default=None,
+                   help="also predict λ* with this mean prompt length (the measured prompts scaled)")
+    p.add_argument("--predict-output-tokens", type=float, default=None,
+                   help="also predict λ* with this mean output length (the measured outputs scaled)")
     add_fleet_arg(p, help="fleet spec the overlay is merged into by arm name and checked against "
                           "(optional: without it the overlay is not checked)")
     p.add_argument("--write", action="store_true",
@@ -69,17 +73,51 @@ def load_planner(results: str, slo: str, arm: str | None = None, replicas: int |
         raise CliError(f"{where}: {exc}", EXIT_BAD_INPUT) from None
 
 
+def model_lines(planner: Any) -> list[str]:
+    """The fitted engine model and its residual check (model vs measured on the measured stages)."""
+    e, f = planner.engine, planner.step_fit
+    lines = [f"engine model ({planner.fit_source}): step = {e.step.base_s * 1e3:.3f} ms "
+             f"+ {e.step.per_decode_seq_s * 1e3:.3f} ms/decode seq + {e.step.per_prefill_token_s * 1e6:.2f} µs/prefill token "
+             f"+ {e.step.per_kv_token_s * 1e6:.3f} µs/context token; host overhead {e.host_overhead_s * 1e3:.1f} ms/request; "
+             f"fit rms {f.rms_residual_s * 1e3:.2f} ms on a mean step of {f.mean_step_s * 1e3:.2f} ms",
+             f"residual check at the measured configuration: λ* per replica model {planner.model_lambda_at_measured:.3g} "
+             f"vs measured {planner.lam.per_replica_rps:.3g} rps",
+             "  stage            rps   " + "  ".join(f"{c.key:>17}" for c in planner.clauses)
+             + "   ttft p50 meas/model   tpot mean meas/model"]
+    for r in planner.residuals:
+        att = "  ".join(f"{_pct(r.measured_attainment[c.key]):>8}/{_pct(r.model_attainment[c.key]):<8}" for c in planner.clauses)
+        lines.append(f"  {r.name:<14} {r.rate_rps:6.3g}   {att}   {_s(r.measured_ttft_p50_s):>8}/{_s(r.model_ttft_p50_s):<8}"
+                     f"     {_s(r.measured_tpot_mean_s):>8}/{_s(r.model_tpot_mean_s):<8}")
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}s"
+
+
 def cmd_capacity(args: argparse.Namespace) -> int:
     import yaml
 
-    from corral.loadtests.capacity import plan_capacity
+    from corral.loadtests.capacity import ExtrapolationError, plan_capacity
 
     planner, summary = load_planner(args.results, args.slo, args.arm, args.replicas, args.max_num_seqs,
                                     args.devices_per_replica)
     price = args.gpu_price if args.gpu_price is not None else (summary.get("deployment") or {}).get("gpu_hourly_usd")
+    predictions = []
     try:
         plan = plan_capacity(planner, args.target_rps, gpu_hourly_usd=price, utilization=args.utilization,
                              max_num_seqs=args.plan_max_num_seqs, min_rps=args.min_rps, slo_text=args.slo)
+        if args.predict_replicas or args.predict_max_num_seqs or args.predict_prompt_tokens or args.predict_output_tokens:
+            predictions.append(planner.predict(args.predict_replicas, args.predict_max_num_seqs,
+                                               args.predict_prompt_tokens, args.predict_output_tokens))
+    except ExtrapolationError as exc:
+        flag = {"max_num_seqs": "--predict-max-num-seqs" if args.predict_max_num_seqs else "--plan-max-num-seqs",
+                "prompt_tokens": "--predict-prompt-tokens", "output_tokens": "--predict-output-tokens"}[exc.field]
+        raise CliError(f"{flag}: refused to extrapolate: {exc}", EXIT_BAD_INPUT) from None
     except ValueError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     overlay = plan.overlay()
@@ -111,17 +149,12 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     out.write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     (out.parent / "capacity-plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     # The fitted per-replica curve, in the format benchmarks/autoscaler_sim.py --curve reads.
-    curve = planner.model.latency_curve(max(plan.max_num_seqs, planner.measured.max_num_seqs),
+    curve = planner.latency_curve(max(plan.max_num_seqs, planner.measured.max_num_seqs),
                                         name=f"{plan.arm}-measured",
                                         source=f"corral plan capacity --results {args.results} (arm {plan.arm})")
     curve_path = out.parent / "latency-curve.json"
     curve_path.write_text(json.dumps(curve, indent=2) + "\n")
-    predictions = []
-    if args.predict_replicas or args.predict_max_num_seqs:
-        pred = planner.predict(args.predict_replicas, args.predict_max_num_seqs)
-        predictions.append(pred)
-    costs = cost_comparison(args, plan.gpus, args.target_rps, planner.model.input_tokens,
-                            planner.model.output_tokens, price)
+    costs = cost_comparison(args, plan.gpus, args.target_rps, planner.input_tokens, planner.output_tokens, price)
     if args.json:
         print(json.dumps({"plan": plan.to_dict(), "overlay": overlay,
                           "predictions": [p.__dict__ for p in predictions],
@@ -135,7 +168,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         print(f"  max_num_seqs {plan.max_num_seqs}, autoscaling target_ongoing_requests {plan.target_ongoing_requests}, "
               f"replicas min {plan.min_replicas} max {plan.replicas}")
         for p in predictions:
-            print(f"  predicted λ* with {p.replicas} replica(s), max_num_seqs={p.max_num_seqs}: {p.lambda_star_rps:.3g} rps")
+            print(f"  predicted λ* with {p.replicas} replica(s), max_num_seqs={p.max_num_seqs}: {p.lambda_star_rps:.3g} rps"
+                  f" (replay alone: {p.model_lambda_star_rps:.3g})")
+        for line in model_lines(planner):
+            print(line)
         for w in plan.warnings + [w for p in predictions for w in p.warnings if w not in plan.warnings]:
             print(f"  warning: {w}", file=sys.stderr)
         from corral.cluster.cost import render_lines

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from corral.common.engine_model import EngineModel, SchedulerLimits, StepModel, poisson_schedule, replay
 from corral.loadtests.capacity import (
+    ExtrapolationError,
     Measured,
     Planner,
     StagePoint,
-    erlang_c,
     measured_lambda_star,
     monotone_attainment,
     plan_capacity,
@@ -22,143 +23,124 @@ from corral.loadtests.metrics import RequestRecord
 from corral.loadtests.report import summarize, write_results
 from corral.loadtests.slo import parse_slo
 
-# Known engine: t_iter(B) = A + B_PER_SEQ * B, TTFT0 at light load, OUT tokens per answer.
-A, B_PER_SEQ, TTFT0, OUT = 0.010, 0.002, 0.05, 32
-SLO = "ttft_p95=1.0,itl_p95=0.03"
-RATES = [2, 4, 6, 8, 10, 12]
-DURATION_S = 10.0
+# Known engine (corral.common.engine_model): 10 ms per step + 2 ms per decoding sequence +
+# 0.1 ms per prompt token, 20 ms of host overhead per request; 64-token prompts, 32 tokens out.
+# With the ITL bound at 30.5 ms a step holds about 10 decoding sequences, fewer when a prefill
+# joins it (6.4 ms per prompt): the ITL p95 gives out near 6 rps.
+A, B_PER_SEQ, PF, HOST, OUT, PROMPT = 0.010, 0.002, 0.0001, 0.020, 32, 64
+ENGINE = EngineModel(StepModel(A, B_PER_SEQ, PF), HOST)
+SLO = "ttft_p95=1.0,itl_p95=0.0305"  # 30.5 ms: no step time of this engine lands exactly on it
+RATES = [2, 4, 6, 8, 10, 12, 14]
+DURATION_S = 20.0
+MAX_NUM_SEQS = 32
 
 
-def batch(rate):
-    n = OUT - 1
-    return rate * (TTFT0 + n * A) / (1 - rate * n * B_PER_SEQ)
-
-
-def stage_records(rate, name, n=None):
-    """A stage at `rate`: rate x DURATION_S measured requests unless `n` says otherwise."""
+def stage_records(rate, name, n=None, seed=None):
+    """A stage at `rate` (n measured requests, default rate x DURATION_S) served by the known
+    engine: its Poisson arrivals replayed through the model, as the load test would record them."""
     n = round(rate * DURATION_S) if n is None else n
-    t = A + B_PER_SEQ * batch(rate)
-    return [RequestRecord(i, stage=name, ttft_s=TTFT0, itl_s=[t] * (OUT - 1), e2e_s=TTFT0 + (OUT - 1) * t,
-                          tpot_s=t, input_tokens=64, output_tokens=OUT, arm="arm-a") for i in range(n)]
+    sched = poisson_schedule(rate, DURATION_S, PROMPT, OUT, seed=int(rate * 10) if seed is None else seed, count=n)
+    timings = replay(sched, ENGINE, SchedulerLimits(MAX_NUM_SEQS))
+    return [RequestRecord(i, stage=name, sent_s=t.arrival_s, ttft_s=t.ttft_s, itl_s=t.itl_s, e2e_s=t.e2e_s,
+                          tpot_s=t.tpot_s, input_tokens=PROMPT, output_tokens=OUT, arm="arm-a")
+            for i, t in enumerate(timings)]
 
 
 def make_stages():
     return [(f"rate={r}", float(r), DURATION_S, stage_records(r, f"rate={r}")) for r in RATES]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stages():
     return make_stages()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def planner(stages):
-    clauses = parse_slo(SLO)
-    return Planner.fit(Measured("arm-a", 1, 32), clauses, stage_points(stages, clauses, replicas=1))
+    return Planner.fit(Measured("arm-a", 1, MAX_NUM_SEQS), parse_slo(SLO), stages)
 
 
 def test_fit_recovers_the_engine(planner):
-    m = planner.model
-    assert m.iter_base_s == pytest.approx(A, rel=0.01)
-    assert m.iter_per_seq_s == pytest.approx(B_PER_SEQ, rel=0.01)
-    assert m.ttft0_s == TTFT0 and m.output_tokens == OUT
-    # The ITL bound: A + B*batch = 0.03 at batch 10.
-    assert m.max_batch_for_latency(planner.clauses) == pytest.approx(10, rel=0.01)
+    """Iterations reconstructed from the client timings give back the engine's coefficients and
+    its host overhead (the replay's own output: exact timings, so the fit is exact too)."""
+    step = planner.engine.step
+    assert step.base_s == pytest.approx(A, rel=0.02)
+    assert step.per_decode_seq_s == pytest.approx(B_PER_SEQ, rel=0.02)
+    assert step.per_prefill_token_s == pytest.approx(PF, rel=0.05)
+    assert planner.engine.host_overhead_s == pytest.approx(HOST, abs=0.002)
+    assert "reconstructed from client token timings" in planner.fit_source
+    assert planner.output_tokens == OUT and planner.input_tokens == PROMPT
 
 
-def test_measured_lambda_star_is_bracketed(planner):
-    assert planner.lam.bracketed and planner.lam.last_met == "rate=10" and planner.lam.first_missed == "rate=12"
-    assert 10 <= planner.lam.per_replica_rps < 12
-    # The analytic λ at which the batch reaches 10: the ITL clause failed, its bound's calibration
-    # is close to 1; the TTFT clause never failed and its bound lies far above λ*: left as modelled.
-    assert planner.points[-1].missed_metrics == ("itl",)
-    assert planner.calibration_latency == pytest.approx(1.0, abs=0.05)
-    assert planner.calibration_queue == 1.0
+def test_residual_check_matches_the_measurement_it_was_fitted_on(planner):
+    assert planner.lam.bracketed and 4 <= planner.lam.per_replica_rps < 8
+    assert planner.lam.missed_metrics == ("itl",)  # what gave out first; TTFT follows at 12 rps
+    # Replaying each stage's own arrivals through the fitted model reproduces its attainment.
+    for r in planner.residuals:
+        for key, value in r.measured_attainment.items():
+            assert r.model_attainment[key] == pytest.approx(value, abs=0.02), (r.name, key)
+    # ... and the replay's λ* over its own rate ladder (the measured rates, the same arrivals)
+    # is the measured one.
+    assert planner.model_lambda_at_measured == pytest.approx(planner.lam.per_replica_rps, rel=0.02)
 
 
 def test_predictions(planner):
+    same = planner.predict()
+    assert same.lambda_star_rps == planner.lam.per_replica_rps and not same.warnings
     two = planner.predict(replicas=2)
-    assert two.lambda_star_rps == pytest.approx(2 * planner.lam.per_replica_rps)
-    assert any("linearly" in w for w in two.warnings)
-    small = planner.predict(max_num_seqs=4)
-    # 4 slots with service time S(4): capacity 4/S(4); the TTFT percentile caps the rate below it.
-    cap = 4 / (TTFT0 + (OUT - 1) * (A + 4 * B_PER_SEQ))
-    assert small.lambda_star_rps < cap < planner.lam.per_replica_rps
-    assert small.lambda_star_rps > 0.6 * cap
-    big = planner.predict(max_num_seqs=64)
-    assert any("above the measured" in w for w in big.warnings)
+    # Two replicas behind the router carry at least twice as much, and more: least-loaded
+    # routing evens out the batches, so the ITL tail (steps with many decodes) comes later.
+    assert 2.0 * planner.lam.per_replica_rps <= two.lambda_star_rps <= 3.0 * planner.lam.per_replica_rps
+    assert any("router" in w for w in two.warnings)
+    small = planner.predict(max_num_seqs=2)
+    # Two slots, each answer holding one for 32 steps of >= 14 ms: at most 2 / (32 x 14 ms) =
+    # 4.5 rps, and the wait for a slot breaks TTFT p95 = 1 s below that, below λ* at 32 slots.
+    assert small.lambda_star_rps < 0.9 * planner.lam.per_replica_rps
+    assert small.lambda_star_rps < 2 / (OUT * (A + 2 * B_PER_SEQ))
+    longer = planner.predict(output_tokens=48)
+    assert longer.lambda_star_rps < planner.lam.per_replica_rps
+    assert any("beyond the measured" in w for w in longer.warnings)
 
 
-def _fit_with_slow_stage(stages, slow):
-    """Stage rate=10 made to miss one clause: `slow` rewrites 10 % of its requests."""
-    stages = [(n, r, d, [slow(rec) if n == "rate=10" and rec.request_id % 10 == 0 else rec for rec in recs])
-              for n, r, d, recs in stages]
-    clauses = parse_slo(SLO)
-    return Planner.fit(Measured("arm-a", 1, 32), clauses, stage_points(stages, clauses, replicas=1)), clauses
-
-
-def test_latency_calibration_does_not_move_the_queue_bound(stages):
-    """ITL broke the SLO earlier than modelled: that bound is scaled down; a smaller max_num_seqs,
-    where the wait for a slot binds, is predicted from the unscaled queueing bound."""
-    def slow_tokens(rec):
-        rec.itl_s = [0.05] * len(rec.itl_s)
-        return rec
-
-    planner, clauses = _fit_with_slow_stage(stages, slow_tokens)
-    assert planner.lam.first_missed == "rate=10" and planner.lam.per_replica_rps < 10
-    assert planner.calibration_latency < 0.95 and planner.calibration_queue == 1.0
-    # Anchored: the calibrated model reproduces the measured λ* where it was measured.
-    assert planner.model_lambda_star(32) == pytest.approx(planner.lam.per_replica_rps)
-    small = planner.predict(max_num_seqs=4)
-    assert small.lambda_star_rps == pytest.approx(planner.model.lambda_queue_bound(4, clauses))
-
-
-def test_queue_calibration_does_not_move_the_latency_bound(stages):
-    """TTFT broke the SLO (a queue the model did not foresee): the queueing bound is scaled to the
-    measured λ*, the ITL bound keeps its modelled value."""
-    def slow_first_token(rec):
-        rec.ttft_s = 1.5
-        return rec
-
-    planner, clauses = _fit_with_slow_stage(stages, slow_first_token)
-    assert planner.points[[p.name for p in planner.points].index("rate=10")].missed_metrics == ("ttft",)
-    assert planner.calibration_latency == 1.0 and planner.calibration_queue < 1.0
-    assert planner.model_lambda_star(32) == pytest.approx(planner.lam.per_replica_rps)
-    assert planner.predict(max_num_seqs=4).lambda_star_rps == pytest.approx(
-        planner.calibration_queue * planner.model.lambda_queue_bound(4, clauses))
-
-
-def test_erlang_c_known_values():
-    assert erlang_c(1, 0.5) == pytest.approx(0.5)
-    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
-    assert erlang_c(3, 3.5) == 1.0
+@pytest.mark.parametrize("kwargs, field", [
+    ({"max_num_seqs": 2 * MAX_NUM_SEQS + 1}, "max_num_seqs"),
+    ({"prompt_tokens": 2 * PROMPT + 1}, "prompt_tokens"),
+    ({"output_tokens": 2 * OUT + 1}, "output_tokens"),
+])
+def test_refuses_to_extrapolate_beyond_twice_the_measurement(planner, kwargs, field):
+    with pytest.raises(ExtrapolationError, match="more than 2x") as err:
+        planner.predict(**kwargs)
+    assert err.value.field == field
+    planner.predict(max_num_seqs=2 * MAX_NUM_SEQS)  # exactly 2x is allowed
 
 
 def test_plan_sizes_costs_and_overlay(planner):
     plan = plan_capacity(planner, target_rps=30, gpu_hourly_usd=2.5, utilization=0.8, slo_text=SLO)
     per = plan.lambda_star_per_replica_rps
-    assert plan.max_num_seqs == 10
+    # The recommended batch: the candidate with the highest predicted λ* (none beyond 2 x 32).
+    assert 8 <= plan.max_num_seqs <= 2 * MAX_NUM_SEQS
+    assert per >= planner.predict(max_num_seqs=4).lambda_star_per_replica_rps
     assert plan.replicas == math.ceil(30 / (per * 0.8))
     assert plan.gpus == plan.replicas and plan.usd_per_hour == pytest.approx(2.5 * plan.gpus)
     assert plan.usd_per_million_output_tokens == pytest.approx(plan.usd_per_hour / (30 * OUT * 3600) * 1e6)
     assert 1 <= plan.target_ongoing_requests <= plan.max_num_seqs
     assert any("linearly" in w for w in plan.warnings)
     assert plan.overlay() == {"arms": [{
-        "name": "arm-a", "engine": {"max_num_seqs": 10},
+        "name": "arm-a", "engine": {"max_num_seqs": plan.max_num_seqs},
         "replicas": {"min": 1, "max": plan.replicas, "initial": plan.replicas},
         "autoscaling": {"target_ongoing_requests": plan.target_ongoing_requests}}]}
+    assert plan.model["engine_model"]["base_s"] == pytest.approx(A, rel=0.02)
     with pytest.raises(ValueError, match="target_rps"):
         plan_capacity(planner, target_rps=0)
 
 
 def test_unbracketed_and_failing_measurements(stages):
     clauses = parse_slo(SLO)
-    only_met = stage_points(stages[:3], clauses, 1)
-    p = Planner.fit(Measured("arm-a", 1, 32), clauses, only_met)
+    p = Planner.fit(Measured("arm-a", 1, MAX_NUM_SEQS), clauses, stages[:3])
     assert not p.lam.bracketed
     assert any("lower bound" in w for w in p.predict().warnings)
     with pytest.raises(ValueError, match="lowest measured rate"):
-        Planner.fit(Measured("arm-a", 1, 32), clauses, stage_points(stages[-1:], clauses, 1))
+        Planner.fit(Measured("arm-a", 1, MAX_NUM_SEQS), clauses, stages[-1:])
 
 
 def _cli(argv):
@@ -175,7 +157,7 @@ def results_dir(tmp_path_factory):
     # Module scope: writing the HTML report (matplotlib) once is enough.
     tmp_path, stages = tmp_path_factory.mktemp("results"), make_stages()
     meta = {"config": {"model": "llama", "mode": "sweep"},
-            "deployment": {"arms": {"smollm2-135m": {"weight": 100, "replicas": 1, "max_num_seqs": 32,
+            "deployment": {"arms": {"smollm2-135m": {"weight": 100, "replicas": 1, "max_num_seqs": MAX_NUM_SEQS,
                                                       "devices_per_replica": 1}}}}
     for _, _, _, recs in stages:
         for r in recs:
@@ -204,6 +186,9 @@ def test_cli_writes_an_overlay_the_demo_fleet_accepts(results_dir, capsys):
     assert curve.batch[0] == 1 and curve.batch[-1] >= plan["max_num_seqs"]
     assert curve.itl(1) == pytest.approx(A + B_PER_SEQ, rel=0.02)
     assert curve.itl(8) == pytest.approx(A + 8 * B_PER_SEQ, rel=0.02)
+    # The plan prints the fitted model and the residual check, stage by stage.
+    assert "engine model (" in out and "host overhead 20" in out
+    assert "residual check at the measured configuration" in out and "rate=14" in out
 
 
 def test_cli_write_merges_the_overlay_into_the_fleet_file(results_dir, tmp_path, capsys):
@@ -227,6 +212,10 @@ def test_cli_write_merges_the_overlay_into_the_fleet_file(results_dir, tmp_path,
     (["--slo", "ttft=1"], "--slo"),
     (["--target-rps", "-1"], "target_rps"),
     (["--arm", "nope"], "--replicas"),
+    # Beyond 2x the measured max_num_seqs (32) or prompt length (64): refused, naming the flag.
+    (["--predict-max-num-seqs", "65"], "--predict-max-num-seqs: refused to extrapolate: max_num_seqs=65"),
+    (["--plan-max-num-seqs", "100"], "--plan-max-num-seqs: refused to extrapolate"),
+    (["--predict-prompt-tokens", "129"], "--predict-prompt-tokens: refused to extrapolate: prompt_tokens=129"),
 ])
 def test_cli_bad_input_exits_2(results_dir, argv, field):
     from corral.commands._common import CliError
@@ -240,17 +229,29 @@ def test_cli_bad_input_exits_2(results_dir, argv, field):
     assert err.value.code == 2 and field in str(err.value)
 
 
-def test_the_planner_and_the_summary_use_realised_rates(stages):
+def flat_stage_records(rate, name, n=None, duration_s=10.0):
+    """Records of a stage with n requests (default rate x duration_s) whose latencies grow with
+    the rate (ITL 10 ms + 2 ms per request in flight, Little's law on a 32-token answer) and do
+    not vary within the stage: the realised-rate tests need the counts, not an engine."""
+    n = round(rate * duration_s) if n is None else n
+    batch = rate * (0.05 + 31 * 0.010) / (1 - rate * 31 * 0.002)
+    t = 0.010 + 0.002 * batch
+    return [RequestRecord(i, stage=name, ttft_s=0.05, itl_s=[t] * 31, e2e_s=0.05 + 31 * t, tpot_s=t,
+                          input_tokens=64, output_tokens=32, arm="arm-a") for i in range(n)]
+
+
+def test_the_planner_and_the_summary_use_realised_rates():
     """A stage's rate is what it sent in its measured window / the window, not its nominal rate:
     here the stage named 10 rps sent 95 requests in 10 s (9.5 rps) and the one named 8 sent 100
     (10 rps), so in realised order the stages run rate=6, rate=10, rate=8, rate=12."""
-    clauses = parse_slo(SLO)
+    clauses = parse_slo("ttft_p95=1.0,itl_p95=0.03")
+    stages = [(f"rate={r}", float(r), 10.0, flat_stage_records(r, f"rate={r}")) for r in (2, 4, 6, 8, 10, 12)]
     relabelled = []
     for name, rate, d, recs in stages:
         if name == "rate=10":
             recs = recs[:95]
         if name == "rate=8":
-            recs = stage_records(8, name, n=100)
+            recs = flat_stage_records(8, name, n=100)
         relabelled.append((name, rate, d, recs))
     points = stage_points(relabelled, clauses, replicas=2)
     by_name = {p.name: p for p in points}
@@ -263,20 +264,20 @@ def test_the_planner_and_the_summary_use_realised_rates(stages):
     assert 10 / 2 <= lam.per_replica_rps < 12 / 2
     # summary.json: the realised rate beside the nominal one; the highest rate meeting the SLO is realised.
     summary = summarize({}, [({"name": n, "duration_s": d, "rate_rps": r}, recs) for n, r, d, recs in relabelled],
-                        SLO, 0.05)
+                        "ttft_p95=1.0,itl_p95=0.03", 0.05)
     st = {s["name"]: s for s in summary["stages"]}
     assert st["rate=10"]["offered_rate_rps"] == 10 and st["rate=10"]["realised_rate_rps"] == pytest.approx(9.5)
     assert st["rate=8"]["realised_rate_rps"] == pytest.approx(10.0)
     assert summary["highest_rate_meeting_slo_rps"] == pytest.approx(10.0)  # rate=8's stage, as realised
     # Warm-up requests are not arrivals of the measured window.
     warm = [RequestRecord(1000 + i, stage="rate=2", phase="warmup") for i in range(7)]
-    (pt,) = stage_points([("rate=2", 2.0, DURATION_S, stages[0][3] + warm)], clauses, 1)
+    (pt,) = stage_points([("rate=2", 2.0, 10.0, stages[0][3] + warm)], clauses, 1)
     assert pt.rate_rps == pytest.approx(2.0)
 
 
 def test_summary_warns_when_a_stage_is_too_small_for_its_slo_percentile():
-    small = [({"name": "rate=1", "duration_s": 10.0, "rate_rps": 1.0}, stage_records(1, "rate=1", n=16))]
-    big = [({"name": "rate=1", "duration_s": 10.0, "rate_rps": 1.0}, stage_records(1, "rate=1", n=80))]
+    small = [({"name": "rate=1", "duration_s": 10.0, "rate_rps": 1.0}, flat_stage_records(1, "rate=1", n=16))]
+    big = [({"name": "rate=1", "duration_s": 10.0, "rate_rps": 1.0}, flat_stage_records(1, "rate=1", n=80))]
     warned = summarize({}, small, SLO, 0.05)["warnings"]
     assert any("16 measured requests" in w and "ttft_p95" in w and ">= 60 requests" in w for w in warned), warned
     assert not any("measured requests" in w for w in summarize({}, big, SLO, 0.05)["warnings"])
