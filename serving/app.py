@@ -10,6 +10,7 @@ and the KubeRay actuator write.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,20 @@ def llm_deployment_name(arm: str) -> str:
     return f"LLMServer:{arm}"
 
 
+def ingress_replicas(options: dict[str, Any], min_replicas: int) -> dict[str, Any]:
+    """The ingress deployment's options with at least `min_replicas` replicas (and max_replicas
+    raised to match). Ray Serve LLM sets min_replicas 0 when every arm scales to zero
+    (ray/llm/_internal/serve/core/ingress/ingress.py, `OpenAiIngress.get_deployment_options`): kept."""
+    out = copy.deepcopy(options)
+    scaling = out.setdefault("autoscaling_config", {})
+    if scaling.get("min_replicas") == 0:
+        return out
+    scaling["min_replicas"] = min_replicas
+    scaling["initial_replicas"] = max(scaling.get("initial_replicas") or 0, min_replicas)
+    scaling["max_replicas"] = max(scaling.get("max_replicas") or 1, min_replicas)
+    return out
+
+
 def ingress_user_config(fleet: FleetSpec) -> dict[str, Any]:
     """What the ingress receives through Serve's user_config (lightweight, in-place updates)."""
     return {"routes": {r.name: r.weights() for r in fleet.routes}, "auth": fleet.auth.model_dump(mode="json"),
@@ -166,7 +181,7 @@ def app_builder(args: dict[str, Any]):
     endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda app: app.post("/v1/feedback"),
                  "routes": lambda app: app.get("/v1/corral/routes")}
     ingress = make_fastapi_ingress(CorralIngress, endpoint_map=endpoints, app=ingress_app())
-    options = CorralIngress.get_deployment_options(configs)
+    options = ingress_replicas(CorralIngress.get_deployment_options(configs), fleet.server.ingress_min_replicas)
     # Initial weights; the Serve config's `deployments` override (see serve_config) wins.
     options["user_config"] = ingress_user_config(fleet)
     return serve.deployment(ingress, name=INGRESS_DEPLOYMENT, **options).bind(

@@ -287,6 +287,12 @@ class ServerSpec(StrictModel):
     """Port of the OpenAI-compatible endpoint."""
     metrics_port: int = Field(8080, ge=1, le=65535)
     """Port where Ray exports Prometheus metrics."""
+    ingress_min_replicas: int = Field(1, ge=1, le=64)
+    """Ingress (`CorralIngress`) replicas Serve keeps at least; above it the ingress autoscales on
+    Ray Serve LLM's default target. With one, the endpoint fails requests for the ~20 s Serve takes
+    to replace a dead ingress replica; two or more keep it answering. Admission and key limits
+    are enforced per ingress replica. Changing it redeploys the application. (When every arm
+    scales to zero the ingress does too, as Ray Serve LLM decides.)"""
 
 
 class FleetSpec(StrictModel):

@@ -7,6 +7,7 @@ import pytest
 from corral.cluster.spec import load_fleet, parse_fleet
 from corral.serving.app import (
     cpu_thread_binds,
+    ingress_replicas,
     ingress_user_config,
     llm_config_dicts,
     route_weights,
@@ -145,3 +146,22 @@ def test_fastapi_reads_every_ingress_endpoint_as_serve_builds_it():
     assert {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/feedback", "/v1/corral/routes"} <= set(routes)
     for path, route in routes.items():
         assert route.dependant.query_params == [], (path, [p.name for p in route.dependant.query_params])
+
+
+def test_ingress_min_replicas_reaches_serves_autoscaling_config():
+    """server.ingress_min_replicas on top of Ray Serve LLM's own ingress options, validated by
+    Serve's AutoscalingConfig (min <= initial <= max); scale-to-zero fleets keep Ray's 0."""
+    from ray.serve.config import AutoscalingConfig
+
+    from corral.serving.ingress import CorralIngress
+
+    stock = CorralIngress.get_deployment_options([])
+    fleet = parse_fleet({"arms": [{"name": "a", "model": {"demo": "tiny-llama2-random"}}],
+                         "server": {"ingress_min_replicas": 3}})
+    opts = ingress_replicas(stock, fleet.server.ingress_min_replicas)
+    cfg = AutoscalingConfig(**opts["autoscaling_config"])
+    assert (cfg.min_replicas, cfg.initial_replicas) == (3, 3) and cfg.max_replicas >= 3
+    assert opts["max_ongoing_requests"] == stock["max_ongoing_requests"]
+    assert "min_replicas" not in stock.get("autoscaling_config", {})  # the input is not modified
+    assert ingress_replicas({"autoscaling_config": {"min_replicas": 0}}, 3)["autoscaling_config"]["min_replicas"] == 0
+    assert parse_fleet({"arms": [{"name": "a", "model": {"demo": "tiny-llama2-random"}}]}).server.ingress_min_replicas == 1
