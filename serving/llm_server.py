@@ -36,7 +36,21 @@ from corral.common.stats import quantile
 logger = logging.getLogger("ray.serve")
 
 
-class EngineSignals:
+class _StatLoggerHooks:
+    """The parts of vLLM's `StatLoggerBase` interface (vllm/v1/metrics/loggers.py) corral's
+    loggers do not use."""
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def record_sleep_state(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record_admission_rejection(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class EngineSignals(_StatLoggerHooks):
     """A vLLM stat logger (the `StatLoggerBase` interface) that keeps the last `window_s` of
     TTFT and per-request mean ITL samples and the latest KV cache use, for the autoscaler.
 
@@ -71,14 +85,6 @@ class EngineSignals:
     def log(self) -> None:
         pass
 
-    def log_engine_initialized(self) -> None:
-        pass
-
-    def record_sleep_state(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def record_admission_rejection(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
     # -- what the autoscaler reads ---------------------------------------------------------
 
@@ -106,7 +112,7 @@ file (JSON lines; `IterationLog`). vLLM fills them only with the engine argument
 `enable_logging_iteration_details` (fleet spec: `engine.extra`)."""
 
 
-class IterationLog:
+class IterationLog(_StatLoggerHooks):
     """A vLLM stat logger that appends each engine iteration's `SchedulerIterationDetails`
     (`vllm/v1/metrics/stats.py`: ctx/generation requests and tokens, `elapsed_ms`; attached to
     `SchedulerStats.iteration_details` by `EngineCore.capture_iteration_details`) to a JSON-lines
@@ -129,14 +135,6 @@ class IterationLog:
     def log(self) -> None:
         self._out.flush()
 
-    def log_engine_initialized(self) -> None:
-        pass
-
-    def record_sleep_state(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def record_admission_rejection(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 def attach_signals(engine: Any, signals: EngineSignals | IterationLog) -> bool:

@@ -21,6 +21,7 @@ import psutil
 import requests
 
 from corral.serving.split import pick_arm
+from tests.e2e.conftest import wait_for
 
 ROUTE, VICTIM, HEALTHY = "llama", "smollm2", "tiny-random"
 WEIGHTS = {VICTIM: 50, HEALTHY: 50}
@@ -98,14 +99,11 @@ def test_engine_core_killed_under_load_fails_over_and_users_return(fleet, fleet_
         os.kill(pid, signal.SIGKILL)
         # Wait until the victim serves again (Serve replaces the replica, the ingress's probe
         # sees its engine answer), then keep the load on a little longer.
-        recovered_at = None
-        deadline = killed_at + MAX_OUTAGE_S
-        while time.monotonic() < deadline and recovered_at is None:
-            time.sleep(1)
+        def victim_back():
             with lock:
                 back = [r["sent"] for r in results if r["sent"] > killed_at + 1 and r["arm"] == VICTIM and not r["error"]]
-            recovered_at = min(back) if back else None
-        assert recovered_at is not None, f"{VICTIM} did not serve again within {MAX_OUTAGE_S:.0f} s"
+            return min(back) if back else None
+        recovered_at = wait_for(victim_back, MAX_OUTAGE_S, f"{VICTIM} serving again", poll_s=1.0)
         time.sleep(AFTER_S)
     finally:
         stop.set()
@@ -174,8 +172,6 @@ def test_candidate_killed_mid_step_rolls_back_and_no_request_gets_500(fleet, fle
     from corral.rollout.metrics import PrometheusMetricSource
     from corral.rollout.store import FileStore
     from corral.serving.prometheus import PrometheusClient
-    from tests.e2e.conftest import wait_for
-
     act = LocalServeActuator(fleet.name)
     before = {HEALTHY: 100, VICTIM: 0}
     act.set_weights(ROUTE, before)
@@ -241,8 +237,6 @@ def test_ingress_replica_killed_serve_brings_it_back_with_its_weights(fleet, fle
     deployment's user_config again (serving/app.py ingress_user_config), so sticky users land on
     the same arms as before. What fails meanwhile is measured and printed, not promised: requests
     in flight on the killed replica, and any the proxy could not place while no replica ran."""
-    from tests.e2e.conftest import wait_for
-
     marker = f"ServeReplica:{fleet.name}:CorralIngress"
 
     def ingress_pids() -> set[int]:
