@@ -16,8 +16,7 @@ import logging
 import re
 import time
 import typing
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import Request, status
@@ -41,6 +40,12 @@ from corral.serving.health import ArmHealth
 from corral.serving.split import failover_weights, pick_arm
 
 logger = logging.getLogger("ray.serve")
+
+# Ray Serve LLM's names on the per-request path, resolved once.
+_ERROR_RESPONSE = _ray_compat.ErrorResponse
+_NON_STREAMING_TYPES = _ray_compat.NON_STREAMING_RESPONSE_TYPES
+_ROUTER_TIMEOUT_S = float(_ray_compat.ROUTER_HTTP_TIMEOUT_S)
+_sse = _ray_compat.apply_openai_json_format
 
 ARM_HEADER = "x-corral-arm"
 ROUTE_HEADER = "x-corral-route"
@@ -279,6 +284,9 @@ class _Slot:
             self._held = False
             self._in_flight.release(self._key, self._route)
 
+    # A stream dropped before it started never runs its `finally`; the slot goes with it.
+    __del__ = release
+
 
 class CorralIngress(OpenAiIngress):
     """OpenAI ingress with weighted, sticky routes over arms, admission control and failover."""
@@ -463,54 +471,79 @@ class CorralIngress(OpenAiIngress):
 
     async def _attempt(self, body, request: Request, call_method: str, route: str, arm: str, start: float,
                        client_wants_usage: bool, key: str | None, slot: _Slot) -> Response:
+        """One try of a request on `arm`: what Ray Serve LLM's `OpenAiIngress._process_llm_request`
+        does (ray/llm/_internal/serve/core/ingress/ingress.py), with corral's accounting on the way.
+
+        As there: read the arm's first item within the bound (its `router_request_timeout`, 408);
+        an ErrorResponse first is an OpenAIHTTPException; a response object is answered as JSON
+        (`JSONResponse(content=first.model_dump())`); anything else is streamed as SSE text
+        (`_openai_json_wrapper`: `_apply_openai_json_format` per item, `data: [DONE]` added if the
+        arm did not send it). Corral reads usage from the response object rather than its JSON,
+        and streams through one generator instead of the stock path's two plus its own.
+        """
         timeout_s = self._admission.failover.first_response_timeout_s
         try:
-            async with asyncio.timeout(timeout_s):  # no extra task per request, unlike wait_for
-                response = await _ray_compat.process_llm_request(self, body, call_method, request)
-        except OpenAIHTTPException as exc:
-            if exc.status_code >= 500:
-                raise ArmFailed(exc.status_code, scrub(str(exc.message))) from None
-            self._metrics.record(route, arm, exc.status_code, time.perf_counter() - start, None, None, None)
-            raise OpenAIHTTPException(message=scrub(exc.message), status_code=exc.status_code, type=exc.type) from None
+            # One timer for both bounds (asyncio.timeout: no extra task per request, unlike wait_for).
+            async with asyncio.timeout(min(timeout_s, _ROUTER_TIMEOUT_S)):
+                items = _ray_compat.llm_responses(self, body, call_method, request)
+                first = await items.__anext__()
         except asyncio.TimeoutError:
+            if _ROUTER_TIMEOUT_S < timeout_s:  # the stock bound ends the wait: its 408
+                self._metrics.record(route, arm, 408, time.perf_counter() - start, None, None, None)
+                raise OpenAIHTTPException(message="Request server side timeout", status_code=408,
+                                          type="Unknown") from None  # as router_request_timeout
             raise ArmFailed(names.OUTCOME_TIMEOUT, f"no response within {timeout_s:g} s") from None
         except asyncio.CancelledError:
             self._metrics.record(route, arm, names.OUTCOME_CLIENT_DISCONNECT, time.perf_counter() - start, None, None, None)
             raise
         except Exception as exc:  # the replica or its engine died, the handle failed, ...
             raise ArmFailed(names.OUTCOME_EXCEPTION, f"{type(exc).__name__}: {scrub(str(exc))[:300]}") from None
+        head = first[0] if isinstance(first, list) else first  # a stream's first item may be a batch
+        if isinstance(head, _ERROR_RESPONSE):
+            code = head.error.code
+            if code >= 500:
+                raise ArmFailed(code, scrub(str(head.error.message)))
+            self._metrics.record(route, arm, code, time.perf_counter() - start, None, None, None)
+            raise OpenAIHTTPException(message=scrub(head.error.message), status_code=code, type=head.error.type)
         headers = {ARM_HEADER: arm, ROUTE_HEADER: route}
-        if isinstance(response, StreamingResponse):
-            stream = self._measured_stream(response.body_iterator, route, arm, start, client_wants_usage, key, slot)
-            # The stream releases the slot when it ends; if it is dropped unstarted, so does this.
-            weakref.finalize(stream, slot.release)
+        if not isinstance(head, _NON_STREAMING_TYPES):
+            # The stream releases the slot when it ends; if it is dropped unstarted, the slot's
+            # finalizer does.
+            stream = self._measured_stream(first, items, route, arm, start, client_wants_usage, key, slot)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        # Read id and usage for feedback, limits and metrics; return the engine's bytes as they are.
+        content = head.model_dump()
+        response = JSONResponse(content=content, headers=headers)
+        # Id and usage for feedback, limits and metrics, from the response object itself.
         self._health.succeeded(arm)
-        payload = json.loads(response.body)
-        self._remember(payload.get("id"), route, arm)
-        self._keys.charge_tokens(key, (payload.get("usage") or {}).get("total_tokens") or 0, time.monotonic())
-        self._metrics.record(route, arm, response.status_code, time.perf_counter() - start, None, None, payload.get("usage"))
-        response.headers.update(headers)
+        usage = content.get("usage")
+        self._remember(content.get("id"), route, arm)
+        self._keys.charge_tokens(key, (usage or {}).get("total_tokens") or 0, time.monotonic())
+        self._metrics.record(route, arm, response.status_code, time.perf_counter() - start, None, None, usage)
         return response
 
-    async def _measured_stream(self, packets: AsyncIterable[str | bytes | memoryview], route: str, arm: str,
+    async def _measured_stream(self, first: Any, items: AsyncIterator[Any], route: str, arm: str,
                                start: float, keep_usage: bool, key: str | None = None,
                                slot: _Slot | None = None) -> AsyncGenerator[str, None]:
-        first = last = None
+        """The SSE text of `first` and then of every item of `items` (as `_openai_json_wrapper`),
+        with the request's outcome, TTFT, inter-token latency and usage read on the way."""
+        first_at = last = None
         usage = None
+        done_sent = False
         outcome: int | str = names.OUTCOME_CLIENT_DISCONNECT  # unless the stream gets to its end
         try:
-            async for packet in packets:
-                text = packet if isinstance(packet, str) else bytes(packet).decode()
-                now = time.perf_counter()
+            item = first
+            while True:
+                text = _sse(item)
+                if not done_sent and text.rstrip().endswith("data: [DONE]"):
+                    done_sent = True
                 if '"usage":{' in text:
                     text, usage = _split_usage(text, keep_usage, usage)
                 if '"choices":[{' in text:
-                    first = first or now
-                    last = now
-                    if usage is None and first == now:
-                        self._remember(_response_id(text), route, arm)
+                    last = time.perf_counter()
+                    if first_at is None:
+                        first_at = last
+                        if usage is None:
+                            self._remember(_response_id(text), route, arm)
                 if 'data: {"error"' in text and outcome == names.OUTCOME_CLIENT_DISCONNECT:
                     code = _stream_error_code(text)
                     outcome = names.OUTCOME_STREAM_ERROR
@@ -518,6 +551,12 @@ class CorralIngress(OpenAiIngress):
                         self._arm_failed(arm, names.OUTCOME_STREAM_ERROR, f"error event with code {code}")
                 if text:
                     yield text
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    break
+            if not done_sent:
+                yield "data: [DONE]\n\n"
             if outcome == names.OUTCOME_CLIENT_DISCONNECT:
                 outcome = 200
                 self._health.succeeded(arm)
@@ -529,9 +568,9 @@ class CorralIngress(OpenAiIngress):
         finally:
             # Runs on success, on engine errors and when the client disconnects (GeneratorExit / cancellation).
             end = time.perf_counter()
-            ttft = first - start if first else None
+            ttft = first_at - start if first_at else None
             n_out = (usage or {}).get("completion_tokens") or 0
-            itl = (last - first) / (n_out - 1) if first and last and n_out > 1 else None
+            itl = (last - first_at) / (n_out - 1) if first_at and last and n_out > 1 else None
             self._metrics.record(route, arm, outcome, end - start, ttft, itl, usage)
             self._keys.charge_tokens(key, (usage or {}).get("total_tokens") or 0, time.monotonic())
             if slot is not None:
