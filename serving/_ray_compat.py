@@ -93,6 +93,22 @@ def available_resources_per_node() -> dict[str, dict[str, float]]:
     return dict(fn())
 
 
+# ---------------------------------------------------------------- Ray metrics
+
+def metric_recorder(metric: Any) -> Any:
+    """`record(value, tags=...)` of a `ray.util.metrics` Counter, Histogram or Gauge, without the
+    per-call checks of its public methods (value type and sign, tag value types, missing tag keys,
+    the merge with default tags: `Metric._record` and `Counter.inc` in ray/util/metrics.py). For
+    callers that pass a positive number and a complete dict of str tags validated once; a metric
+    whose name Ray discarded records nothing, as there."""
+    if getattr(metric, "_discard_metric", False):
+        return lambda value, tags=None: None
+    record = getattr(getattr(metric, "_metric", None), "record", None)
+    if record is None:
+        raise _missing("ray.util.metrics.Metric._metric.record", AttributeError("no such attribute"))
+    return record
+
+
 # ---------------------------------------------------------------- Ray Serve LLM ingress
 
 def llm_responses(ingress: Any, body: Any, call_method: str, raw_request: Any = None) -> Any:

@@ -11,6 +11,7 @@ lightweight in-place update: no replica restarts, no dropped requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -73,22 +74,41 @@ class RequestMetrics:
                                          tag_keys=tags + ("reason",))
         self.arm_up = metrics.Gauge(names.ARM_UP, "1 while the ingress routes to the arm, 0 while it is out.",
                                     tag_keys=("arm",))
+        self._series: dict[tuple[str, str, int | str], tuple[dict[str, str], dict[str, str]]] = {}
+        recorder = _ray_compat.metric_recorder
+        self._count_request, self._observe_latency = recorder(self.requests), recorder(self.latency)
+        self._observe_ttft, self._observe_itl = recorder(self.ttft), recorder(self.itl)
+        self._count_input, self._count_output = recorder(self.input_tokens), recorder(self.output_tokens)
 
     def record(self, route: str, arm: str, code: int | str, latency_s: float, ttft_s: float | None,
                itl_s: float | None, usage: dict | None) -> None:
-        """One attempt's outcome; `code` is the HTTP status or one of names.OUTCOME_*."""
-        tags = {"route": route, "arm": arm}
-        self.requests.inc(1, {**tags, "status": str(code)})
-        self.latency.observe(latency_s, tags)
+        """One attempt's outcome; `code` is the HTTP status or one of names.OUTCOME_*.
+
+        On every request's path, so: tag dicts built and checked once per series (routes x arms x
+        outcomes, a few dozen), and the metrics' own record functions called with them."""
+        series = self._series.get((route, arm, code))
+        if series is None:
+            series = self._series[(route, arm, code)] = self._new_series(route, arm, code)
+        status_tags, tags = series
+        self._count_request(1, tags=status_tags)
+        self._observe_latency(latency_s, tags=tags)
         if ttft_s is not None:
-            self.ttft.observe(ttft_s, tags)
+            self._observe_ttft(ttft_s, tags=tags)
         if itl_s is not None:
-            self.itl.observe(itl_s, tags)
+            self._observe_itl(itl_s, tags=tags)
         if usage:
-            if usage.get("prompt_tokens"):
-                self.input_tokens.inc(usage["prompt_tokens"], tags)
-            if usage.get("completion_tokens"):
-                self.output_tokens.inc(usage["completion_tokens"], tags)
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if prompt and prompt > 0:
+                self._count_input(prompt, tags=tags)
+            if completion and completion > 0:
+                self._count_output(completion, tags=tags)
+
+    def _new_series(self, route: str, arm: str, code: int | str) -> tuple[dict[str, str], dict[str, str]]:
+        # Every tag key of the metrics (see __init__), with str values: what each public call checks.
+        status_tags, tags = {"route": route, "arm": arm, "status": str(code)}, {"route": route, "arm": arm}
+        if not all(isinstance(v, str) for v in status_tags.values()):
+            raise TypeError(f"metric tag values must be str: {status_tags}")
+        return status_tags, tags
 
 
 class ArrivalStamp:
@@ -261,6 +281,8 @@ def _arrival(request: Request) -> float:
     return (request.scope.get("state") or {}).get(ARRIVAL_KEY) or time.perf_counter()
 
 
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+
 # Roles an OpenAI chat message may have (vLLM also accepts any string, served as a raw role).
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -324,7 +346,10 @@ class CorralIngress(OpenAiIngress):
 
     def _authorize(self, request: Request, scope: str = "inference") -> tuple[str | None, Response | None]:
         """(key hash, None) or (None, an OpenAI-format error response)."""
-        digest, denied = self._keys.identify(_api_key(request))
+        bearer = _api_key(request)
+        if bearer is None and scope == "inference" and not self._keys.required:
+            return None, None  # what identify and check answer for it, without the clock
+        digest, denied = self._keys.identify(bearer)
         denied = denied or self._keys.check(digest, time.monotonic(), scope)
         return digest, (_error(denied) if denied else None)
 
@@ -396,11 +421,14 @@ class CorralIngress(OpenAiIngress):
                 role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
                 if role not in CHAT_ROLES:
                     return f"messages[{i}].role {role!r} is not one of {sorted(CHAT_ROLES)}"
-        fields = [f for f in ("max_tokens", "max_completion_tokens") if hasattr(body, f)]
-        asked = [getattr(body, f) for f in fields if getattr(body, f) is not None]
+        # Field values straight from the model's __dict__: the attribute of a deprecated field
+        # (vLLM's `max_tokens`) issues a DeprecationWarning on every read.
+        values = body.__dict__
+        fields = [f for f in _TOKEN_FIELDS if f in type(body).model_fields]
+        asked = [values[f] for f in fields if values[f] is not None]
         if limits.max_tokens_cap is not None:
             for f in fields:
-                value = getattr(body, f)
+                value = values[f]
                 if value is not None and value > limits.max_tokens_cap:
                     return f"{f}={value} is larger than this model's cap of {limits.max_tokens_cap}"
         if not asked and limits.max_tokens_default is not None:
@@ -511,6 +539,9 @@ class CorralIngress(OpenAiIngress):
             # finalizer does.
             stream = self._measured_stream(first, items, route, arm, start, client_wants_usage, key, slot)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        # The arm's generator has nothing after its answer: close it now rather than leave it to
+        # the event loop's async-generator finalizer (a task per request).
+        await items.aclose()
         content = head.model_dump()
         response = JSONResponse(content=content, headers=headers)
         # Id and usage for feedback, limits and metrics, from the response object itself.
@@ -534,7 +565,7 @@ class CorralIngress(OpenAiIngress):
             item = first
             while True:
                 text = _sse(item)
-                if not done_sent and text.rstrip().endswith("data: [DONE]"):
+                if not done_sent and "[DONE]" in text and text.rstrip().endswith("data: [DONE]"):
                     done_sent = True
                 if '"usage":{' in text:
                     text, usage = _split_usage(text, keep_usage, usage)
@@ -675,7 +706,13 @@ def _with_usage(body) -> Any:
     """The request's stream_options with include_usage on (vLLM's own StreamOptions type)."""
     if body.stream_options is not None:
         return body.stream_options.model_copy(update={"include_usage": True})
-    annotation = type(body).model_fields["stream_options"].annotation
+    return _usage_only_options(type(body))
+
+
+@functools.cache
+def _usage_only_options(body_cls: type) -> Any:
+    """`stream_options` of include_usage alone, for a request class (built once; never modified)."""
+    annotation = body_cls.model_fields["stream_options"].annotation
     options_cls = next(a for a in typing.get_args(annotation) if a is not type(None))
     return options_cls(include_usage=True)
 

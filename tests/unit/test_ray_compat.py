@@ -121,6 +121,25 @@ def test_stream_formatting_and_response_types():
     assert float(_private("ROUTER_HTTP_TIMEOUT_S")) > 0
 
 
+def test_metric_recorder_records_and_skips_discarded_metrics():
+    import warnings
+
+    from ray.util import metrics
+
+    counter = metrics.Counter("corral_compat_test_requests", "t", tag_keys=("arm",))
+    record = rc.metric_recorder(counter)
+    _expect("ray.util.metrics.Metric._metric.record", callable(record), "not callable")
+    record(2, tags={"arm": "a"})  # no Ray running: recorded locally, must not raise
+    hist = metrics.Histogram("corral_compat_test_latency", "t", boundaries=[0.1, 1.0], tag_keys=("arm",))
+    rc.metric_recorder(hist)(0.5, tags={"arm": "a"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        discarded = metrics.Counter("0-not a metric name", "t")
+    assert rc.metric_recorder(discarded)(1, tags={}) is None
+    with pytest.raises(rc.RayCompatError, match="_metric.record"):
+        rc.metric_recorder(object())
+
+
 def test_available_resources_per_node_shape():
     fn = rc.resolve("ray._private.state", "available_resources_per_node")
     _expect("ray._private.state.available_resources_per_node", _params(fn) == [], f"{inspect.signature(fn)}")
