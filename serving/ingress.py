@@ -723,6 +723,10 @@ def _api_key(request: Request) -> str | None:
 
 
 def _response_id(packet: str) -> str | None:
+    if packet.startswith('data: {"id":"'):  # vLLM's compact chunk JSON: the id is its first field
+        end = packet.find('"', 13)
+        if end > 13 and "\\" not in packet[13:end]:
+            return packet[13:end]
     for line in packet.splitlines():
         if line.startswith("data: {"):
             try:

@@ -111,6 +111,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.records: list[tuple[str, str, str]] = []
+        self.details: list[tuple] = []
         self.failed_over: Counter = Counter()
         self.up: dict[str, int] = {}
         outer = self
@@ -127,6 +128,7 @@ class Recorder:
 
     def record(self, route, arm, code, *args):
         self.records.append((route, arm, str(code)))
+        self.details.append(args)  # (latency_s, ttft_s, itl_s, usage)
 
 
 def make_ingress(admission: dict | None = None, weights: dict | None = None):
@@ -223,6 +225,49 @@ def test_a_full_stream_is_a_200_and_usage_is_stripped_unless_asked():
     response, text = run(go())
     assert rec.records == [("llama", "a", "200")]
     assert '"usage"' not in text and response.headers["x-corral-arm"] == "a"
+
+
+class CompactArm(Arm):
+    """Chunks in vLLM's compact JSON (model_dump_json), two tokens 10 ms apart."""
+
+    async def _run(self, body):
+        def compact(text):
+            return "data: " + json.dumps({"id": f"chatcmpl-{self.name}", "model": self.name,
+                                          "choices": [{"index": 0, "delta": {"content": text}}]},
+                                         separators=(",", ":")) + "\n\n"
+        yield [compact("he")]
+        await asyncio.sleep(0.01)
+        yield [compact("y"), USAGE]  # no [DONE]: the ingress adds it, as Ray Serve LLM's wrapper does
+
+
+def test_a_stream_records_ttft_itl_usage_and_its_response_id():
+    ingress, arms, rec = make_ingress()
+    ingress._default_serve_handles["a"] = CompactArm("a")
+
+    async def go():
+        response = await ingress.chat(chat_body(user=user_on("a")), http_request())
+        return await read(response)
+
+    text = run(go())
+    assert text.endswith("data: [DONE]\n\n") and text.count("[DONE]") == 1 and '"usage"' not in text
+    assert rec.records == [("llama", "a", "200")]
+    latency_s, ttft_s, itl_s, usage = rec.details[0]
+    assert 0 <= ttft_s < latency_s and itl_s >= 0.009  # 2 tokens: (last - first) / 1
+    assert usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert ingress._responses["chatcmpl-a"] == ("llama", "a")  # for /v1/feedback
+
+
+def test_a_non_streamed_answer_records_its_usage_and_response_id():
+    ingress, arms, rec = make_ingress()
+
+    async def go():
+        return await ingress.chat(chat_body(user=user_on("b"), stream=False), http_request())
+
+    response = run(go())
+    assert json.loads(response.body)["choices"][0]["message"]["content"] == "hey"
+    assert response.headers["x-corral-arm"] == "b" and response.headers["x-corral-route"] == "llama"
+    assert rec.records == [("llama", "b", "200")] and rec.details[0][3]["total_tokens"] == 4
+    assert ingress._responses["chatcmpl-b"] == ("llama", "b") and ingress._in_flight.by_route == {}
 
 
 def test_the_error_rate_gate_counts_every_server_side_outcome():
