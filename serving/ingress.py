@@ -524,15 +524,13 @@ class CorralIngress(OpenAiIngress):
         except asyncio.CancelledError:
             self._metrics.record(route, arm, names.OUTCOME_CLIENT_DISCONNECT, time.perf_counter() - start, None, None, None)
             raise
+        except OpenAIHTTPException as exc:  # raised by the arm (a RayTaskError is also an instance of its cause)
+            self._http_error(route, arm, start, exc.status_code, exc.message, exc.type)
         except Exception as exc:  # the replica or its engine died, the handle failed, ...
             raise ArmFailed(names.OUTCOME_EXCEPTION, f"{type(exc).__name__}: {scrub(str(exc))[:300]}") from None
         head = first[0] if isinstance(first, list) else first  # a stream's first item may be a batch
         if isinstance(head, _ERROR_RESPONSE):
-            code = head.error.code
-            if code >= 500:
-                raise ArmFailed(code, scrub(str(head.error.message)))
-            self._metrics.record(route, arm, code, time.perf_counter() - start, None, None, None)
-            raise OpenAIHTTPException(message=scrub(head.error.message), status_code=code, type=head.error.type)
+            self._http_error(route, arm, start, head.error.code, head.error.message, head.error.type)
         headers = {ARM_HEADER: arm, ROUTE_HEADER: route}
         if not isinstance(head, _NON_STREAMING_TYPES):
             # The stream releases the slot when it ends; if it is dropped unstarted, the slot's
@@ -551,6 +549,14 @@ class CorralIngress(OpenAiIngress):
         self._keys.charge_tokens(key, (usage or {}).get("total_tokens") or 0, time.monotonic())
         self._metrics.record(route, arm, response.status_code, time.perf_counter() - start, None, None, usage)
         return response
+
+    def _http_error(self, route: str, arm: str, start: float, code: int, message: str, kind: str) -> typing.NoReturn:
+        """An arm's error answer: 5xx counts against the arm (ArmFailed); a client error goes back
+        to the client as it is, without internal paths."""
+        if code >= 500:
+            raise ArmFailed(code, scrub(str(message)))
+        self._metrics.record(route, arm, code, time.perf_counter() - start, None, None, None)
+        raise OpenAIHTTPException(message=scrub(message), status_code=code, type=kind)
 
     async def _measured_stream(self, first: Any, items: AsyncIterator[Any], route: str, arm: str,
                                start: float, keep_usage: bool, key: str | None = None,

@@ -363,6 +363,29 @@ def test_client_errors_do_not_count_against_the_arm():
     assert ingress._health.is_up("a") and rec.records == [("a", "a", "400")]
 
 
+def test_a_client_error_raised_by_the_arm_goes_back_as_it_is():
+    """Ray re-raises an arm's exception as a RayTaskError that is also an instance of its cause
+    (ray/exceptions.py `RayTaskError.as_instanceof_cause`), so an OpenAIHTTPException the arm
+    raises reaches the ingress as one."""
+    ingress, arms, rec = make_ingress()
+
+    class Raising(Arm):
+        async def _run(self, body):
+            raise OpenAIHTTPException(message="prompt is too long", status_code=400, type="BadRequestError")
+            yield  # an async generator, like the arm's
+
+    ingress._default_serve_handles["a"] = ingress._configured_serve_handles["a"] = Raising("a")
+
+    async def go():
+        with pytest.raises(OpenAIHTTPException) as info:
+            await ingress.chat(chat_body(model="a"), http_request())
+        return info.value
+
+    error = run(go())
+    assert (error.status_code, error.message) == (400, "prompt is too long")
+    assert ingress._health.is_up("a") and rec.records == [("a", "a", "400")]
+
+
 # -- admission --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, message", [
