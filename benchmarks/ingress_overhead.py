@@ -10,6 +10,21 @@ otherwise) and called as FastAPI calls it (`chat(body, request)`, then the respo
 consumed). Not included, and the same for both: the HTTP proxy, the Serve handle hop, body
 parsing, and Ray's metrics export (`ray.util.metrics` calls run, with no Ray to export to).
 
+What each side does, so the ratio reads right:
+- corral does work the stock ingress does not: API-key and admission checks, the arm pick (the
+  benchmark's route has one arm, so no hash is computed; a two-arm route adds one blake2b per arm),
+  a concurrency slot, usage read from every answer, one metrics record per request (3-6 Ray
+  metric calls; the stock ingress's own FastAPI metrics middleware is outside both, as is body
+  parsing), and per stream chunk a few substring tests and a clock read.
+- corral does not call the stock `OpenAiIngress._process_llm_request`: it runs the same steps
+  itself (serving/ingress.py `CorralIngress._attempt`), reading the stock `_get_response`, and
+  streams through one generator where the stock path stacks two (`_peek_at_generator`'s and
+  `_openai_json_wrapper`). So on streams the ratio nets corral's extra work against a generator
+  hop per chunk it saves, i.e. it is corral's whole cost relative to the stock ingress, not the
+  cost of corral's additions alone.
+- the stand-in yields one chunk per token: the per-chunk path at its most frequent (a real
+  LLMServer batches chunks when tokens come faster than the loop turns).
+
 Paired design: every round runs one block per ingress, in alternating order; ratios are per
 round (corral / stock) with a 95% t interval over rounds (geometric mean), as in
 router_overhead.py. Levels: c=1 and c=64 concurrent requests, streaming and not.
@@ -33,9 +48,12 @@ GOAL = {"p50_latency_ratio_max": 1.05, "throughput_ratio_min": 0.95}  # the ingr
 
 
 def _packets(tokens: int) -> list[str]:
+    # Compact JSON, as vLLM writes its chunks (pydantic's model_dump_json), which is what corral's
+    # stream reader looks for ('"choices":[{'); spaced JSON would skip its per-token clock reads.
     chunks = [
         "data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "arm",
-                               "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]}) + "\n\n"
+                               "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]},
+                              separators=(",", ":")) + "\n\n"
         for _ in range(tokens)
     ]
     usage = ('data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"arm","choices":[],'

@@ -21,6 +21,7 @@ RAY_VERSION = "2.60.0"
 
 _OPENAI_MODELS = "ray.llm._internal.serve.core.configs.openai_api_models"
 _INGRESS = "ray.llm._internal.serve.core.ingress.ingress"
+_INGRESS_UTILS = "ray.llm._internal.serve.core.ingress.utils"
 _POLICY = "ray.serve.autoscaling_policy"
 
 # Public name here -> (private module, attribute) in Ray.
@@ -32,12 +33,20 @@ PRIVATE_NAMES: dict[str, tuple[str, str]] = {
     "ModelCard": (_OPENAI_MODELS, "ModelCard"),
     "ModelList": (_OPENAI_MODELS, "ModelList"),
     "OpenAIHTTPException": (_OPENAI_MODELS, "OpenAIHTTPException"),
+    # What an LLMServer yields first when it refuses or fails a request.
+    "ErrorResponse": (_OPENAI_MODELS, "ErrorResponse"),
     # to_model_metadata(model_id, llm_config) -> ModelCard for /v1/models.
     "to_model_metadata": (_OPENAI_MODELS, "to_model_metadata"),
     # The stock ingress's endpoint map (name -> lambda app: app.post(path)).
     "DEFAULT_ENDPOINTS": (_INGRESS, "DEFAULT_ENDPOINTS"),
     # init() -> the FastAPI app with Ray Serve LLM's middleware and error handlers.
     "ingress_fastapi_app": (_INGRESS, "init"),
+    # The stock ingress's bound on a request up to its response object (s; 408 past it).
+    "ROUTER_HTTP_TIMEOUT_S": (_INGRESS, "DEFAULT_LLM_ROUTER_HTTP_TIMEOUT"),
+    # Response classes of a non-streamed answer (anything else is a stream).
+    "NON_STREAMING_RESPONSE_TYPES": (_INGRESS_UTILS, "NON_STREAMING_RESPONSE_TYPES"),
+    # One streamed item (a chunk or a list of chunks) -> its SSE text (`data: {...}\n\n`...).
+    "apply_openai_json_format": (_INGRESS_UTILS, "_apply_openai_json_format"),
 }
 
 
@@ -84,17 +93,33 @@ def available_resources_per_node() -> dict[str, dict[str, float]]:
     return dict(fn())
 
 
+# ---------------------------------------------------------------- Ray metrics
+
+def metric_recorder(metric: Any) -> Any:
+    """`record(value, tags=...)` of a `ray.util.metrics` Counter, Histogram or Gauge, without the
+    per-call checks of its public methods (value type and sign, tag value types, missing tag keys,
+    the merge with default tags: `Metric._record` and `Counter.inc` in ray/util/metrics.py). For
+    callers that pass a positive number and a complete dict of str tags validated once; a metric
+    whose name Ray discarded records nothing, as there."""
+    if getattr(metric, "_discard_metric", False):
+        return lambda value, tags=None: None
+    record = getattr(getattr(metric, "_metric", None), "record", None)
+    if record is None:
+        raise _missing("ray.util.metrics.Metric._metric.record", AttributeError("no such attribute"))
+    return record
+
+
 # ---------------------------------------------------------------- Ray Serve LLM ingress
 
-async def process_llm_request(ingress: Any, body: Any, call_method: str, raw_request: Any = None) -> Any:
-    """`OpenAiIngress._process_llm_request(body, call_method=, raw_request=)`: send a parsed OpenAI
-    request to the model's LLMServer and turn the answer into a response, as the stock endpoints do
-    (ray/llm/_internal/serve/core/ingress/ingress.py `OpenAiIngress._process_llm_request`)."""
-    method = getattr(ingress, "_process_llm_request", None)
+def llm_responses(ingress: Any, body: Any, call_method: str, raw_request: Any = None) -> Any:
+    """`OpenAiIngress._get_response(body=, call_method=, raw_request=)`: the async generator of what
+    the model's LLMServer yields for a request (the stock `_process_llm_request` reads its first item,
+    then answers with it or streams the rest; ray/llm/_internal/serve/core/ingress/ingress.py
+    `OpenAiIngress._get_response`)."""
+    method = getattr(ingress, "_get_response", None)
     if method is None:
-        raise _missing("ray.serve.llm.ingress.OpenAiIngress._process_llm_request",
-                       AttributeError("no such method"))
-    return await method(body, call_method=call_method, raw_request=raw_request)
+        raise _missing("ray.serve.llm.ingress.OpenAiIngress._get_response", AttributeError("no such method"))
+    return method(body=body, call_method=call_method, raw_request=raw_request)
 
 
 # ---------------------------------------------------------------- Ray Serve autoscaling (controller side)

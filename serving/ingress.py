@@ -11,13 +11,13 @@ lightweight in-place update: no replica restarts, no dropped requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
 import time
 import typing
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import Request, status
@@ -41,6 +41,12 @@ from corral.serving.health import ArmHealth
 from corral.serving.split import failover_weights, pick_arm
 
 logger = logging.getLogger("ray.serve")
+
+# Ray Serve LLM's names on the per-request path, resolved once.
+_ERROR_RESPONSE = _ray_compat.ErrorResponse
+_NON_STREAMING_TYPES = _ray_compat.NON_STREAMING_RESPONSE_TYPES
+_ROUTER_TIMEOUT_S = float(_ray_compat.ROUTER_HTTP_TIMEOUT_S)
+_sse = _ray_compat.apply_openai_json_format
 
 ARM_HEADER = "x-corral-arm"
 ROUTE_HEADER = "x-corral-route"
@@ -68,22 +74,41 @@ class RequestMetrics:
                                          tag_keys=tags + ("reason",))
         self.arm_up = metrics.Gauge(names.ARM_UP, "1 while the ingress routes to the arm, 0 while it is out.",
                                     tag_keys=("arm",))
+        self._series: dict[tuple[str, str, int | str], tuple[dict[str, str], dict[str, str]]] = {}
+        recorder = _ray_compat.metric_recorder
+        self._count_request, self._observe_latency = recorder(self.requests), recorder(self.latency)
+        self._observe_ttft, self._observe_itl = recorder(self.ttft), recorder(self.itl)
+        self._count_input, self._count_output = recorder(self.input_tokens), recorder(self.output_tokens)
 
     def record(self, route: str, arm: str, code: int | str, latency_s: float, ttft_s: float | None,
                itl_s: float | None, usage: dict | None) -> None:
-        """One attempt's outcome; `code` is the HTTP status or one of names.OUTCOME_*."""
-        tags = {"route": route, "arm": arm}
-        self.requests.inc(1, {**tags, "status": str(code)})
-        self.latency.observe(latency_s, tags)
+        """One attempt's outcome; `code` is the HTTP status or one of names.OUTCOME_*.
+
+        On every request's path, so: tag dicts built and checked once per series (routes x arms x
+        outcomes, a few dozen), and the metrics' own record functions called with them."""
+        series = self._series.get((route, arm, code))
+        if series is None:
+            series = self._series[(route, arm, code)] = self._new_series(route, arm, code)
+        status_tags, tags = series
+        self._count_request(1, tags=status_tags)
+        self._observe_latency(latency_s, tags=tags)
         if ttft_s is not None:
-            self.ttft.observe(ttft_s, tags)
+            self._observe_ttft(ttft_s, tags=tags)
         if itl_s is not None:
-            self.itl.observe(itl_s, tags)
+            self._observe_itl(itl_s, tags=tags)
         if usage:
-            if usage.get("prompt_tokens"):
-                self.input_tokens.inc(usage["prompt_tokens"], tags)
-            if usage.get("completion_tokens"):
-                self.output_tokens.inc(usage["completion_tokens"], tags)
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if prompt and prompt > 0:
+                self._count_input(prompt, tags=tags)
+            if completion and completion > 0:
+                self._count_output(completion, tags=tags)
+
+    def _new_series(self, route: str, arm: str, code: int | str) -> tuple[dict[str, str], dict[str, str]]:
+        # Every tag key of the metrics (see __init__), with str values: what each public call checks.
+        status_tags, tags = {"route": route, "arm": arm, "status": str(code)}, {"route": route, "arm": arm}
+        if not all(isinstance(v, str) for v in status_tags.values()):
+            raise TypeError(f"metric tag values must be str: {status_tags}")
+        return status_tags, tags
 
 
 class ArrivalStamp:
@@ -256,6 +281,8 @@ def _arrival(request: Request) -> float:
     return (request.scope.get("state") or {}).get(ARRIVAL_KEY) or time.perf_counter()
 
 
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+
 # Roles an OpenAI chat message may have (vLLM also accepts any string, served as a raw role).
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -278,6 +305,9 @@ class _Slot:
         if self._held:
             self._held = False
             self._in_flight.release(self._key, self._route)
+
+    # A stream dropped before it started never runs its `finally`; the slot goes with it.
+    __del__ = release
 
 
 class CorralIngress(OpenAiIngress):
@@ -316,7 +346,10 @@ class CorralIngress(OpenAiIngress):
 
     def _authorize(self, request: Request, scope: str = "inference") -> tuple[str | None, Response | None]:
         """(key hash, None) or (None, an OpenAI-format error response)."""
-        digest, denied = self._keys.identify(_api_key(request))
+        bearer = _api_key(request)
+        if bearer is None and scope == "inference" and not self._keys.required:
+            return None, None  # what identify and check answer for it, without the clock
+        digest, denied = self._keys.identify(bearer)
         denied = denied or self._keys.check(digest, time.monotonic(), scope)
         return digest, (_error(denied) if denied else None)
 
@@ -388,11 +421,14 @@ class CorralIngress(OpenAiIngress):
                 role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
                 if role not in CHAT_ROLES:
                     return f"messages[{i}].role {role!r} is not one of {sorted(CHAT_ROLES)}"
-        fields = [f for f in ("max_tokens", "max_completion_tokens") if hasattr(body, f)]
-        asked = [getattr(body, f) for f in fields if getattr(body, f) is not None]
+        # Field values straight from the model's __dict__: the attribute of a deprecated field
+        # (vLLM's `max_tokens`) issues a DeprecationWarning on every read.
+        values = body.__dict__
+        fields = [f for f in _TOKEN_FIELDS if f in type(body).model_fields]
+        asked = [values[f] for f in fields if values[f] is not None]
         if limits.max_tokens_cap is not None:
             for f in fields:
-                value = getattr(body, f)
+                value = values[f]
                 if value is not None and value > limits.max_tokens_cap:
                     return f"{f}={value} is larger than this model's cap of {limits.max_tokens_cap}"
         if not asked and limits.max_tokens_default is not None:
@@ -463,54 +499,88 @@ class CorralIngress(OpenAiIngress):
 
     async def _attempt(self, body, request: Request, call_method: str, route: str, arm: str, start: float,
                        client_wants_usage: bool, key: str | None, slot: _Slot) -> Response:
+        """One try of a request on `arm`: what Ray Serve LLM's `OpenAiIngress._process_llm_request`
+        does (ray/llm/_internal/serve/core/ingress/ingress.py), with corral's accounting on the way.
+
+        As there: read the arm's first item within the bound (its `router_request_timeout`, 408);
+        an ErrorResponse first is an OpenAIHTTPException; a response object is answered as JSON
+        (`JSONResponse(content=first.model_dump())`); anything else is streamed as SSE text
+        (`_openai_json_wrapper`: `_apply_openai_json_format` per item, `data: [DONE]` added if the
+        arm did not send it). Corral reads usage from the response object rather than its JSON,
+        and streams through one generator instead of the stock path's two plus its own.
+        """
         timeout_s = self._admission.failover.first_response_timeout_s
         try:
-            async with asyncio.timeout(timeout_s):  # no extra task per request, unlike wait_for
-                response = await _ray_compat.process_llm_request(self, body, call_method, request)
-        except OpenAIHTTPException as exc:
-            if exc.status_code >= 500:
-                raise ArmFailed(exc.status_code, scrub(str(exc.message))) from None
-            self._metrics.record(route, arm, exc.status_code, time.perf_counter() - start, None, None, None)
-            raise OpenAIHTTPException(message=scrub(exc.message), status_code=exc.status_code, type=exc.type) from None
+            # One timer for both bounds (asyncio.timeout: no extra task per request, unlike wait_for).
+            async with asyncio.timeout(min(timeout_s, _ROUTER_TIMEOUT_S)):
+                items = _ray_compat.llm_responses(self, body, call_method, request)
+                first = await items.__anext__()
         except asyncio.TimeoutError:
+            if _ROUTER_TIMEOUT_S < timeout_s:  # the stock bound ends the wait: its 408
+                self._metrics.record(route, arm, 408, time.perf_counter() - start, None, None, None)
+                raise OpenAIHTTPException(message="Request server side timeout", status_code=408,
+                                          type="Unknown") from None  # as router_request_timeout
             raise ArmFailed(names.OUTCOME_TIMEOUT, f"no response within {timeout_s:g} s") from None
         except asyncio.CancelledError:
             self._metrics.record(route, arm, names.OUTCOME_CLIENT_DISCONNECT, time.perf_counter() - start, None, None, None)
             raise
+        except OpenAIHTTPException as exc:  # raised by the arm (a RayTaskError is also an instance of its cause)
+            self._http_error(route, arm, start, exc.status_code, exc.message, exc.type)
         except Exception as exc:  # the replica or its engine died, the handle failed, ...
             raise ArmFailed(names.OUTCOME_EXCEPTION, f"{type(exc).__name__}: {scrub(str(exc))[:300]}") from None
+        head = first[0] if isinstance(first, list) else first  # a stream's first item may be a batch
+        if isinstance(head, _ERROR_RESPONSE):
+            self._http_error(route, arm, start, head.error.code, head.error.message, head.error.type)
         headers = {ARM_HEADER: arm, ROUTE_HEADER: route}
-        if isinstance(response, StreamingResponse):
-            stream = self._measured_stream(response.body_iterator, route, arm, start, client_wants_usage, key, slot)
-            # The stream releases the slot when it ends; if it is dropped unstarted, so does this.
-            weakref.finalize(stream, slot.release)
+        if not isinstance(head, _NON_STREAMING_TYPES):
+            # The stream releases the slot when it ends; if it is dropped unstarted, the slot's
+            # finalizer does.
+            stream = self._measured_stream(first, items, route, arm, start, client_wants_usage, key, slot)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        # Read id and usage for feedback, limits and metrics; return the engine's bytes as they are.
+        # The arm's generator has nothing after its answer: close it now rather than leave it to
+        # the event loop's async-generator finalizer (a task per request).
+        await items.aclose()
+        content = head.model_dump()
+        response = JSONResponse(content=content, headers=headers)
+        # Id and usage for feedback, limits and metrics, from the response object itself.
         self._health.succeeded(arm)
-        payload = json.loads(response.body)
-        self._remember(payload.get("id"), route, arm)
-        self._keys.charge_tokens(key, (payload.get("usage") or {}).get("total_tokens") or 0, time.monotonic())
-        self._metrics.record(route, arm, response.status_code, time.perf_counter() - start, None, None, payload.get("usage"))
-        response.headers.update(headers)
+        usage = content.get("usage")
+        self._remember(content.get("id"), route, arm)
+        self._keys.charge_tokens(key, (usage or {}).get("total_tokens") or 0, time.monotonic())
+        self._metrics.record(route, arm, response.status_code, time.perf_counter() - start, None, None, usage)
         return response
 
-    async def _measured_stream(self, packets: AsyncIterable[str | bytes | memoryview], route: str, arm: str,
+    def _http_error(self, route: str, arm: str, start: float, code: int, message: str, kind: str) -> typing.NoReturn:
+        """An arm's error answer: 5xx counts against the arm (ArmFailed); a client error goes back
+        to the client as it is, without internal paths."""
+        if code >= 500:
+            raise ArmFailed(code, scrub(str(message)))
+        self._metrics.record(route, arm, code, time.perf_counter() - start, None, None, None)
+        raise OpenAIHTTPException(message=scrub(message), status_code=code, type=kind)
+
+    async def _measured_stream(self, first: Any, items: AsyncIterator[Any], route: str, arm: str,
                                start: float, keep_usage: bool, key: str | None = None,
                                slot: _Slot | None = None) -> AsyncGenerator[str, None]:
-        first = last = None
+        """The SSE text of `first` and then of every item of `items` (as `_openai_json_wrapper`),
+        with the request's outcome, TTFT, inter-token latency and usage read on the way."""
+        first_at = last = None
         usage = None
+        done_sent = False
         outcome: int | str = names.OUTCOME_CLIENT_DISCONNECT  # unless the stream gets to its end
         try:
-            async for packet in packets:
-                text = packet if isinstance(packet, str) else bytes(packet).decode()
-                now = time.perf_counter()
+            item = first
+            while True:
+                text = _sse(item)
+                if not done_sent and "[DONE]" in text and text.rstrip().endswith("data: [DONE]"):
+                    done_sent = True
                 if '"usage":{' in text:
                     text, usage = _split_usage(text, keep_usage, usage)
                 if '"choices":[{' in text:
-                    first = first or now
-                    last = now
-                    if usage is None and first == now:
-                        self._remember(_response_id(text), route, arm)
+                    last = time.perf_counter()
+                    if first_at is None:
+                        first_at = last
+                        if usage is None:
+                            self._remember(_response_id(text), route, arm)
                 if 'data: {"error"' in text and outcome == names.OUTCOME_CLIENT_DISCONNECT:
                     code = _stream_error_code(text)
                     outcome = names.OUTCOME_STREAM_ERROR
@@ -518,6 +588,12 @@ class CorralIngress(OpenAiIngress):
                         self._arm_failed(arm, names.OUTCOME_STREAM_ERROR, f"error event with code {code}")
                 if text:
                     yield text
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    break
+            if not done_sent:
+                yield "data: [DONE]\n\n"
             if outcome == names.OUTCOME_CLIENT_DISCONNECT:
                 outcome = 200
                 self._health.succeeded(arm)
@@ -529,9 +605,9 @@ class CorralIngress(OpenAiIngress):
         finally:
             # Runs on success, on engine errors and when the client disconnects (GeneratorExit / cancellation).
             end = time.perf_counter()
-            ttft = first - start if first else None
+            ttft = first_at - start if first_at else None
             n_out = (usage or {}).get("completion_tokens") or 0
-            itl = (last - first) / (n_out - 1) if first and last and n_out > 1 else None
+            itl = (last - first_at) / (n_out - 1) if first_at and last and n_out > 1 else None
             self._metrics.record(route, arm, outcome, end - start, ttft, itl, usage)
             self._keys.charge_tokens(key, (usage or {}).get("total_tokens") or 0, time.monotonic())
             if slot is not None:
@@ -636,7 +712,13 @@ def _with_usage(body) -> Any:
     """The request's stream_options with include_usage on (vLLM's own StreamOptions type)."""
     if body.stream_options is not None:
         return body.stream_options.model_copy(update={"include_usage": True})
-    annotation = type(body).model_fields["stream_options"].annotation
+    return _usage_only_options(type(body))
+
+
+@functools.cache
+def _usage_only_options(body_cls: type) -> Any:
+    """`stream_options` of include_usage alone, for a request class (built once; never modified)."""
+    annotation = body_cls.model_fields["stream_options"].annotation
     options_cls = next(a for a in typing.get_args(annotation) if a is not type(None))
     return options_cls(include_usage=True)
 
@@ -647,6 +729,10 @@ def _api_key(request: Request) -> str | None:
 
 
 def _response_id(packet: str) -> str | None:
+    if packet.startswith('data: {"id":"'):  # vLLM's compact chunk JSON: the id is its first field
+        end = packet.find('"', 13)
+        if end > 13 and "\\" not in packet[13:end]:
+            return packet[13:end]
     for line in packet.splitlines():
         if line.startswith("data: {"):
             try:

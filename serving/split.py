@@ -17,9 +17,19 @@ from collections.abc import Mapping
 
 
 def _unit(key: str, arm: str) -> float:
-    digest = hashlib.blake2b(f"{key}\x00{arm}".encode(), digest_size=8).digest()
+    return _unit_from(_key_hash(key), arm)
+
+
+def _key_hash(key: str):
+    """The hash state of `key` and the separator, to be copied once per arm."""
+    return hashlib.blake2b(key.encode() + b"\x00", digest_size=8)
+
+
+def _unit_from(prefix, arm: str) -> float:
+    h = prefix.copy()
+    h.update(arm.encode())  # = blake2b(f"{key}\x00{arm}")
     # Map 64 bits into the open interval (0, 1): ln(0) and ln(1) are both unusable.
-    return (int.from_bytes(digest, "big") + 0.5) / 2.0**64
+    return (int.from_bytes(h.digest(), "big") + 0.5) / 2.0**64
 
 
 def pick_arm(weights: Mapping[str, int], key: str | None, rng: random.Random | None = None) -> str:
@@ -30,7 +40,10 @@ def pick_arm(weights: Mapping[str, int], key: str | None, rng: random.Random | N
     if key is None:
         arms = list(live)
         return (rng or random).choices(arms, weights=[live[a] for a in arms])[0]
-    return max(live, key=lambda arm: live[arm] / -math.log(_unit(key, arm)))
+    if len(live) == 1:  # the one arm wins whatever its score
+        return next(iter(live))
+    prefix = _key_hash(key)
+    return max(live, key=lambda arm: live[arm] / -math.log(_unit_from(prefix, arm)))
 
 
 def failover_weights(weights: Mapping[str, int], down: set[str] | frozenset[str]) -> dict[str, int]:

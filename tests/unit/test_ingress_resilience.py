@@ -111,6 +111,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.records: list[tuple[str, str, str]] = []
+        self.details: list[tuple] = []
         self.failed_over: Counter = Counter()
         self.up: dict[str, int] = {}
         outer = self
@@ -127,6 +128,7 @@ class Recorder:
 
     def record(self, route, arm, code, *args):
         self.records.append((route, arm, str(code)))
+        self.details.append(args)  # (latency_s, ttft_s, itl_s, usage)
 
 
 def make_ingress(admission: dict | None = None, weights: dict | None = None):
@@ -225,6 +227,49 @@ def test_a_full_stream_is_a_200_and_usage_is_stripped_unless_asked():
     assert '"usage"' not in text and response.headers["x-corral-arm"] == "a"
 
 
+class CompactArm(Arm):
+    """Chunks in vLLM's compact JSON (model_dump_json), two tokens 10 ms apart."""
+
+    async def _run(self, body):
+        def compact(text):
+            return "data: " + json.dumps({"id": f"chatcmpl-{self.name}", "model": self.name,
+                                          "choices": [{"index": 0, "delta": {"content": text}}]},
+                                         separators=(",", ":")) + "\n\n"
+        yield [compact("he")]
+        await asyncio.sleep(0.01)
+        yield [compact("y"), USAGE]  # no [DONE]: the ingress adds it, as Ray Serve LLM's wrapper does
+
+
+def test_a_stream_records_ttft_itl_usage_and_its_response_id():
+    ingress, arms, rec = make_ingress()
+    ingress._default_serve_handles["a"] = CompactArm("a")
+
+    async def go():
+        response = await ingress.chat(chat_body(user=user_on("a")), http_request())
+        return await read(response)
+
+    text = run(go())
+    assert text.endswith("data: [DONE]\n\n") and text.count("[DONE]") == 1 and '"usage"' not in text
+    assert rec.records == [("llama", "a", "200")]
+    latency_s, ttft_s, itl_s, usage = rec.details[0]
+    assert 0 <= ttft_s < latency_s and itl_s >= 0.009  # 2 tokens: (last - first) / 1
+    assert usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert ingress._responses["chatcmpl-a"] == ("llama", "a")  # for /v1/feedback
+
+
+def test_a_non_streamed_answer_records_its_usage_and_response_id():
+    ingress, arms, rec = make_ingress()
+
+    async def go():
+        return await ingress.chat(chat_body(user=user_on("b"), stream=False), http_request())
+
+    response = run(go())
+    assert json.loads(response.body)["choices"][0]["message"]["content"] == "hey"
+    assert response.headers["x-corral-arm"] == "b" and response.headers["x-corral-route"] == "llama"
+    assert rec.records == [("llama", "b", "200")] and rec.details[0][3]["total_tokens"] == 4
+    assert ingress._responses["chatcmpl-b"] == ("llama", "b") and ingress._in_flight.by_route == {}
+
+
 def test_the_error_rate_gate_counts_every_server_side_outcome():
     """The rollout's default error query selects what the ingress records for failed requests
     (PromQL label regexes are fully anchored, like re.fullmatch)."""
@@ -315,6 +360,29 @@ def test_client_errors_do_not_count_against_the_arm():
         return info.value
 
     assert run(go()).status_code == 400
+    assert ingress._health.is_up("a") and rec.records == [("a", "a", "400")]
+
+
+def test_a_client_error_raised_by_the_arm_goes_back_as_it_is():
+    """Ray re-raises an arm's exception as a RayTaskError that is also an instance of its cause
+    (ray/exceptions.py `RayTaskError.as_instanceof_cause`), so an OpenAIHTTPException the arm
+    raises reaches the ingress as one."""
+    ingress, arms, rec = make_ingress()
+
+    class Raising(Arm):
+        async def _run(self, body):
+            raise OpenAIHTTPException(message="prompt is too long", status_code=400, type="BadRequestError")
+            yield  # an async generator, like the arm's
+
+    ingress._default_serve_handles["a"] = ingress._configured_serve_handles["a"] = Raising("a")
+
+    async def go():
+        with pytest.raises(OpenAIHTTPException) as info:
+            await ingress.chat(chat_body(model="a"), http_request())
+        return info.value
+
+    error = run(go())
+    assert (error.status_code, error.message) == (400, "prompt is too long")
     assert ingress._health.is_up("a") and rec.records == [("a", "a", "400")]
 
 

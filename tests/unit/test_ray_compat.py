@@ -88,29 +88,56 @@ def test_default_endpoints_and_ingress_app():
     assert isinstance(app, FastAPI)
 
 
-def test_process_llm_request_shape():
+def test_get_response_shape():
     from ray.serve.llm.ingress import OpenAiIngress
 
-    method = getattr(OpenAiIngress, "_process_llm_request", None)
-    _expect("OpenAiIngress._process_llm_request", method is not None, "missing")
-    _expect("OpenAiIngress._process_llm_request",
-            inspect.iscoroutinefunction(method) and _params(method) == ["self", "body", "call_method", "raw_request"],
+    method = getattr(OpenAiIngress, "_get_response", None)
+    _expect("OpenAiIngress._get_response", method is not None, "missing")
+    _expect("OpenAiIngress._get_response",
+            inspect.isasyncgenfunction(method) and _params(method) == ["self", "body", "call_method", "raw_request"],
             f"{inspect.signature(method)}")
 
 
-async def _echo(body, call_method, raw_request=None):
-    return (body, call_method, raw_request)
-
-
-def test_process_llm_request_forwards_arguments():
-    import asyncio
-
+def test_llm_responses_forwards_arguments():
     class Fake:
-        _process_llm_request = staticmethod(_echo)
+        def _get_response(self, *, body, call_method, raw_request=None):
+            return (body, call_method, raw_request)
 
-    assert asyncio.run(rc.process_llm_request(Fake(), "b", "chat", "r")) == ("b", "chat", "r")
-    with pytest.raises(rc.RayCompatError, match="_process_llm_request"):
-        asyncio.run(rc.process_llm_request(object(), "b", "chat"))
+    assert rc.llm_responses(Fake(), "b", "chat", "r") == ("b", "chat", "r")
+    with pytest.raises(rc.RayCompatError, match="_get_response"):
+        rc.llm_responses(object(), "b", "chat")
+
+
+def test_stream_formatting_and_response_types():
+    fmt = _private("apply_openai_json_format")
+    assert fmt(["data: {}\n\n", "data: [DONE]\n\n"]) == "data: {}\n\ndata: [DONE]\n\n"
+    assert fmt([{"a": 1}]) == 'data: {"a": 1}\n\n'
+    response_cls = _private("ChatCompletionResponse")
+    error_cls = _private("ErrorResponse")
+    _expect("NON_STREAMING_RESPONSE_TYPES", response_cls in _private("NON_STREAMING_RESPONSE_TYPES")
+            and error_cls not in _private("NON_STREAMING_RESPONSE_TYPES"), "chat response not a non-streaming type")
+    error = error_cls(error={"message": "m", "type": "T", "code": 500})
+    assert error.error.code == 500 and error.error.message == "m"
+    assert float(_private("ROUTER_HTTP_TIMEOUT_S")) > 0
+
+
+def test_metric_recorder_records_and_skips_discarded_metrics():
+    import warnings
+
+    from ray.util import metrics
+
+    counter = metrics.Counter("corral_compat_test_requests", "t", tag_keys=("arm",))
+    record = rc.metric_recorder(counter)
+    _expect("ray.util.metrics.Metric._metric.record", callable(record), "not callable")
+    record(2, tags={"arm": "a"})  # no Ray running: recorded locally, must not raise
+    hist = metrics.Histogram("corral_compat_test_latency", "t", boundaries=[0.1, 1.0], tag_keys=("arm",))
+    rc.metric_recorder(hist)(0.5, tags={"arm": "a"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        discarded = metrics.Counter("0-not a metric name", "t")
+    assert rc.metric_recorder(discarded)(1, tags={}) is None
+    with pytest.raises(rc.RayCompatError, match="_metric.record"):
+        rc.metric_recorder(object())
 
 
 def test_available_resources_per_node_shape():
