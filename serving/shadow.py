@@ -267,3 +267,47 @@ def _with_usage(body: Any) -> Any:
     annotation = type(body).model_fields["stream_options"].annotation
     options_cls = next(a for a in typing.get_args(annotation) if a is not type(None))
     return options_cls(include_usage=True)
+
+
+# -- the shadow setting in a Serve config (used by the rollout's local and KubeRay actuators) ------
+
+def route_shadow(app: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The shadow settings in a Serve application config's ingress override (route -> setting)."""
+    from corral.serving.app import INGRESS_DEPLOYMENT
+
+    for d in app.get("deployments") or []:
+        if d.get("name") == INGRESS_DEPLOYMENT:
+            return {r: dict(v) for r, v in ((d.get("user_config") or {}).get("shadow") or {}).items()}
+    return {}
+
+
+def set_route_shadow(app: dict[str, Any], route: str, setting: dict[str, Any] | None) -> bool:
+    """Set (or, with None / {}, remove) one route's shadow setting in the ingress's user_config
+    override, beside the route weights: Serve applies it in place through the ingress's
+    `reconfigure`, like a weight change. False if it already was so. Raises KeyError for an
+    unknown route, ValueError for a bad setting."""
+    from corral.serving.app import INGRESS_DEPLOYMENT, _override, route_weights
+
+    routes = route_weights(app)
+    if route not in routes:
+        raise KeyError(f"no route {route!r}; routes are {sorted(routes)}")
+    current = route_shadow(app)
+    wanted = {k: v for k, v in current.items() if k != route}
+    if setting:
+        arms = [a["name"] for a in ((app.get("args") or {}).get("fleet") or {}).get("arms", [])]
+        wanted[route] = ShadowRoute.parse(route, setting, arms).to_dict()
+    if wanted == current:
+        return False
+    override = _override(app, INGRESS_DEPLOYMENT)
+    user_config = dict(override.get("user_config") or {"routes": routes})
+    if wanted:
+        user_config["shadow"] = wanted
+    else:
+        user_config.pop("shadow", None)
+    override["user_config"] = user_config
+    return True
+
+
+def applied_shadow(ingress_user_config: dict[str, Any], route: str) -> dict[str, Any]:
+    """The route's shadow setting in a user_config the ingress runs ({} = none)."""
+    return dict(((ingress_user_config or {}).get("shadow") or {}).get(route) or {})

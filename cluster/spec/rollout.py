@@ -39,6 +39,12 @@ METRIC_PLACEHOLDERS = {
     "output_tokens": mn.exported(mn.OUTPUT_TOKENS),
     "feedback": mn.exported(mn.FEEDBACK),
 }
+# The same placeholders for the candidate during a shadow stage: its shadow series (feedback has
+# none: no user rates a shadow answer, and gates on it are left out of shadow analyses).
+SHADOW_METRIC_PLACEHOLDERS = {
+    key: mn.exported(mn.SHADOW_OF.get(name.removeprefix(mn.PREFIX), name.removeprefix(mn.PREFIX)))
+    for key, name in METRIC_PLACEHOLDERS.items()
+}
 RUNTIME_PLACEHOLDERS = ("route", "arm", "window")
 PLACEHOLDERS = tuple(METRIC_PLACEHOLDERS) + RUNTIME_PLACEHOLDERS
 
@@ -126,6 +132,11 @@ class MetricGate(_Strict):
     design_n: int = Field(500, ge=1)
     """Sequential gates: requests per arm at which the confidence sequence is tightest (it is
     valid at every count; this only tunes where it is narrowest)."""
+
+    @property
+    def reads_user_feedback(self) -> bool:
+        """Does the gate measure users' `/v1/feedback` ratings (none exist for shadow answers)?"""
+        return self.metric == "quality_pass_rate" or "feedback" in template_placeholders(self.query)
 
     @field_validator("query")
     @classmethod
