@@ -181,3 +181,31 @@ def test_rollout_status_shows_the_shadow_stage():
     text = console.export_text()
     assert "stage shadow" in text and f"50% of llama copied to {C}" in text and f"users on {B}" in text
     assert "20s left" in text or "19s left" in text
+
+
+def test_kuberay_actuator_writes_the_shadow_into_serve_config_v2():
+    from kubernetes import client
+    from test_rollout_kuberay import PATH, StubApiServer, rayservice
+
+    from corral.rollout.actuators import KubeRayActuator
+
+    stub = StubApiServer(rayservice())
+    stub.thread.start()
+    try:
+        cfg = client.Configuration()
+        cfg.host, cfg.api_key = stub.url, {"BearerToken": "t"}
+        act = KubeRayActuator("corral", "llm", app_name="demo", api=client.CustomObjectsApi(client.ApiClient(cfg)))
+        setting = {"arm": "llama3", "percent": 10.0, "max_in_flight": 2, "timeout_s": 30.0}
+        fleet_before = stub.fleet()
+        assert act.set_shadow("chat", setting) is True
+        assert stub.app()["deployments"] == [{"name": "CorralIngress", "user_config": {
+            "routes": {"chat": {"llama2": 100, "llama3": 0}}, "shadow": {"chat": setting}}}]
+        assert stub.fleet() == fleet_before  # args untouched: no replica restarts
+        assert act.set_shadow("chat", dict(setting)) is False  # idempotent: no second PATCH
+        assert act.set_shadow("chat", None) is True
+        assert "shadow" not in stub.app()["deployments"][0]["user_config"]
+        assert len([r for r in stub.requests if r[0] == "PATCH"]) == 2
+        assert all(r[1] == PATH.format(ns="llm", name="corral") for r in stub.requests if r[0] == "PATCH")
+    finally:
+        stub.server.shutdown()
+        stub.server.server_close()
