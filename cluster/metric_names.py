@@ -50,6 +50,23 @@ FAILOVERS = "corral_failovers_total"
 # Gauge (label: arm): 1 while the ingress routes to the arm, 0 while it is out.
 ARM_UP = "corral_arm_up"
 
+# Shadow traffic (a rollout's shadow stage, serving/shadow.py): copies of user requests sent to
+# the candidate, whose answers nobody sees. Separate series with the same labels and buckets as
+# their user counterparts, so no query of user traffic, user latency or cost can count them;
+# gates select them for the candidate during the shadow stage (SHADOW_OF).
+SHADOW_REQUESTS = "corral_shadow_requests_total"      # labels: route, arm, status (as REQUESTS)
+SHADOW_LATENCY = "corral_shadow_request_latency_seconds"
+SHADOW_TTFT = "corral_shadow_ttft_seconds"
+SHADOW_ITL = "corral_shadow_itl_seconds"
+SHADOW_INPUT_TOKENS = "corral_shadow_input_tokens_total"
+SHADOW_OUTPUT_TOKENS = "corral_shadow_output_tokens_total"
+# Counter (labels: route, arm, reason): copies not sent. `full`: max_in_flight copies were already
+# in flight on the route; `error`: the copy could not even be prepared.
+SHADOW_DROPPED = "corral_shadow_dropped_total"
+# User series -> the shadow series of the same measurement.
+SHADOW_OF = {REQUESTS: SHADOW_REQUESTS, LATENCY: SHADOW_LATENCY, TTFT: SHADOW_TTFT, ITL: SHADOW_ITL,
+             INPUT_TOKENS: SHADOW_INPUT_TOKENS, OUTPUT_TOKENS: SHADOW_OUTPUT_TOKENS}
+
 
 # -- histogram boundaries of the ingress's series (part of the contract: gates and reports read
 # quantiles off them) --------------------------------------------------------------------------

@@ -11,8 +11,8 @@ persisted intent without a second weight change.
   (`PUT /api/serve/applications/`).
 
 Both edit per-deployment overrides of the fleet's Serve application, never its `args`
-(Serve restarts every replica when `args` change): route weights in the ingress
-`user_config`, replica floors as the arm's `autoscaling_config.min_replicas`. The fleet in
+(Serve restarts every replica when `args` change): route weights and a shadow stage's setting
+in the ingress `user_config`, replica floors as the arm's `autoscaling_config.min_replicas`. The fleet in
 `args.fleet` keeps the spec's own values, so releasing a floor restores the spec's min.
 
 What they *read* is what Serve runs, not what was written: both read Serve's REST status
@@ -74,6 +74,15 @@ class Actuator(Protocol):
         """Each arm's running replicas and deployment status."""
         ...
 
+    # The controller calls these two only for a rollout with a shadow stage.
+    def get_shadow(self, route: str) -> dict[str, Any] | None:
+        """The route's shadow setting the ingress runs ({} = none); None while a change is applied."""
+        ...
+
+    def set_shadow(self, route: str, setting: dict[str, Any] | None) -> bool:
+        """Make the route's shadow setting exactly `setting` (None/{} = off); False if it already was."""
+        ...
+
 
 class InMemoryActuator:
     """A fleet in memory; records every real change in `changes`."""
@@ -85,6 +94,7 @@ class InMemoryActuator:
         self.status = dict(status or {})
         self.spec_min = dict(min_replicas or {})
         self.floors: dict[str, int] = {}
+        self.shadow: dict[str, dict[str, Any]] = {}
         self.changes: list[tuple[str, Any]] = []
 
     def get_weights(self, route):
@@ -111,6 +121,20 @@ class InMemoryActuator:
 
     def arm_status(self, arms):
         return {a: ArmStatus(self.ready.get(a, 0), self.status.get(a, "HEALTHY")) for a in arms}
+
+    def get_shadow(self, route):
+        self.get_weights(route)
+        return dict(self.shadow.get(route) or {})
+
+    def set_shadow(self, route, setting):
+        if self.get_shadow(route) == (setting or {}):
+            return False
+        if setting:
+            self.shadow[route] = dict(setting)
+        else:
+            self.shadow.pop(route, None)
+        self.changes.append(("shadow", dict(setting or {})))
+        return True
 
 
 # -- Serve's REST status -------------------------------------------------------------------
@@ -146,6 +170,27 @@ def serve_applied_weights(app: dict | None, route: str) -> dict[str, int] | None
     if route not in routes:
         raise ActuatorError(f"the running ingress has no route {route!r} (routes: {sorted(routes)})")
     return {a: int(w) for a, w in routes[route].items()}
+
+
+def serve_applied_shadow(app: dict | None, route: str) -> dict[str, Any] | None:
+    """The route's shadow setting the ingress runs ({} = none), once its deployment is HEALTHY
+    (as for weights, see serve_applied_weights), else None."""
+    from corral.serving.app import INGRESS_DEPLOYMENT
+    from corral.serving.shadow import applied_shadow
+
+    ingress = ((app or {}).get("deployments") or {}).get(INGRESS_DEPLOYMENT)
+    if not ingress or ingress.get("status") != "HEALTHY":
+        return None
+    return applied_shadow((ingress.get("deployment_config") or {}).get("user_config") or {}, route)
+
+
+def _apply_shadow(app: dict, route: str, setting: dict[str, Any] | None) -> bool:
+    from corral.serving.shadow import set_route_shadow
+
+    try:
+        return set_route_shadow(app, route, setting)
+    except (KeyError, ValueError) as exc:
+        raise ActuatorError(str(exc)) from None
 
 
 class ServeStatusReader:
@@ -308,6 +353,12 @@ class KubeRayActuator:
     def set_replica_floor(self, arm, floor):
         return self._modify(lambda app: _apply_floor(app, arm, floor))
 
+    def get_shadow(self, route):
+        return serve_applied_shadow(self._serve_app(), route)
+
+    def set_shadow(self, route, setting):
+        return self._modify(lambda app: _apply_shadow(app, route, setting))
+
 
 def default_dashboard_url(name: str, namespace: str) -> str:
     return f"http://{name}-head-svc.{namespace}.svc:8265"
@@ -361,3 +412,9 @@ class LocalServeActuator:
 
     def arm_status(self, arms):
         return serve_arm_status(self._app(), arms)
+
+    def get_shadow(self, route):
+        return serve_applied_shadow(self._app(), route)
+
+    def set_shadow(self, route, setting):
+        return self._update(lambda app: _apply_shadow(app, route, setting))

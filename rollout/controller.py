@@ -130,11 +130,20 @@ class Controller:
             status = {a: st.status for a, st in arm_status.items()}
         except ActuatorError as exc:
             self._report(exc)  # no readiness, no dead-arm verdict this tick
+        shadow = None
+        if self.spec.shadow.enabled:
+            try:
+                shadow = self.actuator.get_shadow(self.spec.route)
+            except ActuatorError as exc:
+                self._report(exc)  # decide() waits while the shadow setting is unknown
         n = needs(state, self.spec, now)
         metrics = metrics_error = quality = None
         if n.metrics:
             try:
-                metrics = self.source.collect(self.spec, n.window_s, n.elapsed_s)
+                if n.shadow:  # the candidate's shadow series (only sources that know them get the flag)
+                    metrics = self.source.collect(self.spec, n.window_s, n.elapsed_s, shadow=True)
+                else:
+                    metrics = self.source.collect(self.spec, n.window_s, n.elapsed_s)
             except MetricSourceError as exc:
                 metrics_error = str(exc)
         if n.quality:
@@ -144,7 +153,7 @@ class Controller:
                 quality = self.quality_runner.run(arms)
         return Snapshot(weights=weights, ready_replicas=ready or {}, max_replicas=self.max_replicas,
                         metrics=metrics, metrics_error=metrics_error, quality=quality,
-                        commands=doc.pending_commands(), deployment_status=status)
+                        commands=doc.pending_commands(), deployment_status=status, shadow=shadow)
 
     def _report(self, exc: Exception) -> None:
         if self.on_error is not None:
@@ -156,6 +165,8 @@ class Controller:
             return
         for arm in (self.spec.baseline, self.spec.candidate):
             self.actuator.set_replica_floor(arm, state.replica_floors.get(arm))
+        if self.spec.shadow.enabled:  # off (rollback, success, step 1) before the weights move
+            self.actuator.set_shadow(self.spec.route, state.shadow or None)
         if state.desired_weights:
             self.actuator.set_weights(self.spec.route, state.desired_weights)
 

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from corral.cluster import metric_names as mn
-from corral.cluster.spec.rollout import METRIC_PLACEHOLDERS, MetricGate
+from corral.cluster.spec.rollout import METRIC_PLACEHOLDERS, SHADOW_METRIC_PLACEHOLDERS, MetricGate
 
 
 class Verdict(str, Enum):
@@ -64,15 +64,18 @@ def format_window(seconds: float) -> str:
     return f"{max(1, int(round(seconds)))}s"
 
 
-def render(template: str, route: str, arm: str, window_s: float) -> str:
-    """A gate template with route, arm, window and metric names filled in."""
-    mapping = dict(METRIC_PLACEHOLDERS, route=route, arm=arm, window=format_window(window_s))
+def render(template: str, route: str, arm: str, window_s: float, shadow: bool = False) -> str:
+    """A gate template with route, arm, window and metric names filled in; `shadow`: the arm's
+    shadow series (a rollout's shadow stage) instead of its user series."""
+    metrics = SHADOW_METRIC_PLACEHOLDERS if shadow else METRIC_PLACEHOLDERS
+    mapping = dict(metrics, route=route, arm=arm, window=format_window(window_s))
     return string.Template(template).substitute(mapping)
 
 
-def requests_query(route: str, arm: str, elapsed_s: float) -> str:
-    """Requests an arm served on a route in the last `elapsed_s` (the step so far)."""
-    name = mn.exported(mn.REQUESTS)
+def requests_query(route: str, arm: str, elapsed_s: float, shadow: bool = False) -> str:
+    """Requests an arm served on a route in the last `elapsed_s` (the step so far); `shadow`:
+    shadow copies it answered instead."""
+    name = mn.exported(mn.SHADOW_REQUESTS if shadow else mn.REQUESTS)
     return f'sum(increase({name}{{route="{route}",arm="{arm}"}}[{format_window(elapsed_s)}])) or vector(0)'
 
 

@@ -21,6 +21,15 @@ floor and wait for warm replicas) -> quality (golden set, when required) -> shif
 weights written, waiting to see them in effect) -> baking (analyses every
 `analysis_interval_s`; promotion once `bake_s` has passed, the latest analysis passed and
 each arm with traffic served `min_requests`).
+
+With `shadow.percent` > 0 the first step has one more stage between quality and shifting:
+shadow (users stay on the baseline at 100%; the ingress copies `percent`% of the route's
+requests to the candidate and discards its answers). Once the ingress runs the shadow setting,
+analyses run every `analysis_interval_s` with the gates reading the candidate's shadow series;
+a failing gate rolls back as in a step (the candidate never served a user), and after
+`shadow.duration_s`, with the latest analysis passed and `shadow.min_requests` on each arm, the
+shadow ends and step 1's weights are written. Gates on user feedback are left out of shadow
+analyses: no user sees the candidate's answers.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ ACTIVE = (Phase.PROGRESSING, Phase.ERROR)
 class Stage(str, Enum):
     CAPACITY = "capacity"
     QUALITY = "quality"
+    SHADOW = "shadow"
     SHIFTING = "shifting"
     BAKING = "baking"
 
@@ -62,6 +72,7 @@ class Operator(str, Enum):
     SCALE = "scale"            # replica floor raised for the next share
     RUN_QUALITY = "run_quality"
     SET_WEIGHTS = "set_weights"
+    SHADOW = "shadow"          # shadow copies to the candidate switched on
     ANALYSIS = "analysis"      # an analysis ran (result in the decision's gates)
     PROMOTE = "promote"        # next step
     PAUSE = "pause"
@@ -113,6 +124,9 @@ class Snapshot:
     deployment_status: dict[str, str] | None = None
     """Serve's deployment status per arm (HEALTHY, UPDATING, UNHEALTHY, DEPLOY_FAILED, ...; "" if
     Serve lists none); None when it could not be read (then no arm is judged dead)."""
+    shadow: dict[str, Any] | None = None
+    """The route's shadow setting the ingress runs ({} = none); None when not read or not known
+    (the ingress is applying a change)."""
 
 
 class RolloutState(BaseModel):
@@ -134,6 +148,11 @@ class RolloutState(BaseModel):
     """Intent: the route weights the actuator must make true."""
     replica_floors: dict[str, int] = Field(default_factory=dict)
     """Intent: minimum replicas per arm the autoscaler must keep (empty = fleet's own min)."""
+    shadow: dict[str, Any] = Field(default_factory=dict)
+    """Intent: the route's shadow setting the ingress must run ({arm, percent, max_in_flight,
+    timeout_s}; empty = no shadow copies)."""
+    shadow_done: bool = False
+    """The shadow stage has ended (passed, or skipped by the operator)."""
     baseline_replicas: int = 0
     """Baseline's ready replicas when the rollout started (sizes the candidate's floor)."""
     last_analysis_at: float | None = None
@@ -179,6 +198,8 @@ class Needs:
     """PromQL range for gates: this step's age, clamped to [min_window_s, analysis_window_s]."""
     elapsed_s: float
     """Time since this step's weights took effect (for request counts)."""
+    shadow: bool = False
+    """The analysis is of the shadow stage: gates read the candidate's shadow series."""
 
 
 def needs(state: RolloutState, spec: RolloutSpec, now: float) -> Needs:
@@ -186,11 +207,17 @@ def needs(state: RolloutState, spec: RolloutSpec, now: float) -> Needs:
     elapsed = max(0.0, now - state.step_started_at) if state.step_started_at is not None else 0.0
     window = min(max(elapsed, spec.min_window_s), spec.analysis_window_s)
     due = False
-    if active and state.stage == Stage.BAKING and state.step_started_at is not None:
+    if active and state.stage in (Stage.BAKING, Stage.SHADOW) and state.step_started_at is not None:
         last = state.last_analysis_at if state.last_analysis_at is not None else state.step_started_at
         due = now - last >= spec.analysis_interval_s
     return Needs(metrics=due, quality=active and state.stage == Stage.QUALITY,
-                 window_s=window, elapsed_s=max(elapsed, 1.0))
+                 window_s=window, elapsed_s=max(elapsed, 1.0), shadow=state.stage == Stage.SHADOW)
+
+
+def shadow_setting(spec: RolloutSpec) -> dict[str, Any]:
+    """What the ingress runs during the shadow stage (serving/shadow.py `ShadowRoute`)."""
+    sh = spec.shadow
+    return {"arm": spec.candidate, "percent": sh.percent, "max_in_flight": sh.max_in_flight, "timeout_s": sh.timeout_s}
 
 
 def step_weights(spec: RolloutSpec, weight: int) -> dict[str, int]:
@@ -238,9 +265,14 @@ def _commands(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) ->
         elif cmd.op == "promote":
             if s.phase == Phase.PENDING:
                 decision = Decision(Operator.HOLD, "ignored promote: rollout has not started")
+            elif s.stage == Stage.SHADOW and not cmd.full:
+                s.phase, s.pause_reason = Phase.PROGRESSING, None
+                s.shadow, s.shadow_done = {}, True
+                decision = _shift(spec, s, now, f"shadow stage ended by operator{why}")
             else:
                 target = len(spec.steps) - 1 if cmd.full else s.step + 1
                 s.phase, s.pause_reason = Phase.PROGRESSING, None
+                s.shadow, s.shadow_done = {}, True
                 if target >= len(spec.steps) or (cmd.full and s.step == target and s.stage == Stage.BAKING):
                     decision = _succeed(spec, s, f"promoted to completion by operator{why}")
                 else:
@@ -296,7 +328,7 @@ def _progress(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) ->
         if spec.quality.enabled and s.step not in s.quality_passed_steps and (s.step == 0 or spec.quality.every_step):
             s.stage, s.stage_since = Stage.QUALITY, now
             return Decision(Operator.RUN_QUALITY, f"{ready} replica(s) of {spec.candidate!r} ready; running golden set")
-        return _shift(spec, s, now, f"{ready} replica(s) of {spec.candidate!r} ready")
+        return _shadow_or_shift(spec, s, now, f"{ready} replica(s) of {spec.candidate!r} ready")
 
     if s.stage == Stage.QUALITY:
         q = snap.quality
@@ -315,10 +347,20 @@ def _progress(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) ->
         if cand < base - spec.quality.max_drop:
             return _rollback(spec, s, f"{scores}: candidate dropped more than max_drop {spec.quality.max_drop}")
         s.quality_passed_steps = sorted({*s.quality_passed_steps, s.step})
-        return _shift(spec, s, now, f"{scores} passed")
+        return _shadow_or_shift(spec, s, now, f"{scores} passed")
+
+    if s.stage == Stage.SHADOW:
+        if s.step_started_at is None:
+            if snap.shadow != s.shadow:
+                return Decision(Operator.HOLD, f"waiting for the ingress to copy {spec.shadow.percent:g}% of "
+                                               f"{spec.route!r} to {spec.candidate!r} (shadow)")
+            s.step_started_at, s.last_analysis_at, s.passed_in_step, s.inconclusive = now, None, False, 0
+            return Decision(Operator.HOLD, f"shadow in effect: {spec.shadow.percent:g}% of {spec.route!r} copied "
+                                           f"to {spec.candidate!r}, users on {spec.baseline!r}")
+        return _bake(snap, spec, s, now)
 
     if s.stage == Stage.SHIFTING:
-        if snap.weights == s.desired_weights:
+        if snap.weights == s.desired_weights and snap.shadow in (None, s.shadow):
             s.stage, s.stage_since, s.step_started_at = Stage.BAKING, now, now
             s.last_analysis_at, s.passed_in_step, s.inconclusive = None, False, 0
             return Decision(Operator.HOLD, f"weights {_fmt(s.desired_weights)} in effect; baking step {s.step + 1}")
@@ -330,6 +372,8 @@ def _progress(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) ->
 
 def _bake(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Decision:
     step = spec.steps[s.step]
+    shadow = s.stage == Stage.SHADOW
+    bake_s = spec.shadow.duration_s if shadow else step.bake_s
     analysis: Decision | None = None
     if snap.metrics_error is not None:
         s.last_analysis_at = now
@@ -339,7 +383,11 @@ def _bake(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Dec
         analysis = _analyse(snap.metrics, spec, s, now)
         if s.phase != Phase.PROGRESSING:
             return analysis  # rolled back or paused
-    baked = s.step_started_at is not None and now - s.step_started_at >= step.bake_s
+    baked = s.step_started_at is not None and now - s.step_started_at >= bake_s
+    if baked and s.passed_in_step and shadow:
+        s.shadow, s.shadow_done = {}, True
+        return _shift(spec, s, now, f"shadow stage passed ({bake_s:g}s, all gates passing on the candidate's "
+                                    f"shadow traffic); shadow off")
     if baked and s.passed_in_step:
         if s.step + 1 >= len(spec.steps):
             return _succeed(spec, s, f"final step baked {step.bake_s:g}s with all gates passing")
@@ -350,17 +398,23 @@ def _bake(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) -> Dec
                                           f"({spec.steps[nxt].weight}%): {decision.reason}")
     if analysis is not None:
         return analysis
-    left = step.bake_s - (now - s.step_started_at) if s.step_started_at is not None else step.bake_s
-    return Decision(Operator.HOLD, f"baking step {s.step + 1} ({step.weight}%): "
-                                   f"{max(0.0, left):.0f}s of bake left, latest analysis "
+    left = bake_s - (now - s.step_started_at) if s.step_started_at is not None else bake_s
+    what = (f"shadow stage ({spec.shadow.percent:g}% copied to {spec.candidate!r})" if shadow
+            else f"baking step {s.step + 1} ({step.weight}%)")
+    return Decision(Operator.HOLD, f"{what}: {max(0.0, left):.0f}s of bake left, latest analysis "
                                    f"{'passed' if s.passed_in_step else 'pending'}")
 
 
 def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) -> Decision:
     step = spec.steps[s.step]
+    shadow = s.stage == Stage.SHADOW
+    min_requests = spec.shadow.min_requests if shadow else step.min_requests
+    bake_s = spec.shadow.duration_s if shadow else step.bake_s
     baseline_live = s.desired_weights.get(spec.baseline, 0) > 0
     results = []
     for gate in spec.gates:
+        if shadow and gate.reads_user_feedback:
+            continue  # no user sees the candidate's shadow answers, so none rates them
         if gate.test == "sequential":
             # The baseline does not change during a rollout: compare with the largest sample of it
             # seen in any step (at 90% it gets a tenth of the traffic, at 100% none).
@@ -376,10 +430,11 @@ def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) 
         base = values.get(spec.baseline) if baseline_live else s.baseline_reference.get(gate.name)
         results.append(evaluate_gate(gate, cand, base))
     s.last_gates = [r.to_dict() for r in results]
-    live = [a for a in (spec.baseline, spec.candidate) if s.desired_weights.get(a, 0) > 0]
+    # In the shadow stage the candidate's requests are its shadow copies (MetricReadings.requests).
+    live = [a for a in (spec.baseline, spec.candidate) if shadow or s.desired_weights.get(a, 0) > 0]
     served = {a: m.requests.get(a, 0.0) for a in live}
     sample_ok = all(v >= spec.min_sample_requests for v in served.values())
-    evidence_ok = all(v >= step.min_requests for v in served.values())
+    evidence_ok = all(v >= min_requests for v in served.values())
     failed = [r for r in results if r.verdict == Verdict.FAIL]
     counts = ", ".join(f"{a}={v:.0f}" for a, v in served.items())
     gates = tuple(results)
@@ -395,11 +450,11 @@ def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) 
     if failed or not evidence_ok or any(r.verdict == Verdict.INCONCLUSIVE for r in results):
         s.passed_in_step = False
         missing = [r.gate for r in results if r.verdict != Verdict.PASS]
-        why = (f"requests this step {counts} (need {step.min_requests}" +
+        why = (f"requests this {'shadow stage' if shadow else 'step'} {counts} (need {min_requests}" +
                (f", {spec.min_sample_requests} to judge gates" if failed else "") + ")")
         if missing:
             why += f"; not conclusive: {missing}"
-        baked = s.step_started_at is not None and now - s.step_started_at >= step.bake_s
+        baked = s.step_started_at is not None and now - s.step_started_at >= bake_s
         if baked:
             s.inconclusive += 1
             if s.inconclusive > spec.inconclusive_limit:
@@ -463,6 +518,19 @@ def _enter_step(s: RolloutState, index: int, now: float) -> None:
     s.passed_in_step, s.inconclusive = False, 0
 
 
+def _shadow_or_shift(spec: RolloutSpec, s: RolloutState, now: float, why: str) -> Decision:
+    """Before the first step's weights: the shadow stage, when configured and not yet done."""
+    if s.step == 0 and spec.shadow.enabled and not s.shadow_done:
+        s.shadow = shadow_setting(spec)
+        s.stage, s.stage_since = Stage.SHADOW, now
+        s.step_started_at = s.last_analysis_at = None
+        s.passed_in_step, s.inconclusive = False, 0
+        return Decision(Operator.SHADOW, f"{why}; shadow stage: copying {spec.shadow.percent:g}% of "
+                                         f"{spec.route!r} to {spec.candidate!r} for {spec.shadow.duration_s:g}s, "
+                                         f"users stay on {spec.baseline!r}")
+    return _shift(spec, s, now, why)
+
+
 def _shift(spec: RolloutSpec, s: RolloutState, now: float, why: str) -> Decision:
     weights = step_weights(spec, spec.steps[s.step].weight)
     s.desired_weights = weights
@@ -488,6 +556,7 @@ def _rollback(spec: RolloutSpec, s: RolloutState, why: str, gates: tuple[GateRes
     s.phase = Phase.ROLLED_BACK
     s.desired_weights = {spec.baseline: 100, spec.candidate: 0}
     s.replica_floors = {}
+    s.shadow = {}
     s.pause_reason = None
     return Decision(Operator.ROLLBACK, f"rolled back: {why}", gates)
 
@@ -497,6 +566,7 @@ def _succeed(spec: RolloutSpec, s: RolloutState, why: str) -> Decision:
     s.step = len(spec.steps) - 1
     s.desired_weights = {spec.baseline: 0, spec.candidate: 100}
     s.replica_floors = {}
+    s.shadow = {}
     return Decision(Operator.SUCCEED, f"succeeded: {why}")
 
 

@@ -23,8 +23,10 @@ class MetricSourceError(RuntimeError):
 class MetricSource(Protocol):
     """Where analyses get their numbers (Prometheus in production, a fake in tests)."""
 
-    def collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float) -> MetricReadings:
-        """Measure every gate for baseline and candidate; raise MetricSourceError if unreachable."""
+    def collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float, shadow: bool = False) -> MetricReadings:
+        """Measure every gate for baseline and candidate; raise MetricSourceError if unreachable.
+        `shadow=True` (a shadow stage): the candidate's shadow series instead of its user series;
+        the controller passes it only then, so a source for rollouts without one may omit it."""
         ...
 
 
@@ -34,23 +36,33 @@ class PrometheusMetricSource:
     def __init__(self, client: PrometheusClient):
         self.client = client
 
-    def collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float) -> MetricReadings:
+    def collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float, shadow: bool = False) -> MetricReadings:
+        """`shadow`: the rollout's shadow stage: the candidate's numbers come from its shadow
+        series (`ray_corral_shadow_*`), the baseline's from its user series; gates on user
+        feedback are not measured (nobody rates a shadow answer)."""
         try:
-            return self._collect(spec, window_s, elapsed_s)
+            return self._collect(spec, window_s, elapsed_s, shadow)
         except PrometheusError as exc:
             raise MetricSourceError(str(exc)) from exc
 
-    def _collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float) -> MetricReadings:
+    def _collect(self, spec: RolloutSpec, window_s: float, elapsed_s: float, shadow: bool = False) -> MetricReadings:
         arms = (spec.baseline, spec.candidate)
+        gates = [g for g in spec.gates if not (shadow and g.reads_user_feedback)]
+
+        def copies(arm: str) -> bool:
+            return shadow and arm == spec.candidate
+
         values = {
-            g.name: {arm: self.client.query(render(g.query, spec.route, arm, window_s)) for arm in arms}
-            for g in spec.gates if g.test == "threshold"
+            g.name: {arm: self.client.query(render(g.query, spec.route, arm, window_s, copies(arm))) for arm in arms}
+            for g in gates if g.test == "threshold"
         }
         # Sequential gates see every request of the step so far (their test is valid at any count).
         samples = {}
-        for g in spec.gates:
+        for g in gates:
             if g.test == "sequential" and g.metric is not None:
-                got = {arm: promstats.sample(self.client, g.metric, spec.route, arm, elapsed_s) for arm in arms}
+                got = {arm: promstats.sample(self.client, g.metric, spec.route, arm, elapsed_s, shadow=copies(arm))
+                       for arm in arms}
                 samples[g.name] = {arm: (v.to_list() if v is not None else None) for arm, v in got.items()}
-        requests = {arm: self.client.query(requests_query(spec.route, arm, elapsed_s)) or 0.0 for arm in arms}
+        requests = {arm: self.client.query(requests_query(spec.route, arm, elapsed_s, copies(arm))) or 0.0
+                    for arm in arms}
         return MetricReadings(values=values, requests=requests, samples=samples)

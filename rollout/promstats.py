@@ -23,16 +23,19 @@ def selector(route: str, arm: str, extra: str = "") -> str:
 
 
 def total(client: PrometheusClient, name: str, route: str, arm: str, window_s: float, at: float | None = None,
-          extra: str = "") -> float:
-    """sum(increase(name{route, arm}[window])) at `at` (0 when the series has no samples)."""
+          extra: str = "", shadow: bool = False) -> float:
+    """sum(increase(name{route, arm}[window])) at `at` (0 when the series has no samples);
+    `shadow`: the shadow series of `name` (cluster/metric_names.py SHADOW_OF)."""
+    name = mn.SHADOW_OF[name] if shadow else name
     q = f"sum(increase({mn.exported(name)}{selector(route, arm, extra)}[{format_window(window_s)}]))"
     return client.query(q, at) or 0.0
 
 
 def buckets(client: PrometheusClient, hist: str, route: str, arm: str, window_s: float,
-            at: float | None = None) -> list[tuple[float, float]]:
+            at: float | None = None, shadow: bool = False) -> list[tuple[float, float]]:
     """Cumulative bucket counts [(le, count), ...] of a histogram over the window, sorted by le."""
-    q = (f"sum by (le) (increase({mn.exported(HISTOGRAMS[hist])}_bucket{selector(route, arm)}"
+    name = mn.SHADOW_OF[HISTOGRAMS[hist]] if shadow else HISTOGRAMS[hist]
+    q = (f"sum by (le) (increase({mn.exported(name)}_bucket{selector(route, arm)}"
          f"[{format_window(window_s)}]))")
     out = []
     for r in client.vector(q, at):
@@ -43,10 +46,11 @@ def buckets(client: PrometheusClient, hist: str, route: str, arm: str, window_s:
 
 
 def requests_and_errors(client: PrometheusClient, route: str, arm: str, window_s: float,
-                        at: float | None = None) -> tuple[float, float]:
+                        at: float | None = None, shadow: bool = False) -> tuple[float, float]:
     """Requests answered and those answered 5xx."""
-    n = total(client, mn.REQUESTS, route, arm, window_s, at)
-    errors = total(client, mn.REQUESTS, route, arm, window_s, at, extra=f'status=~"{mn.SERVER_ERROR_STATUS_RE}"')
+    n = total(client, mn.REQUESTS, route, arm, window_s, at, shadow=shadow)
+    errors = total(client, mn.REQUESTS, route, arm, window_s, at, extra=f'status=~"{mn.SERVER_ERROR_STATUS_RE}"',
+                   shadow=shadow)
     return n, errors
 
 
@@ -64,14 +68,17 @@ def feedback_pass(bs: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def sample(client: PrometheusClient, metric: str, route: str, arm: str, window_s: float,
-           at: float | None = None) -> ArmSample | None:
-    """The per-request statistics a sequential gate on `metric` compares (see rollout/sequential.py)."""
+           at: float | None = None, shadow: bool = False) -> ArmSample | None:
+    """The per-request statistics a sequential gate on `metric` compares (see rollout/sequential.py);
+    `shadow`: from the arm's shadow copies (not for quality_pass_rate: nobody rates those)."""
     if metric == "error_rate":
-        n, errors = requests_and_errors(client, route, arm, window_s, at)
+        n, errors = requests_and_errors(client, route, arm, window_s, at, shadow)
         return bernoulli_sample(errors, n)
     if metric == "quality_pass_rate":
+        if shadow:
+            raise ValueError("quality_pass_rate has no shadow series: nobody rates a shadow answer")
         n, passed = feedback_counts(client, route, arm, window_s, at)
         return bernoulli_sample(passed, n)
     if metric in ("latency", "ttft", "itl"):
-        return log_histogram_sample(buckets(client, metric, route, arm, window_s, at))
+        return log_histogram_sample(buckets(client, metric, route, arm, window_s, at, shadow))
     raise ValueError(f"unknown sequential metric {metric!r}")

@@ -38,6 +38,8 @@ from corral.serving._ray_compat import (
 )
 from corral.serving.auth import Denied, InFlight, KeyRing
 from corral.serving.health import ArmHealth
+from corral.serving.shadow import Shadow
+from corral.serving.shadow import parse_config as parse_shadow
 from corral.serving.split import failover_weights, pick_arm
 
 logger = logging.getLogger("ray.serve")
@@ -324,6 +326,7 @@ class CorralIngress(OpenAiIngress):
         self._health = ArmHealth(self._live.spec.failover.failures_to_eject)
         self._in_flight = InFlight()
         self._probes: dict[str, asyncio.Task] = {}
+        self._shadow = Shadow(lambda body, method: _ray_compat.process_llm_request(self, body, method))
 
     @property
     def _admission(self) -> AdmissionSpec:
@@ -339,7 +342,9 @@ class CorralIngress(OpenAiIngress):
         admission = self._admission
         if "admission" in user_config:  # absent: keep the fleet's (from the deployment's args)
             admission = AdmissionSpec.model_validate(user_config["admission"])
+        shadow = parse_shadow(user_config.get("shadow"), self._model_cards)
         self._routes = routes
+        self._shadow.routes = shadow
         self._keys = KeyRing.from_config(user_config.get("auth"), previous=self._keys)
         self._live.spec = admission
         self._health.failures_to_eject = admission.failover.failures_to_eject
@@ -454,6 +459,8 @@ class CorralIngress(OpenAiIngress):
             self._metrics.record(route, preferred or route, busy.status, 0.0, None, None, None)
             return _error(busy)
         slot = _Slot(self._in_flight, key, route)
+        if arm is not None and route != preferred:  # a routed (not pinned) request: maybe copy it
+            self._shadow.copy(route, arm, body, call_method, _sticky_key(body, request))
         try:
             response = await self._attempts(body, request, call_method, route, preferred, arm, key, slot)
         except BaseException:

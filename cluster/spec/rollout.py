@@ -39,6 +39,12 @@ METRIC_PLACEHOLDERS = {
     "output_tokens": mn.exported(mn.OUTPUT_TOKENS),
     "feedback": mn.exported(mn.FEEDBACK),
 }
+# The same placeholders for the candidate during a shadow stage: its shadow series (feedback has
+# none: no user rates a shadow answer, and gates on it are left out of shadow analyses).
+SHADOW_METRIC_PLACEHOLDERS = {
+    key: mn.exported(mn.SHADOW_OF.get(name.removeprefix(mn.PREFIX), name.removeprefix(mn.PREFIX)))
+    for key, name in METRIC_PLACEHOLDERS.items()
+}
 RUNTIME_PLACEHOLDERS = ("route", "arm", "window")
 PLACEHOLDERS = tuple(METRIC_PLACEHOLDERS) + RUNTIME_PLACEHOLDERS
 
@@ -126,6 +132,11 @@ class MetricGate(_Strict):
     design_n: int = Field(500, ge=1)
     """Sequential gates: requests per arm at which the confidence sequence is tightest (it is
     valid at every count; this only tunes where it is narrowest)."""
+
+    @property
+    def reads_user_feedback(self) -> bool:
+        """Does the gate measure users' `/v1/feedback` ratings (none exist for shadow answers)?"""
+        return self.metric == "quality_pass_rate" or "feedback" in template_placeholders(self.query)
 
     @field_validator("query")
     @classmethod
@@ -246,6 +257,35 @@ class CapacitySpec(_Strict):
     the rollout back, a dead baseline pauses it."""
 
 
+class ShadowSpec(_Strict):
+    """A shadow stage before the first weight step (off unless `percent` > 0).
+
+    For `percent`% of the route's requests (chosen per user by a seeded hash, else per request)
+    the ingress also sends a copy to the candidate in the background; users get only the
+    baseline's answer, the candidate's is read and discarded. The candidate's latency, outcome and
+    tokens go to separate `ray_corral_shadow_*` series, so they are never counted as user traffic
+    or cost; the rollout's gates compare those with the baseline's user series for `duration_s`.
+    """
+
+    percent: float = Field(0.0, ge=0, le=100)
+    """Share of the route's requests copied to the candidate, in percent (0 = no shadow stage)."""
+    duration_s: float = Field(600.0, gt=0)
+    """How long the shadow stage runs, counted from when the ingress applies it; it ends once this
+    has passed and the latest analysis passed."""
+    min_requests: int = Field(50, ge=0)
+    """Shadow requests the candidate (and user requests the baseline) must have answered during
+    the stage before it may end (too few = inconclusive, never a pass)."""
+    max_in_flight: int = Field(4, ge=1)
+    """Shadow copies in flight per route and ingress replica; a copy beyond this is dropped and
+    counted (`ray_corral_shadow_dropped_total`), never queued."""
+    timeout_s: float = Field(120.0, gt=0)
+    """A shadow copy still unanswered after this many seconds is cancelled (outcome `timeout`)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.percent > 0
+
+
 class RolloutSpec(_Strict):
     """A staged migration of one route from `baseline` to `candidate`."""
 
@@ -279,6 +319,8 @@ class RolloutSpec(_Strict):
     """Golden prompt set gate."""
     capacity: CapacitySpec = Field(default_factory=CapacitySpec)
     """Capacity-before-traffic settings."""
+    shadow: ShadowSpec = Field(default_factory=ShadowSpec)
+    """Shadow stage before the first step (off by default)."""
 
     @model_validator(mode="after")
     def _own_checks(self) -> RolloutSpec:

@@ -248,6 +248,11 @@ def status_view(doc):
     if s.step_started_at is not None and s.stage.value == "baking":
         left = max(0.0, spec.steps[s.step].bake_s - (time.time() - s.step_started_at))
         t.add_row("bake left", f"{left:.0f}s")
+    if s.stage.value == "shadow":
+        left = "" if s.step_started_at is None else \
+            f"; {max(0.0, spec.shadow.duration_s - (time.time() - s.step_started_at)):.0f}s left"
+        t.add_row("shadow", f"{spec.shadow.percent:g}% of {spec.route} copied to {spec.candidate}, answers "
+                            f"discarded; users on {spec.baseline}{left}")
     t.add_row("failures", f"{s.failures}/{spec.failure_limit} tolerated; inconclusive {s.inconclusive}; errors {s.errors}")
     if s.quality_scores:
         t.add_row("quality", ", ".join(f"{k}={v:.2f}" for k, v in s.quality_scores.items()))

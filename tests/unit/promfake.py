@@ -39,6 +39,8 @@ class Req:
     itl: float = 0.05
     input_tokens: int = 20
     output_tokens: int = 30
+    shadow: bool = False
+    """A shadow copy (serving/shadow.py): counted only in the `ray_corral_shadow_*` series."""
 
 
 @dataclass
@@ -89,7 +91,10 @@ class FakePrometheus(JsonHttpStub):
         for s in ("_bucket", "_sum", "_count"):
             if name.endswith(s):
                 base, suffix = name[: -len(s)], s
-        events = self.feedback if base == "ray_corral_feedback_score" else self.requests
+        shadow = base.startswith("ray_corral_shadow_")
+        base = base.replace("ray_corral_shadow_", "ray_corral_")
+        events = self.feedback if base == "ray_corral_feedback_score" else \
+            [e for e in self.requests if e.shadow == shadow]
         for e in events:
             if not t - w < e.t <= t:
                 continue

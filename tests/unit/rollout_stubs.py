@@ -45,6 +45,7 @@ class StubServe(_Server):
         from ray.serve.schema import ApplicationDetails
 
         from corral.serving.app import INGRESS_DEPLOYMENT, llm_deployment_name, route_weights
+        from corral.serving.shadow import route_shadow
 
         deployments = {}
 
@@ -56,7 +57,8 @@ class StubServe(_Server):
                 "replicas": [{"replica_id": f"{name}-{i}", "state": "RUNNING", "start_time_s": 1.0} for i in range(n)],
             }
 
-        add(INGRESS_DEPLOYMENT, 1, {"routes": route_weights(cfg)})
+        shadow = route_shadow(cfg)
+        add(INGRESS_DEPLOYMENT, 1, {"routes": route_weights(cfg), **({"shadow": shadow} if shadow else {})})
         overrides = {d["name"]: d for d in cfg.get("deployments") or []}
         for arm in cfg["args"]["fleet"]["arms"]:
             name = llm_deployment_name(arm["name"])

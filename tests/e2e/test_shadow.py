@@ -1,0 +1,122 @@
+"""Shadow traffic on the real fleet: route `tiny` (tiny-random 100 / tiny-random-tp2 0) copies 50%
+of its users' requests to tiny-random-tp2 while every user is answered by tiny-random.
+
+The shadow setting goes the way a rollout's shadow stage sends it: `LocalServeActuator.set_shadow`
+edits the ingress's user_config through Serve's REST API, and the ingress applies it in place
+(`reconfigure`). Prometheus must then show the candidate's shadow series
+(`ray_corral_shadow_*`), one copy or one drop for each shadowed user (`corral.serving.shadow.shadowed`
+decides which), and no change to its user series. The fleet is left as it was found (shadow off).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from corral.cluster import metric_names as mn
+from corral.rollout.actuators import ActuatorError, LocalServeActuator
+from corral.serving.prometheus import PrometheusClient
+from corral.serving.shadow import shadowed
+from tests.e2e.conftest import wait_for
+
+ROUTE, BASE, CAND = "tiny", "tiny-random", "tiny-random-tp2"
+SETTING = {"arm": CAND, "percent": 50.0, "max_in_flight": 4, "timeout_s": 120.0}
+N = 40
+
+
+@pytest.fixture(scope="session")
+def fresh_fleet():
+    """The fleet must run this checkout's ingress: a fleet left running (perhaps by another checkout,
+    whose code its replicas run) is stopped first (the e2e fixture reuses a running one as it is).
+    Session-scoped and listed before `fleet`, so pytest sets it up first."""
+    from corral.serving.fleet_ops import stop_fleet
+
+    stop_fleet()
+
+
+def read(get, cap_s: float = 60):
+    """What Serve's REST status says, retried while the dashboard does not answer (it misses its
+    10 s read timeout now and then on two busy cores) or the ingress is applying a change (None)."""
+    last: list[str] = ["no answer yet"]
+
+    def attempt():
+        try:
+            value = get()
+            last[0] = "the ingress is applying a change" if value is None else ""
+            return None if value is None else (value,)
+        except ActuatorError as exc:
+            last[0] = str(exc)
+            return None
+
+    try:
+        return wait_for(attempt, cap_s, "Serve's status", poll_s=1)[0]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last: {last[0]}") from None
+
+
+def total(prom: PrometheusClient, name: str, arm: str, extra: str = "") -> float:
+    sel = f'route="{ROUTE}",arm="{arm}"' + (f",{extra}" if extra else "")
+    return prom.query(f"sum({mn.exported(name)}{{{sel}}}) or vector(0)") or 0.0
+
+
+def counts(prom: PrometheusClient) -> dict[str, float]:
+    return {
+        "user_cand": total(prom, mn.REQUESTS, CAND),
+        "user_cand_tokens": total(prom, mn.OUTPUT_TOKENS, CAND),
+        "user_base": total(prom, mn.REQUESTS, BASE),
+        "shadow_cand": total(prom, mn.SHADOW_REQUESTS, CAND),
+        "shadow_cand_ok": total(prom, mn.SHADOW_REQUESTS, CAND, 'status="200"'),
+        "shadow_dropped": total(prom, mn.SHADOW_DROPPED, CAND),
+        "shadow_ttft": total(prom, mn.SHADOW_TTFT + "_count", CAND),
+        "shadow_tokens": total(prom, mn.SHADOW_OUTPUT_TOKENS, CAND),
+        "shadow_base": total(prom, mn.SHADOW_REQUESTS, BASE),
+    }
+
+
+def test_shadow_copies_reach_the_candidate_and_users_see_only_the_baseline(fresh_fleet, fleet, fleet_url,
+                                                                         prometheus_url):
+    act = LocalServeActuator(fleet.name)
+    prom = PrometheusClient(prometheus_url)
+    assert read(lambda: act.get_weights(ROUTE)) == {BASE: 100, CAND: 0}
+    assert read(lambda: act.get_shadow(ROUTE)) == {}
+    before = counts(prom)
+    run = int(time.time())
+    users = [f"shadow-{run}-{i}" for i in range(N)]
+    expected = sum(shadowed(u, SETTING["percent"]) for u in users)
+    assert 10 <= expected <= 30  # about half: the hash is seeded, not fitted to this test
+    try:
+        assert act.set_shadow(ROUTE, SETTING) is True
+        wait_for(lambda: read(lambda: act.get_shadow(ROUTE)) == SETTING, 120, "the ingress to run the shadow setting")
+        arms = []
+        for i, user in enumerate(users):
+            body = {"model": ROUTE, "prompt": "hello " * 8, "max_tokens": 4, "ignore_eos": True,
+                    "stream": i % 2 == 0, "user": user}
+            r = requests.post(f"{fleet_url}/v1/completions", json=body, timeout=120)
+            _ = r.content
+            assert r.status_code == 200, r.text[:300]
+            arms.append(r.headers.get("x-corral-arm"))
+        assert arms == [BASE] * N  # every answer came from the baseline
+
+        def settled():
+            now = counts(prom)
+            done = (now["shadow_cand"] - before["shadow_cand"]) + (now["shadow_dropped"] - before["shadow_dropped"])
+            return now if done >= expected and now["user_base"] - before["user_base"] >= N else None
+
+        after = wait_for(settled, 120, "every shadow copy (sent or dropped) and every user request in Prometheus",
+                         poll_s=2)
+    finally:
+        act.set_shadow(ROUTE, None)
+        wait_for(lambda: read(lambda: act.get_shadow(ROUTE)) == {}, 120, "the ingress to stop shadowing")
+    delta = {k: after[k] - before[k] for k in after}
+    print("shadow e2e:", {"expected_copies": expected, **delta})
+    # One copy or one drop per shadowed user, no more; most copies were answered.
+    assert delta["shadow_cand"] + delta["shadow_dropped"] == pytest.approx(expected)
+    assert delta["shadow_cand"] >= 1 and delta["shadow_cand_ok"] == delta["shadow_cand"]
+    assert delta["shadow_ttft"] >= 1 and delta["shadow_tokens"] == pytest.approx(4 * delta["shadow_cand_ok"])
+    # The candidate's user series did not move; the baseline's counted exactly the users' requests.
+    assert delta["user_cand"] == 0 and delta["user_cand_tokens"] == 0
+    assert delta["user_base"] == pytest.approx(N)
+    assert delta["shadow_base"] == 0
+    assert read(lambda: act.get_weights(ROUTE)) == {BASE: 100, CAND: 0}
