@@ -122,6 +122,19 @@ def llm_responses(ingress: Any, body: Any, call_method: str, raw_request: Any = 
     return method(body=body, call_method=call_method, raw_request=raw_request)
 
 
+async def process_llm_request(ingress: Any, body: Any, call_method: str, raw_request: Any = None) -> Any:
+    """`OpenAiIngress._process_llm_request(body, call_method=, raw_request=)`: send a parsed OpenAI
+    request to the model's LLMServer and turn the answer into a response, as the stock endpoints do
+    (ray/llm/_internal/serve/core/ingress/ingress.py `OpenAiIngress._process_llm_request`). The
+    shadow copies use it (serving/shadow.py reads the response's body); user requests go through
+    `llm_responses`."""
+    method = getattr(ingress, "_process_llm_request", None)
+    if method is None:
+        raise _missing("ray.serve.llm.ingress.OpenAiIngress._process_llm_request",
+                       AttributeError("no such method"))
+    return await method(body, call_method=call_method, raw_request=raw_request)
+
+
 # ---------------------------------------------------------------- Ray Serve autoscaling (controller side)
 # What Serve's controller applies around a custom policy's answer (ray/serve/autoscaling_policy.py
 # `_apply_autoscaling_config`); the autoscaler simulator replays it with a simulated clock.

@@ -715,15 +715,16 @@ def _stream_error_code(packet: str) -> int | None:
     return None
 
 
-def _with_usage(body) -> Any:
+def _with_usage(body: Any) -> Any:
     """The request's stream_options with include_usage on (vLLM's own StreamOptions type)."""
     if body.stream_options is not None:
         return body.stream_options.model_copy(update={"include_usage": True})
-    return _usage_only_options(type(body))
+    body_cls: Any = type(body)
+    return _usage_only_options(body_cls)
 
 
 @functools.cache
-def _usage_only_options(body_cls: type) -> Any:
+def _usage_only_options(body_cls: Any) -> Any:
     """`stream_options` of include_usage alone, for a request class (built once; never modified)."""
     annotation = body_cls.model_fields["stream_options"].annotation
     options_cls = next(a for a in typing.get_args(annotation) if a is not type(None))

@@ -14,18 +14,19 @@ import hashlib
 import math
 import random
 from collections.abc import Mapping
+from typing import Any
 
 
 def _unit(key: str, arm: str) -> float:
     return _unit_from(_key_hash(key), arm)
 
 
-def _key_hash(key: str):
+def _key_hash(key: str) -> Any:
     """The hash state of `key` and the separator, to be copied once per arm."""
     return hashlib.blake2b(key.encode() + b"\x00", digest_size=8)
 
 
-def _unit_from(prefix, arm: str) -> float:
+def _unit_from(prefix: Any, arm: str) -> float:
     h = prefix.copy()
     h.update(arm.encode())  # = blake2b(f"{key}\x00{arm}")
     # Map 64 bits into the open interval (0, 1): ln(0) and ln(1) are both unusable.

@@ -204,3 +204,28 @@ def test_apply_delay_logic():
     assert decided == 1  # the delay has not passed: keep the target
     decided, state = rc.apply_delay_logic(3, 1, config, state, _now=111.0)
     assert decided == 3
+
+
+def test_process_llm_request_shape():
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    method = getattr(OpenAiIngress, "_process_llm_request", None)
+    _expect("OpenAiIngress._process_llm_request", method is not None, "missing")
+    _expect("OpenAiIngress._process_llm_request",
+            inspect.iscoroutinefunction(method) and _params(method) == ["self", "body", "call_method", "raw_request"],
+            f"{inspect.signature(method)}")
+
+
+async def _echo(body, call_method, raw_request=None):
+    return (body, call_method, raw_request)
+
+
+def test_process_llm_request_forwards_arguments():
+    import asyncio
+
+    class Fake:
+        _process_llm_request = staticmethod(_echo)
+
+    assert asyncio.run(rc.process_llm_request(Fake(), "b", "chat", "r")) == ("b", "chat", "r")
+    with pytest.raises(rc.RayCompatError, match="_process_llm_request"):
+        asyncio.run(rc.process_llm_request(object(), "b", "chat"))
