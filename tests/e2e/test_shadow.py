@@ -26,16 +26,6 @@ SETTING = {"arm": CAND, "percent": 50.0, "max_in_flight": 4, "timeout_s": 120.0}
 N = 40
 
 
-@pytest.fixture(scope="session")
-def fresh_fleet():
-    """The fleet must run this checkout's ingress: a fleet left running (perhaps by another checkout,
-    whose code its replicas run) is stopped first (the e2e fixture reuses a running one as it is).
-    Session-scoped and listed before `fleet`, so pytest sets it up first."""
-    from corral.serving.fleet_ops import stop_fleet
-
-    stop_fleet()
-
-
 def read(get, cap_s: float = 60):
     """What Serve's REST status says, retried while the dashboard does not answer (it misses its
     10 s read timeout now and then on two busy cores) or the ingress is applying a change (None)."""
@@ -75,8 +65,7 @@ def counts(prom: PrometheusClient) -> dict[str, float]:
     }
 
 
-def test_shadow_copies_reach_the_candidate_and_users_see_only_the_baseline(fresh_fleet, fleet, fleet_url,
-                                                                         prometheus_url):
+def test_shadow_copies_reach_the_candidate_and_users_see_only_the_baseline(fleet, fleet_url, prometheus_url):
     act = LocalServeActuator(fleet.name)
     prom = PrometheusClient(prometheus_url)
     assert read(lambda: act.get_weights(ROUTE)) == {BASE: 100, CAND: 0}
