@@ -31,7 +31,7 @@ latencies, no engine iteration records). So the engine model is fitted to what t
 step coefficients and host overhead chosen (Nelder-Mead) so that replaying each stage of an A
 sweep (Poisson arrivals with the stage's measured count in its 75 s window, after 8 s of
 warm-up) reproduces the stage's TTFT and TPOT attainments; then each held-out sweep of the same
-session (max_num_seqs 2 and 3) is predicted by replay and judged with the same SLO code and
+result file (max_num_seqs 2 and 3) is predicted by replay and judged with the same SLO code and
 isotonic λ*. Printed: each prediction, anchored (measured λ*_A x model λ*_B / model λ*_A) and
 the replay alone, the median |error| per configuration and over all, with bootstrap 95 % intervals.
 
@@ -204,7 +204,7 @@ def committed() -> dict:
         except ValueError:
             return None
 
-    sessions = {
+    result_files = {
         "2026-12-01 afternoon": {
             "fit": {k: v["stages"] for k, v in tiny["sweeps"].items() if v["max_num_seqs"] == 8},
             "held_out": {2: {k: v["stages"] for k, v in tiny["sweeps"].items() if v["max_num_seqs"] == 2},
@@ -218,7 +218,7 @@ def committed() -> dict:
                  "inputs": ["benchmarks/results/capacity_accuracy-tiny-2026-12-01.json",
                             "benchmarks/results/capacity_accuracy-tiny-crossover-2026-12-01.json"],
                  "fits": [], "predictions": []}
-    for session, data in sessions.items():
+    for result_file, data in result_files.items():
         held = {seqs: {k: (realised(st), st) for k, st in sweeps.items()} for seqs, sweeps in data["held_out"].items()}
         for name, stages in data["fit"].items():
             lam_a = realised(stages)
@@ -227,10 +227,10 @@ def committed() -> dict:
             t0 = time.time()
             model, loss = fit_to_attainment(stages, 8, clauses)
             model_a = model_lambda(stages, model, 8, clauses)
-            out["fits"].append({"session": session, "sweep": name, "max_num_seqs": 8, "measured_lambda_star_rps": lam_a,
+            out["fits"].append({"result_file": result_file, "sweep": name, "max_num_seqs": 8, "measured_lambda_star_rps": lam_a,
                                 "engine_model": model.as_dict(), "attainment_sq_error": loss,
                                 "model_lambda_star_rps": model_a, "fit_s": round(time.time() - t0, 1)})
-            print(f"fit {session} {name}: λ*_A {lam_a:.3f}, model {model_a:.3f}, {model.as_dict()}", file=sys.stderr)
+            print(f"fit {result_file} {name}: λ*_A {lam_a:.3f}, model {model_a:.3f}, {model.as_dict()}", file=sys.stderr)
             for seqs, sweeps in held.items():
                 measured = [lam for lam, _ in sweeps.values() if lam is not None]
                 if not measured:
@@ -240,7 +240,7 @@ def committed() -> dict:
                 anchored = lam_a * model_b / model_a if model_a > 0 else 0.0
                 mean_b = sum(measured) / len(measured)
                 out["predictions"].append({
-                    "session": session, "fit_sweep": name, "max_num_seqs": seqs,
+                    "result_file": result_file, "fit_sweep": name, "max_num_seqs": seqs,
                     "A_lambda_star_rps": lam_a, "model_A_rps": model_a, "model_B_rps": model_b,
                     "predicted_rps": anchored, "measured_rps": measured, "measured_mean_rps": mean_b,
                     "error": (anchored - mean_b) / mean_b, "error_replay_alone": (model_b - mean_b) / mean_b,
