@@ -141,7 +141,10 @@ async def block(ingress, model: str, concurrency: int, requests: int, stream: bo
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     wall = time.perf_counter() - t0
-    return {"p50_s": statistics.median(latencies), "requests_per_s": len(latencies) / wall}
+    from corral.common.stats import quantile
+
+    return {"p50_s": statistics.median(latencies), "p99_s": quantile(latencies, 0.99),
+            "requests_per_s": len(latencies) / wall}
 
 
 def paired(ratios: list[float]) -> dict:

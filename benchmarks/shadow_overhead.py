@@ -25,11 +25,10 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingress_overhead import InstantArm, _request, paired  # noqa: E402
+from ingress_overhead import InstantArm, block, paired  # noqa: E402
 
 
 class SlowArm(InstantArm):
@@ -83,46 +82,16 @@ def build(shadow: bool, tokens: int, delay_s: float, max_in_flight: int):
     return ingress, counts
 
 
-async def one(ingress, stream: bool, user: str) -> float:
-    from corral.serving._ray_compat import ChatCompletionRequest
-
-    body = ChatCompletionRequest(model="route", messages=[{"role": "user", "content": "hi"}], stream=stream, user=user)
-    t0 = time.perf_counter()
-    response = await ingress.chat(body, _request())
-    if stream:
-        async for _ in response.body_iterator:
-            pass
-    else:
-        assert response.status_code == 200
-    return time.perf_counter() - t0
-
-
-async def block(ingress, concurrency: int, requests: int, stream: bool) -> dict:
-    latencies: list[float] = []
-    per_worker = max(1, requests // concurrency)
-
-    async def worker(w: int) -> None:
-        for i in range(per_worker):
-            latencies.append(await one(ingress, stream, f"user-{w}-{i}"))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    wall = time.perf_counter() - t0
-    latencies.sort()
-    return {"p50_s": statistics.median(latencies), "p99_s": latencies[int(0.99 * (len(latencies) - 1))],
-            "requests_per_s": len(latencies) / wall}
-
-
 async def level(concurrency: int, stream: bool, rounds: int, requests: int, tokens: int, delay_s: float,
                 max_in_flight: int) -> dict:
     apps = {kind: build(kind == "shadow", tokens, delay_s, max_in_flight) for kind in ("plain", "shadow")}
     for ingress, _ in apps.values():  # warm-up
-        await block(ingress, concurrency, min(requests, 64), stream)
+        await block(ingress, "route", concurrency, min(requests, 64), stream)
     p50, p99, tput = [], [], []
     p50_s: dict[str, list[float]] = {"plain": [], "shadow": []}
     for r in range(rounds):
         order = ("plain", "shadow") if r % 2 == 0 else ("shadow", "plain")
-        got = {kind: await block(apps[kind][0], concurrency, requests, stream) for kind in order}
+        got = {kind: await block(apps[kind][0], "route", concurrency, requests, stream) for kind in order}
         for kind in got:
             p50_s[kind].append(got[kind]["p50_s"])
         p50.append(got["shadow"]["p50_s"] / got["plain"]["p50_s"])
