@@ -51,6 +51,13 @@ def engine_core_pid(app: str, arm: str) -> int:
     raise AssertionError(f"no EngineCore process under the replica of {arm!r}")
 
 
+def first_served_after(results: list[dict], t: float, arm: str | None = None) -> float | None:
+    """When the first request sent after `t` (and served by `arm`, if given) that succeeded was sent."""
+    ok = [r["sent"] for r in results
+          if r["sent"] > t and r["status"] == 200 and not r["error"] and (arm is None or r["arm"] == arm)]
+    return min(ok) if ok else None
+
+
 def stream_once(url: str, user: str) -> dict:
     body = {"model": ROUTE, "user": user, "stream": True, "max_tokens": 12,
             "messages": [{"role": "user", "content": "Count to five."}]}
@@ -101,8 +108,7 @@ def test_engine_core_killed_under_load_fails_over_and_users_return(fleet, fleet_
         # sees its engine answer), then keep the load on a little longer.
         def victim_back():
             with lock:
-                back = [r["sent"] for r in results if r["sent"] > killed_at + 1 and r["arm"] == VICTIM and not r["error"]]
-            return min(back) if back else None
+                return first_served_after(results, killed_at + 1, arm=VICTIM)
         recovered_at = wait_for(victim_back, MAX_OUTAGE_S, f"{VICTIM} serving again", poll_s=1.0)
         time.sleep(AFTER_S)
     finally:
@@ -263,10 +269,8 @@ def test_ingress_replica_killed_serve_brings_it_back_with_its_weights(fleet, fle
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
 
-        def served_again():
-            ok = [r["sent"] for r in list(results) if r["sent"] > killed_at + 1 and r["status"] == 200 and not r["error"]]
-            return min(ok) if ok else None
-        recovered_at = wait_for(served_again, 300, "a request sent after the kill served", poll_s=1.0)
+        recovered_at = wait_for(lambda: first_served_after(list(results), killed_at + 1), 300,
+                                "a request sent after the kill served", poll_s=1.0)
         time.sleep(AFTER_S)
     finally:
         stop.set()
