@@ -21,7 +21,7 @@ import psutil
 import requests
 
 from corral.serving.split import pick_arm
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import BackgroundLoad, wait_for
 
 ROUTE, VICTIM, HEALTHY = "llama", "smollm2", "tiny-random"
 WEIGHTS = {VICTIM: 50, HEALTHY: 50}
@@ -49,6 +49,39 @@ def engine_core_pid(app: str, arm: str) -> int:
             except psutil.NoSuchProcess:
                 continue
     raise AssertionError(f"no EngineCore process under the replica of {arm!r}")
+
+
+class StreamingClients(BackgroundLoad):
+    """`clients` threads, each streaming one request at a time (`stream_once`) as the sticky users
+    `{prefix}-{n}-{i % users}` with `think_s` between requests; every attempt ends in `results`."""
+
+    join_timeout_s = 200.0  # a stream may wait up to stream_once's 180 s timeout
+
+    def __init__(self, url: str, prefix: str, clients: int, think_s: float, users: int = USERS_PER_CLIENT):
+        super().__init__(clients)
+        self.url, self.prefix, self.think_s, self.users = url, prefix, think_s, users
+        self.results: list[dict] = []
+        self.attempts = 0
+        self._lock = threading.Lock()
+
+    def _run(self, k: int) -> None:
+        i = 0
+        while not self._stop.is_set() and i < 5000:  # bounded either way
+            with self._lock:
+                self.attempts += 1
+            r = stream_once(self.url, f"{self.prefix}-{k}-{i % self.users}")
+            with self._lock:
+                self.results.append(r)
+            i += 1
+            self._stop.wait(self.think_s)
+
+    def snapshot(self) -> list[dict]:
+        with self._lock:
+            return list(self.results)
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        assert self.attempts == len(self.results)  # every attempt was recorded, none died silently
 
 
 def first_served_after(results: list[dict], t: float, arm: str | None = None) -> float | None:
@@ -79,47 +112,25 @@ def stream_once(url: str, user: str) -> dict:
 
 
 def test_engine_core_killed_under_load_fails_over_and_users_return(fleet, fleet_url, prometheus_url):
-    results: list[dict] = []
-    attempts = [0]
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def client(n: int) -> None:
-        i = 0
-        while not stop.is_set() and i < 5000:  # bounded either way
-            with lock:
-                attempts[0] += 1
-            r = stream_once(fleet_url, f"chaos-{n}-{i % USERS_PER_CLIENT}")
-            with lock:
-                results.append(r)
-            i += 1
-            stop.wait(THINK_S)
-
-    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(CLIENTS)]
+    load = StreamingClients(fleet_url, "chaos", CLIENTS, THINK_S)
     t0 = time.monotonic()
-    for t in threads:
-        t.start()
     try:
+        load.__enter__()
         time.sleep(BASELINE_S)
         pid = engine_core_pid(fleet.name, VICTIM)
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         # Wait until the victim serves again (Serve replaces the replica, the ingress's probe
         # sees its engine answer), then keep the load on a little longer.
-        def victim_back():
-            with lock:
-                return first_served_after(results, killed_at + 1, arm=VICTIM)
-        recovered_at = wait_for(victim_back, MAX_OUTAGE_S, f"{VICTIM} serving again", poll_s=1.0)
+        recovered_at = wait_for(lambda: first_served_after(load.snapshot(), killed_at + 1, arm=VICTIM), MAX_OUTAGE_S,
+                                f"{VICTIM} serving again", poll_s=1.0)
         time.sleep(AFTER_S)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=200)
+        load.__exit__(None, None, None)
         # The ingress can serve the victim again before Serve calls its deployment HEALTHY (the
         # replacement replica's health checks): leave the fleet whole for the tests that follow.
         _wait_until_running(fleet.name, cap_s=600)
-    assert not any(t.is_alive() for t in threads)
-    assert attempts[0] == len(results)  # every attempt was recorded, none died silently
+    results = load.results
 
     failed = [r for r in results if r["status"] != 200 or r["error"]]
     statuses = {r["status"] for r in results}
@@ -194,37 +205,26 @@ def test_candidate_killed_mid_step_rolls_back_and_no_request_gets_500(fleet, fle
     final: list = []
     runner = threading.Thread(target=lambda: final.append(controller.run(max_ticks=900)), daemon=True)
 
-    results: list[dict] = []
-    stop = threading.Event()
-
-    def client(n: int) -> None:
-        i = 0
-        while not stop.is_set() and i < 5000:
-            results.append(stream_once(fleet_url, f"dead-{n}-{i % USERS_PER_CLIENT}"))
-            i += 1
-            stop.wait(THINK_S)
-
-    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(2)]
+    load = StreamingClients(fleet_url, "dead", 2, THINK_S)
     try:
         runner.start()
-        for t in clients:
-            t.start()
+        load.__enter__()
 
         def baking_at_50():
             doc = store.load()
             return doc is not None and doc.state.stage == Stage.BAKING and doc.state.desired_weights.get(VICTIM) == 50
         wait_for(baking_at_50, 300, f"the rollout baking {VICTIM} at 50%", poll_s=1.0)
-        wait_for(lambda: any(r["arm"] == VICTIM for r in results), 120, f"a request served by {VICTIM}", poll_s=1.0)
+        wait_for(lambda: any(r["arm"] == VICTIM for r in load.snapshot()), 120, f"a request served by {VICTIM}",
+                 poll_s=1.0)
         killed_at = time.monotonic()
         os.kill(engine_core_pid(fleet.name, VICTIM), signal.SIGKILL)
         runner.join(timeout=600)
         assert final, "the controller did not finish within 600 s of the kill"
     finally:
-        stop.set()
-        for t in clients:
-            t.join(timeout=200)
+        load.__exit__(None, None, None)
         _wait_until_running(fleet.name, cap_s=600)
         act.set_weights(ROUTE, WEIGHTS)
+    results = load.results
     state, events = final[0], store.load().events
     assert state.phase == Phase.ROLLED_BACK, [(e.operator, e.reason) for e in events]
     rollback = next(e for e in events if e.operator == "rollback")
@@ -249,35 +249,22 @@ def test_ingress_replica_killed_serve_brings_it_back_with_its_weights(fleet, fle
         return {p.pid for p in psutil.process_iter(["pid", "cmdline"])
                 if marker in " ".join(p.info["cmdline"] or [])}
 
-    results: list[dict] = []
-    stop = threading.Event()
-
-    def client(n: int) -> None:
-        i = 0
-        while not stop.is_set() and i < 5000:
-            results.append(stream_once(fleet_url, f"ingress-{n}-{i % USERS_PER_CLIENT}"))
-            i += 1
-            stop.wait(THINK_S / 2)
-
-    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(2)]
-    for t in clients:
-        t.start()
+    load = StreamingClients(fleet_url, "ingress", 2, THINK_S / 2)
     try:
-        wait_for(lambda: sum(1 for r in results if r["status"] == 200 and not r["error"]) >= 6, 120,
+        load.__enter__()
+        wait_for(lambda: sum(1 for r in load.snapshot() if r["status"] == 200 and not r["error"]) >= 6, 120,
                  "six requests served before the kill", poll_s=1.0)
         (victim,) = ingress_pids()
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
 
-        recovered_at = wait_for(lambda: first_served_after(list(results), killed_at + 1), 300,
+        recovered_at = wait_for(lambda: first_served_after(load.snapshot(), killed_at + 1), 300,
                                 "a request sent after the kill served", poll_s=1.0)
         time.sleep(AFTER_S)
     finally:
-        stop.set()
-        for t in clients:
-            t.join(timeout=200)
+        load.__exit__(None, None, None)
         _wait_until_running(fleet.name, cap_s=600)
-    assert not any(t.is_alive() for t in clients)
+    results = load.results
     assert ingress_pids() and victim not in ingress_pids()
     failed = [r for r in results if r["status"] != 200 or r["error"]]
     # Failures only around the outage: nothing sent after the first request served again failed.
