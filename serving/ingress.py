@@ -586,8 +586,7 @@ class CorralIngress(OpenAiIngress):
                     last = time.perf_counter()
                     if first_at is None:
                         first_at = last
-                        if usage is None:
-                            self._remember(_response_id(text), route, arm)
+                        self._remember(_response_id(text), route, arm)
                 if 'data: {"error"' in text and outcome == names.OUTCOME_CLIENT_DISCONNECT:
                     code = _stream_error_code(text)
                     outcome = names.OUTCOME_STREAM_ERROR

@@ -257,6 +257,31 @@ def test_a_stream_records_ttft_itl_usage_and_its_response_id():
     assert ingress._responses["chatcmpl-a"] == ("llama", "a")  # for /v1/feedback
 
 
+class OneBatchArm(CompactArm):
+    """A short answer whose every chunk, usage included, comes in the engine's first batch."""
+
+    async def _run(self, body):
+        chunk = "data: " + json.dumps({"id": f"chatcmpl-{self.name}", "model": self.name,
+                                       "choices": [{"index": 0, "delta": {"content": "Paris"}}]},
+                                      separators=(",", ":")) + "\n\n"
+        yield [chunk, USAGE]
+
+
+def test_a_stream_answered_in_one_batch_still_records_its_response_id():
+    """Feedback on a one-batch answer (usage in the same packet as the first token) is accepted:
+    the id was once skipped there, and the user's /v1/feedback got 404."""
+    ingress, arms, rec = make_ingress()
+    ingress._default_serve_handles["a"] = OneBatchArm("a")
+
+    async def go():
+        response = await ingress.chat(chat_body(user=user_on("a")), http_request())
+        return await read(response)
+
+    text = run(go())
+    assert '"Paris"' in text and rec.records == [("llama", "a", "200")]
+    assert ingress._responses["chatcmpl-a"] == ("llama", "a")
+
+
 def test_a_non_streamed_answer_records_its_usage_and_response_id():
     ingress, arms, rec = make_ingress()
 
