@@ -117,7 +117,10 @@ def proportion_ci(successes: int, n: int) -> Estimate:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    # At 0 or n successes the bound is exactly 0 or 1 (centre = half there); rounding would leave ~1e-19.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return Estimate(p, low, high, n)
 
 
 def quantile_ci(xs: Sequence[float], q: float) -> Estimate:

@@ -86,3 +86,13 @@ def test_report_detects_slower_candidate_and_costs():
     # $2 for an hour / 20,000 tokens = $100 per 1M
     assert rows["cost_per_1m_output_tokens_usd"].estimates["l2"].value == pytest.approx(100.0)
     assert rows["quality_score"].estimates["l2"].value is None
+
+
+def test_wilson_bounds_are_exact_at_zero_and_all_successes():
+    """At 0 (or n) successes the Wilson interval's lower (upper) bound is exactly 0 (1): the report
+    once printed 2.2e-19 for an arm with no errors."""
+    from corral.common.stats import proportion_ci
+
+    none, all_ = proportion_ci(0, 1133), proportion_ci(923, 923)
+    assert none.low == 0.0 and 0 < none.high < 0.004
+    assert all_.high == 1.0 and 0.99 < all_.low < 1.0
