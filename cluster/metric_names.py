@@ -63,6 +63,9 @@ SHADOW_OUTPUT_TOKENS = "corral_shadow_output_tokens_total"
 # Counter (labels: route, arm, reason): copies not sent. `full`: max_in_flight copies were already
 # in flight on the route; `error`: the copy could not even be prepared.
 SHADOW_DROPPED = "corral_shadow_dropped_total"
+# Counter (labels: route, arm, result = pass | fail): shadow answers to golden prompts, scored with
+# the golden set's rule (the quality of the candidate's shadow answers on the golden subset).
+SHADOW_GOLDEN = "corral_shadow_golden_total"
 # User series -> the shadow series of the same measurement.
 SHADOW_OF = {REQUESTS: SHADOW_REQUESTS, LATENCY: SHADOW_LATENCY, TTFT: SHADOW_TTFT, ITL: SHADOW_ITL,
              INPUT_TOKENS: SHADOW_INPUT_TOKENS, OUTPUT_TOKENS: SHADOW_OUTPUT_TOKENS}

@@ -20,6 +20,10 @@ baseline test (pure). Per arm:
   (`_sum / _count`; Ray's exporter records each rating at its bucket's midpoint).
 - golden-set accuracy when a rollout recorded one (share of golden prompts answered right; Wilson
   interval over the prompts, z-test).
+- shadow copies (a rollout's shadow stage, `ray_corral_shadow_*`), in rows of their own and
+  only when there were any: copies per arm, their 5xx share (Wilson), TTFT and latency p95, and
+  the pass rate of shadow answers to golden prompts in user traffic (Wilson). They are never
+  part of the user rows above or of the cost below.
 - cost per 1M output tokens = GPU $/hour x GPUs per replica x replica-seconds / 3600 / output tokens
   x 1e6. Replica-seconds integrate Ray Serve's `ray_serve_deployment_replica_healthy` gauge of the
   arm's LLMServer deployment (healthy replicas, sampled every `step_s`) over the window.
@@ -48,6 +52,7 @@ from corral.serving.prometheus import PrometheusClient
 
 QUANTILES = (0.5, 0.95, 0.99)
 TIMED = ("ttft", "itl", "latency")
+SHADOW_TIMED = ("ttft", "latency")
 HEALTHY = "ray_serve_deployment_replica_healthy"
 
 
@@ -65,6 +70,13 @@ class ArmData:
     replica_seconds: float | None = None
     golden_score: float | None = None
     golden_prompts: int = 0
+    shadow_requests: float = 0.0
+    """Shadow copies the arm answered (never user traffic)."""
+    shadow_errors: float = 0.0
+    shadow_histograms: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """ttft, latency of the shadow copies -> cumulative [(le, count), ...]."""
+    shadow_golden: tuple[float, float] = (0.0, 0.0)
+    """(passed, scored) shadow answers to golden prompts."""
 
 
 @dataclass
@@ -105,6 +117,13 @@ def collect(client: PrometheusClient, route: str, arms: list[str], since: float,
             d.histograms[h] = promstats.buckets(client, h, route, arm, window, until)
         q = f"sum(increase({mn.exported(mn.FEEDBACK)}_sum{promstats.selector(route, arm)}[{format_window(window)}]))"
         d.feedback_sum = client.query(q, until) or 0.0
+        d.shadow_requests, d.shadow_errors = promstats.requests_and_errors(client, route, arm, window, until, shadow=True)
+        if d.shadow_requests > 0:
+            for h in SHADOW_TIMED:
+                d.shadow_histograms[h] = promstats.buckets(client, h, route, arm, window, until, shadow=True)
+            passed, failed = (promstats.total(client, mn.SHADOW_GOLDEN, route, arm, window, until,
+                                              extra=f'result="{r}"') for r in ("pass", "fail"))
+            d.shadow_golden = (passed, passed + failed)
         if deployments and arm in deployments:
             d.replica_seconds = replica_seconds(client, deployments[arm], since, until, step)
         out[arm] = d
@@ -231,6 +250,8 @@ def report(data: dict[str, ArmData], baseline: str, candidate: str, duration_s: 
              else (0, 0) for k, v in data.items()}
         rows.append(Row("golden_accuracy", {k: proportion_ci(x, n) for k, (x, n) in g.items()},
                         two_proportion_z_test(*g[candidate], *g[baseline]), "rollout's golden-set run"))
+    if any(v.shadow_requests > 0 for v in data.values()):
+        rows += _shadow_rows(data)
     rows.append(Row("replica_seconds", {k: _plain(v.replica_seconds) for k, v in data.items()}, None,
                     f"integral of {HEALTHY}"))
     if gpu_hourly_usd is not None:
@@ -243,6 +264,30 @@ def report(data: dict[str, ArmData], baseline: str, candidate: str, duration_s: 
             cost[k] = _plain(spend / v.output_tokens * 1e6, v.requests)
         rows.append(Row("cost_per_1m_output_tokens_usd", cost, None,
                         f"${gpu_hourly_usd:g}/GPU-h x GPUs x replica-s / tokens"))
+    return rows
+
+
+def _shadow_rows(data: dict[str, ArmData]) -> list[Row]:
+    """The shadow stage's rows: the copies each arm answered (not user traffic, not in cost)."""
+    n = {k: int(round(v.shadow_requests)) for k, v in data.items()}
+    rows = [Row("shadow_requests", {k: _plain(n[k], n[k]) for k in data}, None,
+                "shadow copies answered (a rollout's shadow stage; not user traffic, not in cost)"),
+            Row("shadow_error_rate", {k: proportion_ci(int(round(v.shadow_errors)), n[k]) for k, v in data.items()},
+                None, "5xx share of shadow copies")]
+    for h in SHADOW_TIMED:
+        ests, notes = {}, []
+        for k, v in data.items():
+            e, bucket = histogram_quantile(v.shadow_histograms.get(h, []), 0.95)
+            ests[k] = e
+            if bucket is not None:
+                hi = "+Inf" if math.isinf(bucket[1]) else f"{bucket[1]:.3g}"
+                notes.append(f"{k} in ({bucket[0]:.3g}, {hi}]")
+        rows.append(Row(f"shadow_{h}_p95_s", ests, None, "shadow copies; bucket " + "; ".join(notes) if notes
+                        else "shadow copies"))
+    if any(v.shadow_golden[1] > 0 for v in data.values()):
+        g = {k: (int(round(v.shadow_golden[0])), int(round(v.shadow_golden[1]))) for k, v in data.items()}
+        rows.append(Row("shadow_golden_pass_rate", {k: proportion_ci(p, t) for k, (p, t) in g.items()}, None,
+                        "shadow answers to golden prompts in user traffic, scored by the golden set's rule"))
     return rows
 
 

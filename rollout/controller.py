@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from corral.cluster.spec.rollout import RolloutSpec
 from corral.rollout.actuators import Actuator, ActuatorError
@@ -75,15 +75,21 @@ class Controller:
                  quality_runner: QualityRunner | None = None,
                  on_decision: Callable[[Decision, RolloutState], None] | None = None,
                  on_error: Callable[[Exception], None] | None = None,
-                 rollout_id: str | None = None, tick_s: float | None = None):
+                 rollout_id: str | None = None, tick_s: float | None = None,
+                 golden_rules: list[dict[str, Any]] | None = None):
         """`max_replicas`: each arm's `replicas.max` from the fleet spec (caps the replica floor).
         `rollout_id`: the stored rollout this controller drives (a tick refuses another one).
-        `on_error` hears every actuator error a tick works around (weights or status unreadable)."""
+        `on_error` hears every actuator error a tick works around (weights or status unreadable).
+        `golden_rules`: the golden set as `corral.rollout.quality.golden_rules` gives it; sent with
+        the shadow setting (when `shadow.golden`) so the ingress scores the candidate's shadow
+        answers to golden prompts. They are the controller's to add: the state's intent and the
+        setting read back are compared without them."""
         self.spec, self.max_replicas = spec, dict(max_replicas)
         self.source, self.actuator, self.store, self.clock = metric_source, actuator, store, clock
         self.quality_runner = quality_runner
         self.on_decision, self.on_error = on_decision, on_error
         self.rollout_id = rollout_id
+        self.golden_rules = list(golden_rules or []) if spec.shadow.golden else []
         self.tick_s = tick_s if tick_s is not None else max(0.5, min(5.0, spec.analysis_interval_s / 4))
         """Seconds between ticks (default: a quarter of the analysis interval, within [0.5, 5])."""
 
@@ -134,6 +140,8 @@ class Controller:
         if self.spec.shadow.enabled:
             try:
                 shadow = self.actuator.get_shadow(self.spec.route)
+                if shadow:
+                    shadow = {k: v for k, v in shadow.items() if k != "golden"}
             except ActuatorError as exc:
                 self._report(exc)  # decide() waits while the shadow setting is unknown
         n = needs(state, self.spec, now)
@@ -166,7 +174,10 @@ class Controller:
         for arm in (self.spec.baseline, self.spec.candidate):
             self.actuator.set_replica_floor(arm, state.replica_floors.get(arm))
         if self.spec.shadow.enabled:  # off (rollback, success, step 1) before the weights move
-            self.actuator.set_shadow(self.spec.route, state.shadow or None)
+            setting = dict(state.shadow) if state.shadow else None
+            if setting and self.golden_rules:
+                setting["golden"] = self.golden_rules
+            self.actuator.set_shadow(self.spec.route, setting)
         if state.desired_weights:
             self.actuator.set_weights(self.spec.route, state.desired_weights)
 

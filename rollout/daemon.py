@@ -189,14 +189,15 @@ def build_controller(spec: RolloutSpec, *, max_replicas: dict[str, int], actuato
     after each prompt (a golden set on a large model can outlast the liveness probe's max age;
     one prompt is bounded by `quality.request_timeout_s`)."""
     from corral.rollout.metrics import PrometheusMetricSource
-    from corral.rollout.quality import GoldenSetRunner, load_golden, resolve_golden_path
+    from corral.rollout.quality import GoldenSetRunner, golden_rules, load_golden, resolve_golden_path
     from corral.serving.prometheus import PrometheusClient
 
-    runner = None
+    runner, rules = None, None
     if spec.quality.enabled:
         prompts = load_golden(resolve_golden_path(spec.quality.golden_set, base_dir))
         runner = GoldenSetRunner(endpoint, prompts, timeout_s=spec.quality.request_timeout_s, api_key=api_key,
                                  on_prompt=None if heartbeat is None else lambda: touch(heartbeat, time.time()))
+        rules = golden_rules(prompts)
     return Controller(spec, max_replicas, PrometheusMetricSource(PrometheusClient(prometheus_url, scope=prometheus_scope)), actuator, store,
                       quality_runner=runner, on_decision=on_decision, on_error=on_error, rollout_id=rollout_id,
-                      tick_s=tick_s)
+                      tick_s=tick_s, golden_rules=rules)

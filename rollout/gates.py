@@ -41,11 +41,15 @@ class GateResult:
     """Sequential gates: the error rate the verdict carries."""
     margin: float | None = None
     """Sequential gates: how much worse the candidate may be (ratio or proportion points)."""
+    advisory: bool = False
+    """A check that can fail a step but whose missing or inconclusive evidence never holds it
+    (the shadow stage's golden-subset check: golden prompts come only when users send them)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"gate": self.gate, "verdict": self.verdict.value, "candidate": self.candidate,
                 "baseline": self.baseline, "value": self.value, "message": self.message,
-                "low": self.low, "high": self.high, "test": self.test, "alpha": self.alpha, "margin": self.margin}
+                "low": self.low, "high": self.high, "test": self.test, "alpha": self.alpha, "margin": self.margin,
+                "advisory": self.advisory}
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class MetricReadings:
     samples: dict[str, dict[str, list[float] | None]] = field(default_factory=dict)
     """Sequential gates: gate -> arm -> [n, mean, variance] of the per-request values over the
     step (see `corral.rollout.sequential.ArmSample`); None = no data."""
+    shadow_golden: list[float] | None = None
+    """Shadow stage: [passed, scored] of the candidate's shadow answers to golden prompts so far
+    (None: not measured)."""
 
 
 def format_window(seconds: float) -> str:

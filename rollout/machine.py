@@ -34,15 +34,15 @@ analyses: no user sees the candidate's answers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.cluster.spec.rollout import RolloutSpec, needed_replicas
+from corral.cluster.spec.rollout import MetricGate, RolloutSpec, needed_replicas
 from corral.rollout.gates import GateResult, MetricReadings, Verdict, evaluate_gate
-from corral.rollout.sequential import evaluate_sequential_readings
+from corral.rollout.sequential import bernoulli_sample, evaluate_sequential, evaluate_sequential_readings
 
 
 class Phase(str, Enum):
@@ -102,6 +102,8 @@ class QualityScores:
 
     scores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    prompts: int = 0
+    """Golden prompts each arm was scored on (the sample size behind a score)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class RolloutState(BaseModel):
     errors: int = 0
     quality_passed_steps: list[int] = Field(default_factory=list)
     quality_scores: dict[str, float] = Field(default_factory=dict)
+    quality_prompts: int = 0
+    """Golden prompts behind `quality_scores` (0: not known)."""
     baseline_reference: dict[str, float] = Field(default_factory=dict)
     """Last baseline value per gate, used at 100% when the baseline has no traffic."""
     baseline_samples: dict[str, list[float]] = Field(default_factory=dict)
@@ -337,7 +341,7 @@ def _progress(snap: Snapshot, spec: RolloutSpec, s: RolloutState, now: float) ->
         if q.error is not None:
             return _error(spec, s, f"golden set could not run: {q.error}")
         s.phase, s.errors = Phase.PROGRESSING, 0
-        s.quality_scores = dict(q.scores)
+        s.quality_scores, s.quality_prompts = dict(q.scores), q.prompts
         cand, base = q.scores.get(spec.candidate), q.scores.get(spec.baseline)
         if cand is None or base is None:
             return _error(spec, s, f"golden set returned no score for {'candidate' if cand is None else 'baseline'}")
@@ -429,6 +433,9 @@ def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) 
         cand = values.get(spec.candidate)
         base = values.get(spec.baseline) if baseline_live else s.baseline_reference.get(gate.name)
         results.append(evaluate_gate(gate, cand, base))
+    golden = _shadow_golden(m, spec, s) if shadow else None
+    if golden is not None:
+        results.append(golden)
     s.last_gates = [r.to_dict() for r in results]
     # In the shadow stage the candidate's requests are its shadow copies (MetricReadings.requests).
     live = [a for a in (spec.baseline, spec.candidate) if shadow or s.desired_weights.get(a, 0) > 0]
@@ -447,9 +454,9 @@ def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) 
             return _rollback(spec, s, f"gate failed ({s.failures} failures > failure_limit {spec.failure_limit}): {why}", gates)
         return Decision(Operator.ANALYSIS, f"gate failed ({s.failures} of {spec.failure_limit} tolerated): {why}", gates)
 
-    if failed or not evidence_ok or any(r.verdict == Verdict.INCONCLUSIVE for r in results):
+    if failed or not evidence_ok or any(r.verdict == Verdict.INCONCLUSIVE and not r.advisory for r in results):
         s.passed_in_step = False
-        missing = [r.gate for r in results if r.verdict != Verdict.PASS]
+        missing = [r.gate for r in results if r.verdict != Verdict.PASS and not r.advisory]
         why = (f"requests this {'shadow stage' if shadow else 'step'} {counts} (need {min_requests}" +
                (f", {spec.min_sample_requests} to judge gates" if failed else "") + ")")
         if missing:
@@ -472,6 +479,28 @@ def _analyse(m: MetricReadings, spec: RolloutSpec, s: RolloutState, now: float) 
             if gate.test == "sequential" and base_s is not None and (kept is None or base_s[0] >= kept[0]):
                 s.baseline_samples[gate.name] = list(base_s)
     return Decision(Operator.ANALYSIS, f"all gates passed (requests {counts})", gates)
+
+
+SHADOW_GOLDEN_DESIGN_N = 100
+"""Scored shadow answers at which the golden-subset check's confidence sequence is narrowest."""
+
+
+def _shadow_golden(m: MetricReadings, spec: RolloutSpec, s: RolloutState) -> GateResult | None:
+    """The shadow stage's golden-subset check: the candidate's pass rate on golden prompts in user
+    traffic (its shadow answers) against the baseline's golden-set score, as a sequential
+    `quality_pass_rate` comparison with margin `quality.max_drop`. Advisory: a FAIL counts like a
+    gate's, too few golden prompts never hold the stage. None when it cannot be judged (off, no
+    golden-set score for the baseline, not measured)."""
+    base = s.quality_scores.get(spec.baseline)
+    if not spec.shadow.golden or m.shadow_golden is None or base is None or s.quality_prompts <= 0:
+        return None
+    passed, scored = m.shadow_golden
+    gate = MetricGate(name="shadow_golden", test="sequential", metric="quality_pass_rate",
+                      margin=max(spec.quality.max_drop, 1e-3), alpha=spec.shadow.golden_alpha,
+                      design_n=SHADOW_GOLDEN_DESIGN_N)
+    n = s.quality_prompts
+    result = evaluate_sequential(gate, bernoulli_sample(passed, scored), bernoulli_sample(base * n, n))
+    return replace(result, advisory=True)
 
 
 # -- dead arms -------------------------------------------------------------------------------

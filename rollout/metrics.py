@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from corral.cluster import metric_names as mn
 from corral.cluster.spec.rollout import RolloutSpec
 from corral.rollout import promstats
 from corral.rollout.gates import MetricReadings, render, requests_query
@@ -65,4 +66,9 @@ class PrometheusMetricSource:
                 samples[g.name] = {arm: (v.to_list() if v is not None else None) for arm, v in got.items()}
         requests = {arm: self.client.query(requests_query(spec.route, arm, elapsed_s, copies(arm))) or 0.0
                     for arm in arms}
-        return MetricReadings(values=values, requests=requests, samples=samples)
+        golden = None
+        if shadow and spec.shadow.golden:  # the candidate's scored shadow answers to golden prompts
+            passed, failed = (promstats.total(self.client, mn.SHADOW_GOLDEN, spec.route, spec.candidate, elapsed_s,
+                                              extra=f'result="{result}"') for result in ("pass", "fail"))
+            golden = [passed, passed + failed]
+        return MetricReadings(values=values, requests=requests, samples=samples, shadow_golden=golden)

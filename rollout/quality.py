@@ -2,9 +2,7 @@
 
 A golden set is a JSONL file, one prompt per line:
     {"id": "...", "prompt": "...", "answers": ["Paris"], "match": "contains"}
-`match` is the scoring rule: `contains` (case-insensitive substring), `exact`
-(case-insensitive, surrounding whitespace/punctuation ignored), `regex` (Python `re.search`,
-case-insensitive) or `number` (the first number in the reply equals an answer). A prompt
+`match` is the scoring rule (`corral.common.golden`: contains, exact, regex, number). A prompt
 scores 1 if any answer matches, else 0; an arm's score is the mean. Requests pin the arm
 with `model: <arm name>` at temperature 0, so both arms see identical prompts.
 """
@@ -12,26 +10,14 @@ with `model: <arm name>` at temperature 0, so both arms see identical prompts.
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
+from corral.common.golden import MATCH_RULES, GoldenPrompt, prompt_key, score
 from corral.common.openai_http import post
 from corral.rollout.machine import QualityScores
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-Match = Literal["contains", "exact", "regex", "number"]
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-@dataclass(frozen=True)
-class GoldenPrompt:
-    id: str
-    prompt: str
-    answers: tuple[str, ...]
-    match: Match = "contains"
-    max_tokens: int = 16
 
 
 def resolve_golden_path(name: str, base_dir: Path | None = None) -> Path:
@@ -65,7 +51,7 @@ def load_golden(path: Path) -> list[GoldenPrompt]:
                              match=d.get("match", "contains"), max_tokens=int(d.get("max_tokens", 16)))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{lineno}: bad golden prompt ({exc!r}): {line[:80]}") from None
-        if p.match not in ("contains", "exact", "regex", "number") or not p.answers:
+        if p.match not in MATCH_RULES or not p.answers:
             raise ValueError(f"{path}:{lineno}: match {p.match!r} unknown or no answers")
         prompts.append(p)
     if not prompts:
@@ -73,17 +59,10 @@ def load_golden(path: Path) -> list[GoldenPrompt]:
     return prompts
 
 
-def score(prompt: GoldenPrompt, reply: str) -> float:
-    text = reply.strip()
-    if prompt.match == "number":
-        found = _NUMBER.search(text.replace(",", ""))
-        return float(found is not None and any(float(found.group()) == float(a) for a in prompt.answers))
-    if prompt.match == "regex":
-        return float(any(re.search(a, text, re.IGNORECASE) for a in prompt.answers))
-    if prompt.match == "exact":
-        norm = re.sub(r"^\W+|\W+$", "", text).lower()
-        return float(any(norm == a.lower() for a in prompt.answers))
-    return float(any(a.lower() in text.lower() for a in prompt.answers))
+def golden_rules(prompts: list[GoldenPrompt]) -> list[dict[str, object]]:
+    """The golden set as the ingress's shadow setting carries it (`serving/shadow.py` GoldenRule):
+    each prompt's key and rule, not its text."""
+    return [{"key": prompt_key(p.prompt), "match": p.match, "answers": list(p.answers)} for p in prompts]
 
 
 class GoldenSetRunner:
@@ -128,7 +107,7 @@ class GoldenSetRunner:
                 scores[arm] = sum(score(p, replies[p.id]) for p in self.prompts) / len(self.prompts)
         except GoldenSetError as exc:
             return QualityScores(error=f"golden set against {self.base_url}: {exc}")
-        return QualityScores(scores)
+        return QualityScores(scores, prompts=len(self.prompts))
 
 
 class GoldenSetError(Exception):

@@ -13,7 +13,13 @@ so, sends the copy to the shadow arm in a background task and returns at once:
   `timeout_s` is cancelled (outcome `timeout`);
 - the copy's answer is read to its end (streams included, so TTFT and inter-token latency are
   measured like the user's) and discarded; its outcome, latency, TTFT, ITL and tokens go to the
-  `ray_corral_shadow_*` series (`cluster/metric_names.py`), never to the user series.
+  `ray_corral_shadow_*` series (`cluster/metric_names.py`), never to the user series;
+- quality on the golden subset: the setting may carry the rollout's golden rules (`golden`: a
+  list of `{key, match, answers}`, `key` = `corral.common.golden.prompt_key` of the prompt).
+  When a copied request's prompt (a completion's `prompt`, or a chat's last message when it is
+  the user's) is one of them, the candidate's answer text is kept and scored with that rule, and
+  the result counted (`ray_corral_shadow_golden_total{result="pass"|"fail"}`). Only those copies
+  collect their text; the others are read and dropped as before.
 
 No Ray import here: the ingress passes `send(body, call_method) -> Response` (Ray Serve LLM's own
 request path to an arm) and the metrics object, so tests and benchmarks use stand-ins.
@@ -34,11 +40,25 @@ from typing import Any, Protocol
 
 from corral.cluster import metric_names as names
 from corral.cluster.metric_names import ITL_BUCKETS_S, LATENCY_BUCKETS_S, TTFT_BUCKETS_S
+from corral.common.golden import MATCH_RULES, prompt_key, score_reply
 
 _CHOICE = re.compile(r'"choices":\s*\[\s*\{')  # a chunk with a token (not the usage-only chunk)
 _USAGE = re.compile(r'"usage":\s*\{')
 DROPPED_FULL = "full"    # max_in_flight copies were in flight on the route
 DROPPED_ERROR = "error"  # the copy could not be prepared
+
+
+@dataclass(frozen=True)
+class GoldenRule:
+    """How the candidate's answer to one golden prompt is judged (`corral.common.golden`)."""
+
+    key: str
+    """`prompt_key` of the golden prompt's text."""
+    match: str
+    answers: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "match": self.match, "answers": list(self.answers)}
 
 
 @dataclass(frozen=True)
@@ -49,26 +69,81 @@ class ShadowRoute:
     percent: float
     max_in_flight: int = 4
     timeout_s: float = 120.0
+    golden: tuple[GoldenRule, ...] = ()
+    """Golden prompts whose shadow answers are scored (empty: none are)."""
 
     @classmethod
     def parse(cls, route: str, raw: Any, arms: Iterable[str]) -> ShadowRoute:
         if not isinstance(raw, dict) or not isinstance(raw.get("arm"), str):
-            raise ValueError(f"shadow.{route}: expected {{arm, percent, max_in_flight, timeout_s}}, got {raw!r}")
+            raise ValueError(f"shadow.{route}: expected {{arm, percent, max_in_flight, timeout_s, golden}}, "
+                             f"got {raw!r}")
         known = set(arms)
         if raw["arm"] not in known:
             raise ValueError(f"shadow.{route}.arm {raw['arm']!r} is not an arm; arms are {sorted(known)}")
-        unknown = sorted(set(raw) - {"arm", "percent", "max_in_flight", "timeout_s"})
+        unknown = sorted(set(raw) - {"arm", "percent", "max_in_flight", "timeout_s", "golden"})
         if unknown:
             raise ValueError(f"shadow.{route}: unknown field(s) {unknown}")
         out = cls(arm=raw["arm"], percent=float(raw.get("percent", 0)), max_in_flight=int(raw.get("max_in_flight", 4)),
-                  timeout_s=float(raw.get("timeout_s", 120.0)))
+                  timeout_s=float(raw.get("timeout_s", 120.0)), golden=_parse_golden(route, raw.get("golden")))
         if not 0 <= out.percent <= 100 or out.max_in_flight < 1 or out.timeout_s <= 0:
             raise ValueError(f"shadow.{route}: need 0 <= percent <= 100, max_in_flight >= 1, timeout_s > 0; got {raw!r}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arm": self.arm, "percent": self.percent, "max_in_flight": self.max_in_flight,
-                "timeout_s": self.timeout_s}
+        out: dict[str, Any] = {"arm": self.arm, "percent": self.percent, "max_in_flight": self.max_in_flight,
+                               "timeout_s": self.timeout_s}
+        if self.golden:
+            out["golden"] = [g.to_dict() for g in self.golden]
+        return out
+
+    def golden_rule(self, body: Any) -> GoldenRule | None:
+        """The golden rule for this request's prompt, if it is a golden prompt."""
+        if not self.golden:
+            return None
+        text = request_prompt(body)
+        if text is None:
+            return None
+        key = prompt_key(text)
+        return next((g for g in self.golden if g.key == key), None)
+
+
+def _parse_golden(route: str, raw: Any) -> tuple[GoldenRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ValueError(f"shadow.{route}.golden: expected a list of {{key, match, answers}}, got {type(raw).__name__}")
+    rules = []
+    for i, item in enumerate(raw):
+        ok = (isinstance(item, dict) and isinstance(item.get("key"), str) and item.get("match") in MATCH_RULES
+              and isinstance(item.get("answers"), list) and item["answers"]
+              and all(isinstance(a, str) for a in item["answers"]) and set(item) <= {"key", "match", "answers"})
+        if not ok:
+            raise ValueError(f"shadow.{route}.golden[{i}]: expected {{key, match (one of {list(MATCH_RULES)}), "
+                             f"answers: [str, ...]}}, got {item!r}")
+        rules.append(GoldenRule(item["key"], item["match"], tuple(item["answers"])))
+    return tuple(rules)
+
+
+def request_prompt(body: Any) -> str | None:
+    """The prompt text a golden prompt is compared with: a completion's `prompt` (a string), or a
+    chat's last message when the user sent it (its text parts joined). None otherwise."""
+    prompt = getattr(body, "prompt", None)
+    if isinstance(prompt, str):
+        return prompt
+    messages = getattr(body, "messages", None)
+    if not messages:
+        return None
+    last = messages[-1]
+    get = last.get if isinstance(last, dict) else (lambda k, d=None: getattr(last, k, d))
+    if get("role") != "user":
+        return None
+    content = get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "".join(t for t in parts if isinstance(t, str)) or None
+    return None
 
 
 def parse_config(raw: Any, arms: Iterable[str]) -> dict[str, ShadowRoute]:
@@ -106,6 +181,8 @@ class ShadowRecorder(Protocol):
 
     def dropped(self, route: str, arm: str, reason: str) -> None: ...
 
+    def golden(self, route: str, arm: str, passed: bool) -> None: ...
+
 
 class ShadowMetrics:
     """The `ray_corral_shadow_*` series, recorded with ray.util.metrics (Ray's exporter adds `ray_`)."""
@@ -129,6 +206,9 @@ class ShadowMetrics:
         self.dropped_total = metrics.Counter(names.SHADOW_DROPPED.removesuffix("_total"),
                                              "Shadow copies not sent (reason: full, error).",
                                              tag_keys=tags + ("reason",))
+        self.golden_total = metrics.Counter(names.SHADOW_GOLDEN.removesuffix("_total"),
+                                            "Shadow answers to golden prompts, scored (result: pass, fail).",
+                                            tag_keys=tags + ("result",))
 
     def record(self, route, arm, code, latency_s, ttft_s, itl_s, usage) -> None:
         tags = {"route": route, "arm": arm}
@@ -146,6 +226,9 @@ class ShadowMetrics:
 
     def dropped(self, route, arm, reason) -> None:
         self.dropped_total.inc(1, {"route": route, "arm": arm, "reason": reason})
+
+    def golden(self, route, arm, passed) -> None:
+        self.golden_total.inc(1, {"route": route, "arm": arm, "result": "pass" if passed else "fail"})
 
 
 Send = Callable[[Any, str], Awaitable[Any]]
@@ -186,7 +269,8 @@ class Shadow:
             duplicate.model = setting.arm
             if getattr(duplicate, "stream", False):
                 duplicate.stream_options = _with_usage(duplicate)  # exact token counts, as for users
-            task = asyncio.get_running_loop().create_task(self._run(route, setting, duplicate, call_method))
+            rule = setting.golden_rule(duplicate)
+            task = asyncio.get_running_loop().create_task(self._run(route, setting, duplicate, call_method, rule))
         except Exception:
             try:
                 self.metrics.dropped(route, setting.arm, DROPPED_ERROR)
@@ -202,10 +286,12 @@ class Shadow:
         self._tasks.discard(task)
         self.in_flight[route] = max(0, self.in_flight.get(route, 0) - 1)
 
-    async def _run(self, route: str, setting: ShadowRoute, body: Any, call_method: str) -> None:
+    async def _run(self, route: str, setting: ShadowRoute, body: Any, call_method: str,
+                   rule: GoldenRule | None = None) -> None:
         start = time.perf_counter()
         first = last = None
         usage: dict | None = None
+        answer: list[str] | None = [] if rule is not None else None  # the answer, for golden prompts only
         outcome: int | str = names.OUTCOME_EXCEPTION
         try:
             async with asyncio.timeout(setting.timeout_s):
@@ -214,6 +300,8 @@ class Shadow:
                 if iterator is None:  # a whole answer
                     outcome = getattr(response, "status_code", 200)
                     usage = _usage_of(getattr(response, "body", b""))
+                    if answer is not None:
+                        answer.append(_answer_of(getattr(response, "body", b"")))
                 else:
                     outcome = 200
                     async for packet in iterator:
@@ -226,6 +314,8 @@ class Shadow:
                             usage = _stream_usage(text) or usage
                         if 'data: {"error"' in text:
                             outcome = names.OUTCOME_STREAM_ERROR
+                        if answer is not None:
+                            answer.append(_stream_text(text))
         except asyncio.TimeoutError:
             outcome = names.OUTCOME_TIMEOUT
         except asyncio.CancelledError:
@@ -238,6 +328,9 @@ class Shadow:
             itl = (last - first) / (n_out - 1) if first and last and n_out > 1 else None
             self.metrics.record(route, setting.arm, outcome, time.perf_counter() - start,
                                 first - start if first else None, itl, usage)
+            if rule is not None and answer is not None and outcome == 200:
+                # Only answered copies are scored: a failed copy is an error (counted above), not a wrong answer.
+                self.metrics.golden(route, setting.arm, score_reply(rule.match, rule.answers, "".join(answer)) > 0)
         except Exception:
             pass  # metrics must not fail the loop either
 
@@ -247,6 +340,32 @@ def _usage_of(body: bytes | str) -> dict | None:
         return (json.loads(body) or {}).get("usage")
     except (ValueError, TypeError, AttributeError):
         return None
+
+
+def _answer_of(body: bytes | str) -> str:
+    """The first choice's text of a whole (non-streamed) answer."""
+    try:
+        choice = ((json.loads(body) or {}).get("choices") or [{}])[0]
+    except (ValueError, TypeError, AttributeError):
+        return ""
+    message = choice.get("message") or {}
+    return str(message.get("content") or choice.get("text") or "")
+
+
+def _stream_text(packet: str) -> str:
+    """The first choice's text in a packet of server-sent events (chat deltas or completion text)."""
+    out = []
+    for line in packet.split("\n"):
+        if not line.startswith("data: {") or '"choices"' not in line:
+            continue
+        try:
+            choices = json.loads(line[6:]).get("choices") or []
+        except ValueError:
+            continue
+        for c in choices:
+            if c.get("index", 0) == 0:
+                out.append(str((c.get("delta") or {}).get("content") or c.get("text") or ""))
+    return "".join(out)
 
 
 def _stream_usage(packet: str) -> dict | None:

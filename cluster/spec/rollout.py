@@ -280,6 +280,15 @@ class ShadowSpec(_Strict):
     counted (`ray_corral_shadow_dropped_total`), never queued."""
     timeout_s: float = Field(120.0, gt=0)
     """A shadow copy still unanswered after this many seconds is cancelled (outcome `timeout`)."""
+    golden: bool = True
+    """Score the candidate's shadow answers on the golden subset: copies of user requests whose
+    prompt is one of the quality gate's golden prompts are judged by that prompt's rule, and the
+    `shadow_golden` check compares their pass rate with the baseline's golden-set score (always-valid
+    test at `golden_alpha`, margin `quality.max_drop`): a candidate shown worse rolls back. Golden
+    prompts in user traffic are evidence when they come; their absence never holds the stage.
+    Needs `quality.enabled` (the baseline's score comes from the golden-set run)."""
+    golden_alpha: float = Field(0.05, gt=0, lt=0.5)
+    """Error rate of the `shadow_golden` check over the whole stage, however often it is looked at."""
 
     @property
     def enabled(self) -> bool:

@@ -257,7 +257,8 @@ def status_view(doc):
     if s.quality_scores:
         t.add_row("quality", ", ".join(f"{k}={v:.2f}" for k, v in s.quality_scores.items()))
     for g in s.last_gates:
-        t.add_row(f"gate {g['gate']}", f"{g['verdict']}: {g['message']}")
+        note = " (advisory: can fail the stage, never holds it)" if g.get("advisory") else ""
+        t.add_row(f"gate {g['gate']}", f"{g['verdict']}{note}: {g['message']}")
     t.add_row("last", s.reason)
     return t
 

@@ -6,6 +6,11 @@ edits the ingress's user_config through Serve's REST API, and the ingress applie
 (`reconfigure`). Prometheus must then show the candidate's shadow series
 (`ray_corral_shadow_*`), one copy or one drop for each shadowed user (`corral.serving.shadow.shadowed`
 decides which), and no change to its user series. The fleet is left as it was found (shadow off).
+
+The setting carries one golden rule, for the prompt every user sends, that no answer meets (an
+exact answer the random-weight model cannot give): every answered copy must be scored, and scored
+`fail`, in `ray_corral_shadow_golden_total` (the golden subset's path from the rollout's golden
+set to Prometheus; the scoring rules themselves are unit-tested).
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ import requests
 
 from corral.cluster import metric_names as mn
 from corral.rollout.actuators import ActuatorError, LocalServeActuator
+from corral.rollout.quality import GoldenPrompt, golden_rules
 from corral.serving.prometheus import PrometheusClient
 from corral.serving.shadow import shadowed
 from tests.e2e.conftest import wait_for
 
 ROUTE, BASE, CAND = "tiny", "tiny-random", "tiny-random-tp2"
-SETTING = {"arm": CAND, "percent": 50.0, "max_in_flight": 4, "timeout_s": 120.0}
+PROMPT = "hello " * 8
+GOLDEN = golden_rules([GoldenPrompt(id="never", prompt=PROMPT.strip(), answers=("corral-never-says-this",),
+                                    match="exact")])
+SETTING = {"arm": CAND, "percent": 50.0, "max_in_flight": 4, "timeout_s": 120.0, "golden": GOLDEN}
 N = 40
 
 
@@ -62,6 +71,8 @@ def counts(prom: PrometheusClient) -> dict[str, float]:
         "shadow_ttft": total(prom, mn.SHADOW_TTFT + "_count", CAND),
         "shadow_tokens": total(prom, mn.SHADOW_OUTPUT_TOKENS, CAND),
         "shadow_base": total(prom, mn.SHADOW_REQUESTS, BASE),
+        "golden_pass": total(prom, mn.SHADOW_GOLDEN, CAND, 'result="pass"'),
+        "golden_fail": total(prom, mn.SHADOW_GOLDEN, CAND, 'result="fail"'),
     }
 
 
@@ -80,7 +91,7 @@ def test_shadow_copies_reach_the_candidate_and_users_see_only_the_baseline(fleet
         wait_for(lambda: read(lambda: act.get_shadow(ROUTE)) == SETTING, 120, "the ingress to run the shadow setting")
         arms = []
         for i, user in enumerate(users):
-            body = {"model": ROUTE, "prompt": "hello " * 8, "max_tokens": 4, "ignore_eos": True,
+            body = {"model": ROUTE, "prompt": PROMPT, "max_tokens": 4, "ignore_eos": True,
                     "stream": i % 2 == 0, "user": user}
             r = requests.post(f"{fleet_url}/v1/completions", json=body, timeout=120)
             _ = r.content
@@ -91,7 +102,8 @@ def test_shadow_copies_reach_the_candidate_and_users_see_only_the_baseline(fleet
         def settled():
             now = counts(prom)
             done = (now["shadow_cand"] - before["shadow_cand"]) + (now["shadow_dropped"] - before["shadow_dropped"])
-            return now if done >= expected and now["user_base"] - before["user_base"] >= N else None
+            scored = (now["golden_fail"] - before["golden_fail"]) >= now["shadow_cand_ok"] - before["shadow_cand_ok"]
+            return now if done >= expected and now["user_base"] - before["user_base"] >= N and scored else None
 
         after = wait_for(settled, 120, "every shadow copy (sent or dropped) and every user request in Prometheus",
                          poll_s=2)
@@ -108,4 +120,6 @@ def test_shadow_copies_reach_the_candidate_and_users_see_only_the_baseline(fleet
     assert delta["user_cand"] == 0 and delta["user_cand_tokens"] == 0
     assert delta["user_base"] == pytest.approx(N)
     assert delta["shadow_base"] == 0
+    # Every answered copy was a golden prompt's, scored by the rule that travelled with the setting.
+    assert delta["golden_fail"] == pytest.approx(delta["shadow_cand_ok"]) and delta["golden_pass"] == 0
     assert read(lambda: act.get_weights(ROUTE)) == {BASE: 100, CAND: 0}

@@ -362,7 +362,8 @@ def test_dashboard_queries_use_exported_series_and_resolve():
     queries = panel_queries()
     assert {q.dashboard for q in queries} == {"fleet", "arm", "rollout"}
     router = {mn.exported(getattr(mn, n)) for n in ("REQUESTS", "LATENCY", "TTFT", "ITL", "INPUT_TOKENS",
-                                                    "OUTPUT_TOKENS", "FEEDBACK")}
+                                                    "OUTPUT_TOKENS", "FEEDBACK", "SHADOW_REQUESTS", "SHADOW_TTFT",
+                                                    "SHADOW_DROPPED", "SHADOW_GOLDEN")}
     for q in queries:
         expr = q.resolved()
         assert "$" not in expr, (q.dashboard, q.panel)

@@ -74,6 +74,16 @@ def test_outside_the_shadow_stage_and_in_the_ab_report_shadow_copies_are_not_use
                    step_s=10)
     assert data[B].requests == 300 and data[C].requests == 0 and data[C].output_tokens == 0
     assert data[C].histograms["ttft"] == [] or max(c for _, c in data[C].histograms["ttft"]) == 0
+    # The shadow copies have rows of their own, beside (not in) the user rows and the cost.
+    assert data[C].shadow_requests == 120 and data[C].shadow_errors == 30 and data[B].shadow_requests == 0
+    from corral.rollout.ab_prometheus import report
+
+    rows = {r.metric: r for r in report(data, B, C, T1 - T0, gpu_hourly_usd=2.0, gpus_per_replica={B: 1, C: 1})}
+    assert rows["requests"].estimates[C].value == 0 and rows["shadow_requests"].estimates[C].value == 120
+    assert rows["shadow_error_rate"].estimates[C].value == pytest.approx(0.25)
+    assert 0.55 < rows["shadow_ttft_p95_s"].estimates[C].value < 0.7  # every copy 0.6 s, within its bucket
+    assert rows["ttft_p95_s"].estimates[C].value is None
+    assert "shadow_golden_pass_rate" not in rows  # no golden prompt was copied
 
 
 # -- the setting in Serve's config ---------------------------------------------------------------
@@ -209,3 +219,72 @@ def test_kuberay_actuator_writes_the_shadow_into_serve_config_v2():
     finally:
         stub.server.shutdown()
         stub.server.server_close()
+
+
+# -- the golden subset ------------------------------------------------------------------------------
+
+class QueryLog:
+    """A PrometheusClient stand-in: answers every query with a number and keeps the queries."""
+
+    def __init__(self):
+        self.queries: list[str] = []
+
+    def query(self, q, at=None):
+        self.queries.append(q)
+        return 6.0 if 'result="pass"' in q else 54.0 if 'result="fail"' in q else 100.0
+
+    def vector(self, q, at=None):
+        self.queries.append(q)
+        return []
+
+
+def test_shadow_analysis_counts_the_candidates_scored_golden_answers():
+    client = QueryLog()
+    m = PrometheusMetricSource(client).collect(spec(), window_s=60, elapsed_s=600, shadow=True)
+    assert m.shadow_golden == [6.0, 60.0]
+    golden_qs = [q for q in client.queries if "golden" in q]
+    assert golden_qs == [f'sum(increase(ray_corral_shadow_golden_total{{route="llama",arm="{C}",result="{r}"}}[600s]))'
+                         for r in ("pass", "fail")]
+    assert PrometheusMetricSource(QueryLog()).collect(spec(), 60, 600).shadow_golden is None  # not in user steps
+    off = spec(shadow=ShadowSpec(percent=50, duration_s=30, min_requests=10, golden=False))
+    assert PrometheusMetricSource(QueryLog()).collect(off, 60, 600, shadow=True).shadow_golden is None
+
+
+class GoldenSource(Source):
+    def collect(self, spec, window_s, elapsed_s, shadow=False):
+        m = super().collect(spec, window_s, elapsed_s, shadow)
+        return MetricReadings(values=m.values, requests=m.requests, shadow_golden=[6, 60] if shadow else None)
+
+
+class Golden:
+    def run(self, arms):
+        from corral.rollout.machine import QualityScores
+
+        return QualityScores({B: 0.8, C: 0.8}, prompts=20)
+
+
+def test_controller_sends_the_golden_rules_with_the_shadow_and_rolls_back_on_a_golden_drop(tmp_path):
+    from corral.rollout.quality import GoldenPrompt, golden_rules
+
+    s = RolloutSpec(route="llama", baseline=B, candidate=C, analysis_interval_s=5, min_window_s=5, failure_limit=1,
+                    steps=[RolloutStep(weight=w, bake_s=10, min_requests=10) for w in (50, 100)],
+                    gates=[MetricGate(name="e", query='e{arm="$arm"}', max=2.0, floor=0.01)],
+                    quality=QualityGate(max_drop=0.1), shadow=ShadowSpec(percent=20, duration_s=60, min_requests=10))
+    rules = golden_rules([GoldenPrompt(id="1", prompt="2+2?", answers=("4",), match="number")])
+    now = [1000.0]
+    act = InMemoryActuator({"llama": {B: 100, C: 0}}, ready={B: 1, C: 1})
+    store = FileStore(tmp_path / "r.json")
+    start_rollout(store, s, now[0])
+    ctl = Controller(s, {B: 1, C: 1}, GoldenSource(), act, store, clock=lambda: now[0], quality_runner=Golden(),
+                     golden_rules=rules)
+    for _ in range(100):
+        ctl.tick()
+        if store.load().state.terminal:
+            break
+        now[0] += 1
+    doc = store.load()
+    assert doc.state.phase == Phase.ROLLED_BACK and "shadow_golden" in doc.events[-1].reason
+    on = [c for c in act.changes if c[0] == "shadow"]
+    assert on[0] == ("shadow", {"arm": C, "percent": 20.0, "max_in_flight": 4, "timeout_s": 120.0, "golden": rules})
+    assert on[-1] == ("shadow", {}) and all(c[0] != "weights" or c[1] == {B: 100, C: 0} for c in act.changes)
+    assert any("shadow in effect" in e.reason for e in doc.events)  # the stage started: the read-back matched

@@ -5,10 +5,12 @@ a pass hands over to step 1's weights."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from test_rollout_state import B, C, good, make_spec
 
-from corral.cluster.spec.rollout import MetricGate, RolloutSpec, ShadowSpec
+from corral.cluster.spec.rollout import MetricGate, QualityGate, RolloutSpec, ShadowSpec
 from corral.rollout.gates import MetricReadings
 from corral.rollout.machine import (
     Command,
@@ -46,7 +48,7 @@ class World:
             metrics = metrics or good()
         snap = Snapshot(weights=dict(self.weights), ready_replicas={B: 1, C: 1}, max_replicas={B: 4, C: 4},
                         metrics=metrics if n.metrics else None,
-                        quality=QualityScores({B: 0.8, C: 0.85}) if n.quality else None,
+                        quality=QualityScores({B: 0.8, C: 0.85}, prompts=20) if n.quality else None,
                         commands=tuple(commands), shadow=dict(self.shadow))
         d, self.state = decide(snap, self.spec, self.state, self.now)
         if apply:
@@ -175,3 +177,47 @@ def test_shifting_waits_until_the_shadow_is_off():
     w.shadow = {}
     w.tick(1)
     assert w.state.stage == Stage.BAKING
+
+
+# -- the golden subset: the candidate's shadow answers to golden prompts in user traffic ------
+
+def golden(passed, scored, **kw) -> MetricReadings:
+    return replace(good(**kw), shadow_golden=[passed, scored])
+
+
+def test_shadow_answers_worse_on_the_golden_subset_roll_back():
+    """Baseline 0.80 on the 20-prompt golden set; the candidate passes 6 of 60 golden prompts in
+    user traffic: the always-valid comparison shows a drop beyond max_drop (0.1) and, past
+    failure_limit, rolls back before any user saw the candidate."""
+    w = World(shadow_spec())
+    to_shadow(w)
+    w.tick(10, metrics=golden(6, 60))
+    d = w.tick(10, metrics=golden(6, 60))
+    assert d.operator == Operator.ROLLBACK and "shadow_golden" in d.reason
+    g = next(g for g in d.gates if g.gate == "shadow_golden")
+    assert g.test == "sequential" and g.advisory and g.candidate == pytest.approx(0.1) and g.baseline == 0.8
+    assert g.low is not None and g.low > 0.1  # baseline - candidate, with its interval, beyond the margin
+    assert w.weights == {B: 100, C: 0} and w.shadow == {}
+
+
+def test_few_or_no_golden_prompts_never_hold_the_shadow_stage():
+    for readings in (golden(0, 0), golden(3, 4), golden(17, 20)):  # none, too few, not decisive
+        w = World(shadow_spec())
+        to_shadow(w)
+        while w.state.stage == Stage.SHADOW and not w.state.terminal:
+            d = w.tick(5, metrics=readings)
+            if d.gates:
+                g = next(g for g in d.gates if g.gate == "shadow_golden")
+                assert g.advisory and g.verdict.value != "fail", g
+        assert w.state.stage == Stage.SHIFTING and "shadow stage passed" in w.decisions[-1].reason
+
+
+def test_without_a_golden_set_score_the_golden_subset_is_not_judged():
+    w = World(make_spec(quality=QualityGate(enabled=False), shadow=ShadowSpec(percent=25, duration_s=30,
+                                                                               min_requests=10)))
+    to_shadow(w)
+    d = w.tick(10, metrics=golden(0, 60))
+    assert [g.gate for g in d.gates] == ["error_rate", "ttft_p95"]
+    w2 = World(shadow_spec(golden=False))
+    to_shadow(w2)
+    assert [g.gate for g in w2.tick(10, metrics=golden(0, 60)).gates] == ["error_rate", "ttft_p95"]

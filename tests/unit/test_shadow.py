@@ -22,6 +22,7 @@ class ShadowRecorder:
     def __init__(self) -> None:
         self.records: list[tuple] = []
         self.drops: list[tuple[str, str, str]] = []
+        self.golden_results: list[tuple[str, str, bool]] = []
 
     def record(self, route, arm, code, latency_s, ttft_s, itl_s, usage):
         self.records.append((route, arm, str(code), latency_s, ttft_s, itl_s, usage))
@@ -29,14 +30,18 @@ class ShadowRecorder:
     def dropped(self, route, arm, reason):
         self.drops.append((route, arm, reason))
 
+    def golden(self, route, arm, passed):
+        self.golden_results.append((route, arm, passed))
 
-def shadow_ingress(percent=100, max_in_flight=4, timeout_s=5.0, weights=None):
+
+def shadow_ingress(percent=100, max_in_flight=4, timeout_s=5.0, weights=None, golden=None):
     ingress, arms, rec = make_ingress(weights=weights or {"a": 100, "b": 0})
     srec = ShadowRecorder()
     ingress._shadow._metrics = srec
-    ingress.reconfigure({"routes": {"llama": weights or {"a": 100, "b": 0}},
-                         "shadow": {"llama": {"arm": "b", "percent": percent, "max_in_flight": max_in_flight,
-                                              "timeout_s": timeout_s}}})
+    setting = {"arm": "b", "percent": percent, "max_in_flight": max_in_flight, "timeout_s": timeout_s}
+    if golden is not None:
+        setting["golden"] = golden
+    ingress.reconfigure({"routes": {"llama": weights or {"a": 100, "b": 0}}, "shadow": {"llama": setting}})
     return ingress, arms, rec, srec
 
 
@@ -211,3 +216,67 @@ def test_shadow_metrics_are_their_own_series():
     m.record("r", "b", 200, 0.1, 0.01, 0.001, {"prompt_tokens": 3, "completion_tokens": 2})
     m.dropped("r", "b", "full")
 
+
+
+# -- quality on the golden subset -------------------------------------------------------------
+
+def rules(*prompts_answers, match="contains"):
+    from corral.rollout.quality import GoldenPrompt, golden_rules
+
+    return golden_rules([GoldenPrompt(id=str(i), prompt=p, answers=tuple(a), match=match)
+                         for i, (p, a) in enumerate(prompts_answers)])
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("answers,passed", [(["hey"], True), (["bye"], False)])
+def test_shadow_answers_to_golden_prompts_are_scored_with_the_golden_rule(stream, answers, passed):
+    """The stand-in candidate answers "hey" (streamed as "he" + "y"): the whole answer is scored."""
+    ingress, arms, rec, srec = shadow_ingress(golden=rules(("What  is\nthe greeting?", answers)))
+
+    async def go():
+        for user, prompt in (("u-1", "What is the greeting?"), ("u-2", "something else")):
+            body = chat_body(user=user, stream=stream, messages=[{"role": "user", "content": prompt}])
+            assert "chatcmpl-a" in await read(await ingress.chat(body, http_request()))
+        await settle(ingress)
+
+    asyncio.run(go())
+    assert [r[:3] for r in srec.records] == [("llama", "b", "200")] * 2  # both copied
+    assert srec.golden_results == [("llama", "b", passed)]  # only the golden prompt scored (whitespace folded)
+    assert rec.records == [("llama", "a", "200")] * 2  # users' series untouched
+
+
+def test_a_failed_copy_of_a_golden_prompt_is_an_error_not_a_wrong_answer():
+    ingress, arms, rec, srec = shadow_ingress(golden=rules(("hi", ["hey"])))
+    arms["b"].mode = "error_500"
+
+    async def go():
+        await read(await ingress.chat(chat_body(), http_request()))
+        await settle(ingress)
+
+    asyncio.run(go())
+    assert [r[2] for r in srec.records] == ["500"] and srec.golden_results == []
+
+
+def test_golden_rules_in_the_setting_are_validated_and_round_trip():
+    good = rules(("hi", ["hey"]), ("2+2?", ["4"]), match="number")
+    parsed = parse_config({"llama": {"arm": "b", "percent": 10, "golden": good}}, ["a", "b"])
+    assert parsed["llama"].to_dict()["golden"] == good
+    for bad in ([{"key": "k", "match": "fuzzy", "answers": ["x"]}], [{"key": "k", "match": "exact", "answers": []}],
+                [{"key": "k", "match": "exact", "answers": ["x"], "extra": 1}], {"key": "k"}):
+        with pytest.raises(ValueError, match="golden"):
+            parse_config({"llama": {"arm": "b", "percent": 10, "golden": bad}}, ["a", "b"])
+
+
+def test_the_prompt_a_golden_rule_is_matched_against():
+    from types import SimpleNamespace as NS
+
+    from corral.serving.shadow import request_prompt
+
+    assert request_prompt(NS(prompt="Say hi", messages=None)) == "Say hi"
+    assert request_prompt(NS(prompt=None, messages=[{"role": "system", "content": "be brief"},
+                                                    {"role": "user", "content": "Say hi"}])) == "Say hi"
+    assert request_prompt(NS(prompt=None, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Say "}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "hi"}]}])) == "Say hi"
+    assert request_prompt(NS(prompt=None, messages=[{"role": "user", "content": "q"},
+                                                    {"role": "assistant", "content": "a"}])) is None
+    assert request_prompt(NS(prompt=[1, 2, 3], messages=None)) is None  # token ids: never a golden prompt
