@@ -35,7 +35,9 @@ def test_every_panel_has_series(fleet_url, prometheus_url):
     queries = [(q.dashboard, q.panel, q.resolved()) for q in panel_queries()]
     assert len(queries) >= 20
     missing = queries
-    deadline = time.monotonic() + 120  # a few scrapes, so that rate() over 1m has two points
+    # A few scrapes, so that rate() over 1m has two points; run first on a fresh fleet, 120 s was not enough
+    # once (every panel empty: the engines' and the ingress's first exports had not been scraped yet).
+    deadline = time.monotonic() + 300
     while missing and time.monotonic() < deadline:
         time.sleep(5)
         missing = []
