@@ -1,8 +1,8 @@
 """The migration demo end to end, through the CLI a user types: `corral up`, `corral rollout start
 --run`, `corral rollout status`, `corral ab report --prometheus` (table, JSON, HTML), `corral down`.
 
-cluster/fleets/migration.yaml (stand-in old arm -> SmolLM2) must promote 50 -> 70 -> 90 -> 100
-under load with no failed request; cluster/fleets/migration-bad.yaml (the reverse) must roll back
+cluster/fleets/migration.yaml (stand-in old arm -> SmolLM2) must pass a shadow stage and promote
+50 -> 70 -> 90 -> 100 under load with no failed request; cluster/fleets/migration-bad.yaml (the reverse) must roll back
 before 70%. The A/B report over the good run must give accuracy (golden set), speed (TTFT, ITL,
 latency), satisfaction (/v1/feedback) and cost per arm. This module deploys its own fleets (it
 replaces any running fleet, like every e2e module). Set CORRAL_E2E_TRANSCRIPTS=DIR to keep each
@@ -125,6 +125,8 @@ def test_good_migration_promotes_and_the_ab_report_has_all_four_measures(tmp_pat
     assert set(load.codes) == {200}, load.codes  # zero failed requests through every weight change
     assert load.arms["smollm2"] > 0 and load.arms["llama2-stand-in"] > 0
     assert set(load.feedback) == {200}, load.feedback
+    events = [e["reason"] for e in json.loads(store.read_text())["events"]]
+    assert any("shadow stage passed" in r for r in events), events  # shadow before any user saw smollm2
 
     since, until = f"{t0:.0f}", f"{time.time():.0f}"
     common = [GOOD, "--prometheus", PROM, "--since", since, "--until", until, "--gpu-price", "2.5"]
@@ -148,6 +150,10 @@ def test_good_migration_promotes_and_the_ab_report_has_all_four_measures(tmp_pat
     assert rows["satisfaction_pass_rate"]["arms"]["smollm2"]["value"] > 0.5 > \
         rows["satisfaction_pass_rate"]["arms"]["llama2-stand-in"]["value"]
     assert rows["satisfaction_pass_rate"]["test"]["significant"]
+    # The shadow stage: its copies in rows of their own, and the users' golden prompt scored on them.
+    assert rows["shadow_requests"]["arms"]["smollm2"]["value"] > 0
+    assert rows["shadow_requests"]["arms"]["llama2-stand-in"]["value"] == 0
+    assert rows["shadow_golden_pass_rate"]["arms"]["smollm2"]["value"] > 0.5
     assert html.read_text().count("data:image/png;base64,") == 4
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:
