@@ -16,21 +16,28 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Match = Literal["contains", "exact", "regex", "number"]
-MATCH_RULES: tuple[str, ...] = ("contains", "exact", "regex", "number")
+MATCH_RULES: tuple[str, ...] = get_args(Match)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _SPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
 class GoldenPrompt:
+    """One line of a golden set (JSONL: `{"id", "prompt", "answers", "match", "max_tokens"}`)."""
+
     id: str
+    """Name shown in reports."""
     prompt: str
+    """The user message, sent as a chat's only message."""
     answers: tuple[str, ...]
+    """Acceptable answers; the reply scores 1 if any matches under `match`."""
     match: Match = "contains"
+    """The scoring rule (module docstring)."""
     max_tokens: int = 16
+    """Reply length the golden-set run asks for."""
 
 
 def score(prompt: GoldenPrompt, reply: str) -> float:
