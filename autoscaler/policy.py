@@ -228,9 +228,8 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) ->
     down = math.ceil(ongoing / (target * (1.0 - spec.downscale_hysteresis)) - 1e-9)
     model = model_replicas(signals, config)
     if model is not None:
-        # The next interval's work: along the trend of requests in the system, like the count.
-        growth = expected / ongoing if ongoing > 0 else 1.0
-        load = math.ceil(model * growth - 1e-9)
+        # The next interval's work: the requests the trend adds over trend_horizon_s, at the target each.
+        load = math.ceil(model + (expected - ongoing) / target - 1e-9)
         down = math.ceil(model / (1.0 - spec.downscale_hysteresis) - 1e-9)
 
     # Requests admitted by replicas beyond their running batch wait inside the engine.
