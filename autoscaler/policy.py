@@ -40,6 +40,9 @@ METRIC_TTFT_P95 = metric_names.SIGNAL_TTFT_P95
 METRIC_ITL_P95 = metric_names.SIGNAL_ITL_P95
 METRIC_KV_CACHE = metric_names.SIGNAL_KV_CACHE
 METRIC_QUEUED_PROMPT_TOKENS = metric_names.SIGNAL_QUEUED_PROMPT_TOKENS
+METRIC_REQUESTS_PER_S = metric_names.SIGNAL_REQUESTS_PER_S
+METRIC_PROMPT_TOKENS_PER_S = metric_names.SIGNAL_PROMPT_TOKENS_PER_S
+METRIC_OUTPUT_TOKENS_PER_S = metric_names.SIGNAL_OUTPUT_TOKENS_PER_S
 _log = logging.getLogger("ray.serve")
 # Key of this policy's memory inside Serve's policy_state (Serve keeps its own keys there too).
 STATE_KEY = "corral"
@@ -108,6 +111,12 @@ class Signals:
     """Mean KV cache use over replicas (0-1), if reported."""
     queued_prompt_tokens: float | None = None
     """Prompt tokens waiting for their prefill, summed over replicas, if reported."""
+    requests_per_s: float | None = None
+    """Requests prefilled per second, summed over replicas, if reported."""
+    prompt_tokens_per_s: float | None = None
+    """Prompt tokens prefilled per second, summed over replicas, if reported."""
+    output_tokens_per_s: float | None = None
+    """Output tokens generated per second, summed over replicas, if reported."""
 
 
 @dataclass(frozen=True)
@@ -164,20 +173,65 @@ class Decision:
     reason: str
 
 
+def packing_target(signals: Signals, config: PolicyConfig) -> float:
+    """Requests per replica the policy sizes for: `target_ongoing_requests`, raised by model-based
+    packing (`slo_packing_itl_share`) to the batch at which the engine model predicts the ITL p95
+    reaches that share of the ITL SLO. The worst replica's ITL p95 at the batch running now is
+    scaled by the model's decode step time, step(b) / step(b_now), so the prefill stalls it holds
+    scale with it. Never below the fixed target, never above `max_num_seqs`; the fixed target
+    whenever a signal is missing or the TTFT p95 is above the same share of its SLO."""
+    spec = config.spec
+    target = spec.target_ongoing_requests
+    share, base, per_seq = spec.slo_packing_itl_share, spec.engine_base_s, spec.engine_per_decode_seq_s
+    running = signals.running_replicas
+    if share <= 0 or per_seq <= 0 or running <= 0 or signals.itl_p95_s is None or signals.itl_p95_s <= 0:
+        return target
+    if signals.ttft_p95_s is not None and signals.ttft_p95_s > share * spec.ttft_p95_s:
+        return target
+    batch_now = min(max(1.0, (signals.ongoing_requests - signals.queued_requests) / running),
+                    float(config.max_num_seqs))
+    step_budget = share * spec.itl_p95_s * (base + per_seq * batch_now) / signals.itl_p95_s
+    batch_at_slo = (step_budget - base) / per_seq
+    return max(target, min(batch_at_slo, float(config.max_num_seqs)))
+
+
+def model_replicas(signals: Signals, config: PolicyConfig) -> float | None:
+    """Model-based sizing (`model_sizing_utilisation`): the engine-seconds per second the reported
+    work needs on the engine model, each output token costing a `1 / target_ongoing_requests`
+    share of a decode step at the batch target, over the share of a replica's time allowed.
+    None when it is off or a rate is not reported."""
+    spec = config.spec
+    share = spec.model_sizing_utilisation
+    rates = (signals.requests_per_s, signals.prompt_tokens_per_s, signals.output_tokens_per_s)
+    if share <= 0 or spec.engine_per_decode_seq_s <= 0 or any(r is None for r in rates):
+        return None
+    requests, prompt_tokens, output_tokens = (max(0.0, r or 0.0) for r in rates)
+    batch = spec.target_ongoing_requests
+    decode_step_s = spec.engine_base_s + spec.engine_per_decode_seq_s * batch
+    busy = (requests * spec.engine_base_s + prompt_tokens * spec.engine_per_prefill_token_s
+            + output_tokens * decode_step_s / batch)
+    return busy / share
+
+
 def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) -> Assessment:
     """Replicas the load needs (batch target) and whether latency is at risk. No bounds.
     `rising_per_s` is the recent growth of ongoing requests (0 when flat or falling).
     On a latency breach the replicas added grow with how far the p95 is above its SLO
     (`breach_upscale_proportional`), up to `breach_upscale_fraction` of the fleet."""
     spec = config.spec
-    target = spec.target_ongoing_requests
     ongoing = max(0.0, signals.ongoing_requests)
+    running = max(signals.running_replicas, 0)
+    queued = max(0.0, signals.queued_requests)
+    target = packing_target(signals, config)
     expected = ongoing + max(0.0, rising_per_s) * spec.trend_horizon_s
     load = math.ceil(expected / target - 1e-9)
     down = math.ceil(ongoing / (target * (1.0 - spec.downscale_hysteresis)) - 1e-9)
+    model = model_replicas(signals, config)
+    if model is not None:
+        # The next interval's work: the requests the trend adds over trend_horizon_s, at the target each.
+        load = math.ceil(model + (expected - ongoing) / target - 1e-9)
+        down = math.ceil(model / (1.0 - spec.downscale_hysteresis) - 1e-9)
 
-    running = max(signals.running_replicas, 0)
-    queued = max(0.0, signals.queued_requests)
     # Requests admitted by replicas beyond their running batch wait inside the engine.
     engine_waiting = max(0.0, ongoing - queued - running * config.max_num_seqs)
     waiting_per_replica = (queued + engine_waiting) / max(running, 1)
@@ -301,10 +355,16 @@ def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str,
     return reduce(values) if values else None
 
 
-def signals_from_context(ctx: Any) -> Signals:
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def signals_from_context(ctx: Any, latency_over_replicas: str = "worst") -> Signals:
     """Read a Ray Serve `AutoscalingContext` into `Signals`. Latency takes the worst replica
-    (one slow replica already breaks the SLO for its users); KV cache the mean; queued prompt
-    tokens the sum (the policy divides by the running replicas)."""
+    (one slow replica already breaks the SLO for its users), or with `latency_over_replicas`
+    "mean" the replicas' mean; KV cache the mean; queued prompt tokens the sum (the policy
+    divides by the running replicas)."""
+    latency: Callable[[list[float]], float] = _mean if latency_over_replicas == "mean" else max
     try:
         custom = ctx.aggregated_metrics
     except Exception:  # noqa: BLE001 - a replica's broken metric must not stop autoscaling
@@ -315,10 +375,13 @@ def signals_from_context(ctx: Any) -> Signals:
         target_replicas=ctx.target_num_replicas,
         ongoing_requests=float(ctx.total_num_requests or 0.0),
         queued_requests=float(queued or 0.0),
-        ttft_p95_s=_mean_metric(custom, METRIC_TTFT_P95),
-        itl_p95_s=_mean_metric(custom, METRIC_ITL_P95),
-        kv_cache_usage=_mean_metric(custom, METRIC_KV_CACHE, reduce=lambda v: sum(v) / len(v)),
+        ttft_p95_s=_mean_metric(custom, METRIC_TTFT_P95, reduce=latency),
+        itl_p95_s=_mean_metric(custom, METRIC_ITL_P95, reduce=latency),
+        kv_cache_usage=_mean_metric(custom, METRIC_KV_CACHE, reduce=_mean),
         queued_prompt_tokens=_mean_metric(custom, METRIC_QUEUED_PROMPT_TOKENS, reduce=sum),
+        requests_per_s=_mean_metric(custom, METRIC_REQUESTS_PER_S, reduce=sum),
+        prompt_tokens_per_s=_mean_metric(custom, METRIC_PROMPT_TOKENS_PER_S, reduce=sum),
+        output_tokens_per_s=_mean_metric(custom, METRIC_OUTPUT_TOKENS_PER_S, reduce=sum),
     )
 
 
@@ -338,7 +401,8 @@ class CorralAutoscalingPolicy:
         policy_state = dict(ctx.policy_state or {})
         state = PolicyState.from_dict(policy_state.get(STATE_KEY))
         now = ctx.current_time if ctx.current_time is not None else time.time()
-        decision, new_state = decide(signals_from_context(ctx), self.config, state, now)
+        signals = signals_from_context(ctx, self.config.spec.latency_over_replicas)
+        decision, new_state = decide(signals, self.config, state, now)
         policy_state[STATE_KEY] = new_state.to_dict()
         policy_state[LAST_DECISION_KEY] = {"operator": decision.operator, "replicas": decision.replicas,
                                            "reason": decision.reason, "time": now}

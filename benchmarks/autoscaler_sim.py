@@ -6,7 +6,8 @@ controller (`corral.autoscaler.sim`). One setting for all: each policy's configu
 chosen once and judged, unchanged, on every member of the family (generated members drawn with
 another seed than the tuning draws). By default the setting is the capacity plan's: the spec's
 defaults with the batch target at the latency curve's knee (what `corral plan capacity`
-writes), for both policies. With `--targets T1,T2,...` each policy's target is instead the
+writes), for both policies, and the curve's engine model coefficients (`engine_*`, used by
+corral's model-based knobs). With `--targets T1,T2,...` each policy's target is instead the
 cheapest of those meeting the attainment bar on every member of the tuning set (the first half
 of the Azure conversation trace and one draw of the x3 bursty MMPP; the best worst margin if
 none does). Prints one JSON document (per workload:
@@ -159,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     sim = S.SimConfig(ttft_slo_s=args.ttft_slo_s, itl_slo_s=args.itl_slo_s, max_num_seqs=args.max_num_seqs,
                       cold_start_s=args.cold_start_s, min_replicas=1, max_replicas=64)
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    # The capacity plan's setting: the knee as batch target and the curve's engine model.
+    engine = {"engine_base_s": curve.step.base_s, "engine_per_decode_seq_s": curve.step.per_decode_seq_s,
+              "engine_per_prefill_token_s": curve.step.per_prefill_token_s}
     spec = AutoscalingSpec(**{"target_ongoing_requests": knee, "ttft_p95_s": args.ttft_slo_s,
-                              "itl_p95_s": args.itl_slo_s, "cold_start_s": args.cold_start_s, **overrides})
+                              "itl_p95_s": args.itl_slo_s, "cold_start_s": args.cold_start_s, **engine, **overrides})
     fam = family(args.duration_s)
     tuning_names = [n for n in args.tuning.split(",") if n]
     judged_names = args.workloads.split(",") if args.workloads else list(fam)

@@ -33,6 +33,11 @@ SIGNAL_KV_CACHE = "corral_kv_cache_usage"
 # Prompt tokens of the requests a replica's engine holds that have not had their first token yet
 # (vLLM's `AsyncLLM.get_num_queued_tokens()`): prefill work waiting on that replica.
 SIGNAL_QUEUED_PROMPT_TOKENS = "corral_queued_prompt_tokens"
+# Work a replica's engine did over the last window, per second: requests prefilled (first token
+# out), prompt tokens prefilled, output tokens generated (vLLM's iteration stats).
+SIGNAL_REQUESTS_PER_S = "corral_prefilled_requests_per_s"
+SIGNAL_PROMPT_TOKENS_PER_S = "corral_prompt_tokens_per_s"
+SIGNAL_OUTPUT_TOKENS_PER_S = "corral_output_tokens_per_s"
 
 # Values of REQUESTS' `status` label besides HTTP status codes: the outcome of a request whose
 # 200 headers were already sent, or that never got an HTTP answer from its arm. One count per

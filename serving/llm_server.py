@@ -52,7 +52,8 @@ class _StatLoggerHooks:
 
 class EngineSignals(_StatLoggerHooks):
     """A vLLM stat logger (the `StatLoggerBase` interface) that keeps the last `window_s` of
-    TTFT and per-request mean ITL samples and the latest KV cache use, for the autoscaler.
+    TTFT and per-request mean ITL samples, the work done per iteration and the latest KV cache
+    use, for the autoscaler.
 
     vLLM calls `record` from its output handler on the replica's event loop; `snapshot` runs on
     the same loop, so no lock is needed. Memory is bounded by the window and `max_samples`.
@@ -66,6 +67,8 @@ class EngineSignals(_StatLoggerHooks):
         self._ttft: deque[tuple[float, float]] = deque(maxlen=max_samples)
         self._itl: deque[tuple[float, float]] = deque(maxlen=max_samples)
         self._kv: tuple[float, float] | None = None
+        # (time, requests prefilled, prompt tokens computed, output tokens after the first) per iteration
+        self._work: deque[tuple[float, int, int, int]] = deque(maxlen=max_samples)
 
     # -- vLLM's StatLoggerBase interface ---------------------------------------------------
 
@@ -77,6 +80,11 @@ class EngineSignals(_StatLoggerHooks):
         if iteration_stats is not None:
             for ttft in iteration_stats.time_to_first_tokens_iter:
                 self._ttft.append((now, ttft))
+            prefilled = len(iteration_stats.time_to_first_tokens_iter)
+            prompt = getattr(getattr(iteration_stats, "prompt_token_stats", None), "computed", 0)
+            decoded = max(0, int(getattr(iteration_stats, "num_generation_tokens", 0)) - prefilled)
+            if prefilled or prompt or decoded:
+                self._work.append((now, prefilled, int(prompt), decoded))
             for done in iteration_stats.finished_requests:
                 # One sample per request: the SLO is on each request's mean inter-token latency.
                 if done.num_generation_tokens > 1 and done.mean_time_per_output_token > 0:
@@ -89,9 +97,11 @@ class EngineSignals(_StatLoggerHooks):
     # -- what the autoscaler reads ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, float]:
-        """p95 TTFT and ITL over the window and KV cache use; keys only for what was seen."""
+        """p95 TTFT and ITL over the window, KV cache use, and the work done over the window per
+        second (requests prefilled, prompt tokens computed, output tokens decoded after each
+        request's first); keys only for what was seen (the work rates once anything was seen)."""
         cutoff = self._clock() - self.window_s
-        for samples in (self._ttft, self._itl):
+        for samples in (self._ttft, self._itl, self._work):
             while samples and samples[0][0] < cutoff:
                 samples.popleft()
         out: dict[str, float] = {}
@@ -103,6 +113,10 @@ class EngineSignals(_StatLoggerHooks):
             out[names.SIGNAL_ITL_P95] = itl
         if self._kv is not None and self._kv[0] >= cutoff:
             out[names.SIGNAL_KV_CACHE] = self._kv[1]
+        if self._work or (self._kv is not None and self._kv[0] >= cutoff):
+            for k, name in enumerate((names.SIGNAL_REQUESTS_PER_S, names.SIGNAL_PROMPT_TOKENS_PER_S,
+                                      names.SIGNAL_OUTPUT_TOKENS_PER_S), start=1):
+                out[name] = sum(w[k] for w in self._work) / self.window_s
         return out
 
 

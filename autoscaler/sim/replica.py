@@ -117,6 +117,9 @@ class Replica:
     stall_until_s: float = 0.0  # prefill in progress until then: no decoding
     draining: bool = False
     stopped_s: float | None = None
+    prefills: int = 0  # requests admitted to the batch so far (their prefill run)
+    prompt_tokens: int = 0  # prompt tokens prefilled so far
+    output_tokens: float = 0.0  # tokens decoded so far, over all running sequences
 
     def ongoing(self) -> int:
         return len(self.running) + len(self.waiting)
@@ -124,7 +127,9 @@ class Replica:
     def advance(self, t: float, curve: LatencyCurve) -> None:
         start = max(self.last_s, self.stall_until_s)
         if self.running and t > start:
-            self.v += (t - start) / curve.itl(len(self.running))
+            dv = (t - start) / curve.itl(len(self.running))
+            self.v += dv
+            self.output_tokens += dv * len(self.running)
         self.last_s = max(self.last_s, t)
 
     def next_event_s(self, curve: LatencyCurve) -> float:

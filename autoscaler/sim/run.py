@@ -10,6 +10,9 @@
   requests averaged over `look_back_period_s`, sampled every `metrics_interval_s`; recent
   per-replica TTFT and ITL p95 and, averaged over the same window, each replica's queued
   prompt tokens as custom metrics) and asks the policy for a target.
+* Work rates (what a live replica reports from vLLM's iteration stats): requests prefilled,
+  prompt tokens prefilled and output tokens decoded per second by each replica, over the
+  look-back window (from the first to the last sample in it).
 * Queued prompt tokens (what a live replica reports from vLLM's `get_num_queued_tokens`): the
   prompt lengths of the requests a replica holds that have no first token yet (waiting in its
   engine, or admitted with their prefill still running).
@@ -30,7 +33,10 @@ import numpy as np
 from corral.autoscaler.policy import (
     LAST_DECISION_KEY,
     METRIC_ITL_P95,
+    METRIC_OUTPUT_TOKENS_PER_S,
+    METRIC_PROMPT_TOKENS_PER_S,
     METRIC_QUEUED_PROMPT_TOKENS,
+    METRIC_REQUESTS_PER_S,
     METRIC_TTFT_P95,
 )
 from corral.autoscaler.sim.policies import PolicyFn, serve_controller_step
@@ -76,6 +82,10 @@ class SimResult:
     decisions: list[tuple[float, int, str]]
     ok: np.ndarray | None = None
     """Per request: met its SLO."""
+    ttft: np.ndarray | None = None
+    """Per request: time to first token, seconds."""
+    itl: np.ndarray | None = None
+    """Per request: mean inter-token latency, seconds."""
     feasible_attainment: float | None = None
     """Oracle runs (`calibrated_oracle`): what its most generous plan attained."""
 
@@ -122,6 +132,7 @@ class _Run:
         self.policy_state: dict = {}
         self.samples: deque = deque()  # (t, ongoing, queued)
         self.prompt_samples: deque = deque()  # (t, {replica id: queued prompt tokens})
+        self.work_samples: deque = deque()  # (t, {replica id: (prefills, prompt tokens, output tokens) so far})
         self.recent: deque = deque()  # (t_done, replica, ttft, itl) of finished requests
         self.decisions: list[tuple[float, int, str]] = []
         self.tl: dict[str, list[float]] = {"t": [], "target": [], "ready": [], "ongoing": [], "queued": []}
@@ -145,6 +156,8 @@ class _Run:
             i = rep.waiting.popleft()
             req = self.requests[i]
             rep.stall_until_s = max(rep.stall_until_s, now) + self.curve.prefill(req.context_tokens)
+            rep.prefills += 1
+            rep.prompt_tokens += req.context_tokens
             self.ttft[i] = rep.stall_until_s - req.arrival_s
             rep.running.append(Seq(i, rep.v + (req.generated_tokens - 1), rep.stall_until_s))
 
@@ -202,6 +215,8 @@ class _Run:
             self.recent.popleft()
         while self.prompt_samples and self.prompt_samples[0][0] < now - sim.look_back_period_s:
             self.prompt_samples.popleft()
+        while self.work_samples and self.work_samples[0][0] < now - sim.look_back_period_s:
+            self.work_samples.popleft()
         ready = [r for r in self.live() if r.ready_s <= now]
         per_rep: dict[int, tuple[list[float], list[float]]] = {}
         for _, rid, tt, it in self.recent:
@@ -218,6 +233,11 @@ class _Run:
                 tokens.setdefault(rid, []).append(v)
         metrics[METRIC_QUEUED_PROMPT_TOKENS] = {f"r{rid}": float(np.mean(v)) for rid, v in tokens.items()
                                                 if rid in ready_ids}
+        if len(self.work_samples) >= 2:
+            (t0, first), (t1, last) = self.work_samples[0], self.work_samples[-1]
+            both = [rid for rid in last if rid in first and rid in ready_ids]
+            for k, name in enumerate((METRIC_REQUESTS_PER_S, METRIC_PROMPT_TOKENS_PER_S, METRIC_OUTPUT_TOKENS_PER_S)):
+                metrics[name] = {f"r{rid}": (last[rid][k] - first[rid][k]) / (t1 - t0) for rid in both}
         total = float(np.mean([s[1] for s in self.samples])) if self.samples else 0.0
         queued = float(np.mean([s[2] for s in self.samples])) if self.samples else 0.0
         return _make_ctx(
@@ -282,6 +302,12 @@ class _Run:
                 self.samples.append((now, self.in_system(), len(self.handle_queue)))
                 self.prompt_samples.append((now, {r.rid: self.queued_prompt_tokens(r, now) for r in self.live()
                                                   if r.ready_s <= now}))
+                work = {}
+                for r in self.live():
+                    if r.ready_s <= now:
+                        r.advance(now, self.curve)
+                        work[r.rid] = (r.prefills, r.prompt_tokens, r.output_tokens)
+                self.work_samples.append((now, work))
                 next_sample += self.sim.metrics_interval_s
             else:
                 self.tick(now)
@@ -296,7 +322,7 @@ class _Run:
             policy=self.name, slo_attainment=float(ok.mean()) if n else 1.0, replica_seconds=replica_seconds,
             scale_events=self.scale_events, ttft_p95_s=p95(self.ttft) if n else 0.0,
             itl_p95_s=p95(self.itl) if n else 0.0, requests=n, mean_replicas=replica_seconds / max(stop_all, 1e-9),
-            timeline=self.tl, decisions=self.decisions, ok=ok)
+            timeline=self.tl, decisions=self.decisions, ok=ok, ttft=self.ttft, itl=self.itl)
 
 
 def simulate(requests: list[Request], policy: PolicyFn, serve_config: Any, sim: SimConfig, curve: LatencyCurve,

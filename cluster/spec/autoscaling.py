@@ -68,6 +68,42 @@ class AutoscalingSpec(BaseModel):
     trend_horizon_s: float = 30.0
     """When adding replicas, provision for the load expected this far ahead along the
     recent rising trend (load grows while new replicas start). 0 = react to current load only."""
+    latency_over_replicas: str = "worst"
+    """How the replicas' reported TTFT and ITL p95s become the arm's: `worst` (the highest: one slow
+    replica already breaks the SLO for its users) or `mean` (their mean: a p95 over the few requests
+    one replica finished in `look_back_period_s` is noisy, and the worst of many such is noisier).
+    `worst` is the default: on the simulated workload family `mean` saved a quarter of the
+    replica-seconds on the smooth members for 1.3-2.2 points of attainment (README)."""
+    engine_base_s: float = 0.0
+    """The engine model's fixed cost of one engine step, seconds (`base_s` of the engine model in
+    the latency-curve.json `corral plan capacity` writes). Used by `slo_packing_itl_share` and
+    `model_sizing_utilisation`."""
+    engine_per_decode_seq_s: float = 0.0
+    """The engine model's cost of one more decoding sequence in a step, seconds
+    (`per_decode_seq_s`). 0 = the model-based knobs are off."""
+    engine_per_prefill_token_s: float = 0.0
+    """The engine model's cost of one prompt token in a step, seconds (`per_prefill_token_s`)."""
+    slo_packing_itl_share: float = 0.75
+    """Model-based packing: raise the batch target (never lower it) to the requests per replica at
+    which the engine model predicts the replicas' ITL p95 reaches this share of `itl_p95_s`. The
+    prediction scales the reported ITL p95 by the model's decode step time
+    (`engine_base_s + engine_per_decode_seq_s x batch`) from the batch running now to the
+    candidate batch, so prefill stalls seen now are carried along; at most `max_num_seqs`, and only
+    while the TTFT p95 is within this share of `ttft_p95_s` too. Acts only with the engine model
+    (`engine_per_decode_seq_s` > 0). 0 = the fixed target. The default, 0.75, was chosen on the
+    workload family's tuning draws (0.6 changed nothing, 0.9 lost attainment) and kept on the
+    held-out draws (fewer replica-seconds on one member, worse on none; README)."""
+    model_sizing_utilisation: float = 0.0
+    """Model-based sizing (as Dynamo's SLA planner sizes from profiled throughput): the replicas
+    for the load are the engine-seconds per second the arm's work needs, divided by this share of
+    a replica's time. The work is what the replicas report doing (requests prefilled, prompt
+    tokens and output tokens per second) costed on the engine model: a prefill step's base and
+    tokens, and each output token a `1 / target_ongoing_requests` share of a decode step at the
+    batch target; plus the requests the load trend adds over `trend_horizon_s`, at
+    `target_ongoing_requests` each.
+    Fewer replicas (scale-down) keep the hysteresis band. 0 = size by requests in flight over
+    `target_ongoing_requests` (the default: on the simulated workload family it was not better on
+    every held-out member, README)."""
     breach_upscale_fraction: float = 0.25
     """Replicas added on an SLO breach, as a share of the current target (at least 1). With
     `breach_upscale_proportional`, the most added on a latency breach."""
@@ -85,6 +121,13 @@ class AutoscalingSpec(BaseModel):
     replica_floor: int = 0
     """Fewest replicas while this arm is mid-rollout, written by the rollout controller
     (0 = no floor). Raised above `replicas.min`, clamped to `replicas.max`."""
+
+    @field_validator("latency_over_replicas")
+    @classmethod
+    def _latency_reduce(cls, v: str) -> str:
+        if v not in ("worst", "mean"):
+            raise ValueError(f"latency_over_replicas {v!r} is unknown; use 'worst' or 'mean'")
+        return v
 
     @field_validator("policy")
     @classmethod
@@ -104,14 +147,15 @@ class AutoscalingSpec(BaseModel):
         return v
 
     @field_validator("upscale_delay_s", "downscale_delay_s", "cold_start_s", "queue_per_replica_trigger",
-                     "trend_horizon_s", "prefill_tokens_per_s")
+                     "trend_horizon_s", "prefill_tokens_per_s", "engine_base_s", "engine_per_decode_seq_s",
+                     "engine_per_prefill_token_s")
     @classmethod
     def _non_negative(cls, v: float, info: ValidationInfo) -> float:
         if not v >= 0:
             raise ValueError(f"{info.field_name} must be >= 0, got {v!r}")
         return v
 
-    @field_validator("downscale_direct_below_share")
+    @field_validator("downscale_direct_below_share", "slo_packing_itl_share", "model_sizing_utilisation")
     @classmethod
     def _share(cls, v: float, info: ValidationInfo) -> float:
         if not 0 <= v <= 1:

@@ -17,6 +17,9 @@ from corral.autoscaler.policy import (
     Signals,
     assess,
     decide,
+    model_replicas,
+    packing_target,
+    signals_from_context,
 )
 from corral.cluster.spec import parse_fleet
 from corral.cluster.spec.autoscaling import (
@@ -45,6 +48,12 @@ def configs(draw):
         prefill_tokens_per_s=draw(st.one_of(st.just(0.0), st.floats(10, 10000))),
         prefill_backlog_ttft_share=draw(st.floats(0.05, 2)),
         downscale_direct_below_share=draw(st.one_of(st.just(0.0), st.floats(0, 1))),
+        latency_over_replicas=draw(st.sampled_from(["worst", "mean"])),
+        engine_base_s=draw(st.floats(0, 1)),
+        engine_per_decode_seq_s=draw(st.one_of(st.just(0.0), st.floats(1e-4, 1))),
+        engine_per_prefill_token_s=draw(st.floats(0, 0.01)),
+        slo_packing_itl_share=draw(st.one_of(st.just(0.0), st.floats(0, 1))),
+        model_sizing_utilisation=draw(st.one_of(st.just(0.0), st.floats(0.05, 1))),
     )
     return PolicyConfig(spec=spec, min_replicas=lo, max_replicas=hi, max_num_seqs=draw(st.integers(1, 256)))
 
@@ -60,6 +69,9 @@ def signals(draw, max_target=24):
         itl_p95_s=draw(opt_latency),
         kv_cache_usage=draw(st.one_of(st.none(), st.floats(0, 1))),
         queued_prompt_tokens=draw(st.one_of(st.none(), st.floats(0, 100000, allow_nan=False))),
+        requests_per_s=draw(st.one_of(st.none(), st.floats(0, 500, allow_nan=False))),
+        prompt_tokens_per_s=draw(st.one_of(st.none(), st.floats(0, 100000, allow_nan=False))),
+        output_tokens_per_s=draw(st.one_of(st.none(), st.floats(0, 100000, allow_nan=False))),
     )
 
 
@@ -377,3 +389,57 @@ def test_at_most_the_stated_fraction_removed_per_step(cfg, sigs, dt):
                 share = cfg.spec.downscale_direct_below_share
                 assert decision.replicas <= max(math.floor(current * share), cfg.lower_bound), (decision, current)
         now += dt
+
+
+ENGINE = dict(engine_base_s=0.1, engine_per_decode_seq_s=0.05, engine_per_prefill_token_s=0.004)
+
+
+def test_model_sizing_costs_the_reported_work_on_the_engine_model():
+    """Replicas = engine-seconds per second of the reported work / the utilisation share; each
+    output token costs 1/target of a decode step at the batch target."""
+    spec = AutoscalingSpec(target_ongoing_requests=4, model_sizing_utilisation=0.5, trend_horizon_s=0,
+                           downscale_hysteresis=0.0, **ENGINE)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=64, max_num_seqs=8)
+    sig = Signals(running_replicas=4, target_replicas=4, ongoing_requests=2.0,
+                  requests_per_s=5.0, prompt_tokens_per_s=250.0, output_tokens_per_s=40.0)
+    # 5 x 0.1 (prefill steps' base) + 250 x 0.004 (prompt tokens) + 40 x (0.1 + 0.05 x 4) / 4 = 4.5 s/s
+    assert model_replicas(sig, cfg) == pytest.approx(4.5 / 0.5)
+    a = assess(sig, cfg)
+    assert a.load_replicas == 9 and a.down_replicas == 9  # not the 1 replica 2 requests in flight ask for
+    # Off, or a rate not reported: requests in flight over the target, as before.
+    assert model_replicas(replace_sig(sig, output_tokens_per_s=None), cfg) is None
+    off = PolicyConfig(spec=spec.model_copy(update={"model_sizing_utilisation": 0.0}), max_replicas=64)
+    assert model_replicas(sig, off) is None and assess(sig, off).load_replicas == 1
+
+
+def test_slo_packing_raises_the_target_to_the_batch_the_engine_model_allows():
+    spec = AutoscalingSpec(target_ongoing_requests=3, itl_p95_s=0.4, ttft_p95_s=2.0, slo_packing_itl_share=0.75,
+                           **ENGINE)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=64, max_num_seqs=8)
+    # 2 requests per replica: step 0.2 s; reported ITL p95 0.2 s; budget 0.3 s -> batch (0.3 - 0.1) / 0.05 = 4.
+    sig = Signals(running_replicas=5, target_replicas=5, ongoing_requests=10.0, itl_p95_s=0.2, ttft_p95_s=0.5)
+    assert packing_target(sig, cfg) == pytest.approx(4.0)
+    # Never below the fixed target, never above max_num_seqs; the fixed target when TTFT is short of slack.
+    assert packing_target(replace_sig(sig, itl_p95_s=0.39), cfg) == 3
+    assert packing_target(replace_sig(sig, itl_p95_s=0.01), cfg) == 8
+    assert packing_target(replace_sig(sig, ttft_p95_s=1.9), cfg) == 3
+    assert packing_target(replace_sig(sig, itl_p95_s=None), cfg) == 3
+
+
+def test_latency_over_replicas_mean_averages_the_replicas_p95s():
+    class Ctx:
+        current_num_replicas = target_num_replicas = 2
+        total_num_requests, total_queued_requests = 4.0, 0.0
+        aggregated_metrics = {"corral_itl_p95_s": {"a": 0.2, "b": 0.6}, "corral_ttft_p95_s": {"a": 1.0, "b": 3.0}}
+
+    worst, mean = signals_from_context(Ctx()), signals_from_context(Ctx(), "mean")
+    assert (worst.itl_p95_s, worst.ttft_p95_s) == (0.6, 3.0)
+    assert mean.itl_p95_s == pytest.approx(0.4) and mean.ttft_p95_s == pytest.approx(2.0)
+    with pytest.raises(ValidationError, match="latency_over_replicas"):
+        AutoscalingSpec(latency_over_replicas="median")
+
+
+def replace_sig(sig: Signals, **kw) -> Signals:
+    from dataclasses import replace
+
+    return replace(sig, **kw)

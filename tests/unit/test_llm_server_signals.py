@@ -100,3 +100,26 @@ def test_queued_prompt_tokens_come_from_vllms_own_count_of_requests_in_prefill()
 
     Engine._engine_client = OldClient()  # an engine without the count: no signal, not 0
     assert queued_prompt_tokens(Engine()) is None
+
+
+def test_signals_report_the_work_done_per_second_over_the_window():
+    from vllm.v1.metrics.stats import SchedulerStats
+
+    from corral.autoscaler.policy import (
+        METRIC_OUTPUT_TOKENS_PER_S,
+        METRIC_PROMPT_TOKENS_PER_S,
+        METRIC_REQUESTS_PER_S,
+    )
+
+    clock = Clock()
+    sig = EngineSignals(window_s=20, clock=clock)
+    it = _iteration(ttfts=[0.2, 0.3])  # two requests had their prefill (and first token) this step
+    it.prompt_token_stats.computed = 100
+    it.num_generation_tokens = 2 + 6  # their first tokens and 6 decoded ones
+    sig.record(SchedulerStats(kv_cache_usage=0.1), it)
+    snap = sig.snapshot()
+    assert snap[METRIC_REQUESTS_PER_S] == pytest.approx(2 / 20)
+    assert snap[METRIC_PROMPT_TOKENS_PER_S] == pytest.approx(100 / 20)
+    assert snap[METRIC_OUTPUT_TOKENS_PER_S] == pytest.approx(6 / 20)
+    clock.t += 25  # older than the window: nothing seen lately, no keys
+    assert sig.snapshot() == {}
