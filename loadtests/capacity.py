@@ -529,12 +529,17 @@ class CapacityPlan:
     warnings: list[str]
 
     def overlay(self) -> dict[str, Any]:
-        """The fleet-spec overlay: per-arm fields, merged by arm name onto a fleet spec."""
+        """The fleet-spec overlay: per-arm fields, merged by arm name onto a fleet spec. The
+        autoscaling section carries the fitted engine model's step coefficients, which the
+        autoscaler's model-based knobs (`slo_packing_itl_share`, `model_sizing_utilisation`) read."""
+        step = (self.model.get("engine_model") or {}) if self.model else {}
+        engine = {f"engine_{k}": float(step[k]) for k in ("base_s", "per_decode_seq_s", "per_prefill_token_s")
+                  if k in step}
         return {"arms": [{
             "name": self.arm,
             "engine": {"max_num_seqs": self.max_num_seqs},
             "replicas": {"min": self.min_replicas, "max": self.replicas, "initial": self.replicas},
-            "autoscaling": {"target_ongoing_requests": self.target_ongoing_requests},
+            "autoscaling": {"target_ongoing_requests": self.target_ongoing_requests, **engine},
         }]}
 
     def to_dict(self) -> dict[str, Any]:

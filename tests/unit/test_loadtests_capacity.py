@@ -125,11 +125,19 @@ def test_plan_sizes_costs_and_overlay(planner):
     assert plan.usd_per_million_output_tokens == pytest.approx(plan.usd_per_hour / (30 * OUT * 3600) * 1e6)
     assert 1 <= plan.target_ongoing_requests <= plan.max_num_seqs
     assert any("linearly" in w for w in plan.warnings)
+    em = plan.model["engine_model"]
     assert plan.overlay() == {"arms": [{
         "name": "arm-a", "engine": {"max_num_seqs": plan.max_num_seqs},
         "replicas": {"min": 1, "max": plan.replicas, "initial": plan.replicas},
-        "autoscaling": {"target_ongoing_requests": plan.target_ongoing_requests}}]}
-    assert plan.model["engine_model"]["base_s"] == pytest.approx(A, rel=0.02)
+        "autoscaling": {"target_ongoing_requests": plan.target_ongoing_requests, "engine_base_s": em["base_s"],
+                        "engine_per_decode_seq_s": em["per_decode_seq_s"],
+                        "engine_per_prefill_token_s": em["per_prefill_token_s"]}}]}
+    assert em["base_s"] == pytest.approx(A, rel=0.02)
+    # The overlay's autoscaling section is a valid fleet-spec section that turns the model-based knobs on.
+    from corral.cluster.spec.autoscaling import AutoscalingSpec
+
+    spec = AutoscalingSpec(**plan.overlay()["arms"][0]["autoscaling"])
+    assert spec.engine_per_decode_seq_s == em["per_decode_seq_s"] > 0
     with pytest.raises(ValueError, match="target_rps"):
         plan_capacity(planner, target_rps=0)
 
