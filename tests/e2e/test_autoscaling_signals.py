@@ -1,4 +1,5 @@
-"""The arm replicas report vLLM's own latency, KV cache and queued prompt token numbers to Serve's autoscaler."""
+"""The arm replicas report vLLM's own latency, KV cache, queued prompt token and work-rate numbers to Serve's
+autoscaler."""
 
 from __future__ import annotations
 
@@ -36,8 +37,13 @@ def test_replicas_report_engine_ttft_itl_kv_cache_and_queued_prompt_tokens(fleet
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     stats = json.loads(out.stdout.strip().splitlines()[-1])
+    work = (names.SIGNAL_REQUESTS_PER_S, names.SIGNAL_PROMPT_TOKENS_PER_S, names.SIGNAL_OUTPUT_TOKENS_PER_S)
     assert set(stats) == {names.SIGNAL_TTFT_P95, names.SIGNAL_ITL_P95, names.SIGNAL_KV_CACHE,
-                          names.SIGNAL_QUEUED_PROMPT_TOKENS}, stats
+                          names.SIGNAL_QUEUED_PROMPT_TOKENS, *work}, stats
+    # The work done over the signal window (20 s), per second: the 4 requests' prefills (each prompt
+    # more than one token) and their decoded tokens (7 after each first token).
+    requests_s, prompt_s, output_s = (stats[k] for k in work)
+    assert requests_s > 0 and prompt_s > requests_s and output_s > 0, stats
     # SmolLM2 on two CPU cores: a short prompt's first token within seconds, tokens well under 1 s apart.
     assert 0 < stats[names.SIGNAL_TTFT_P95] < 30
     assert 0 < stats[names.SIGNAL_ITL_P95] < 2
