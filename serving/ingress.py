@@ -55,6 +55,11 @@ ROUTE_HEADER = "x-corral-route"
 SESSION_HEADER = "x-session-id"
 
 
+# How long the ingress sums counter increments before handing them to Ray (s). Ray's own export
+# runs every few seconds, so a second more delays no series that Prometheus scrapes noticeably.
+COUNTER_FLUSH_INTERVAL_S = 1.0
+
+
 class RequestMetrics:
     """Per-route, per-arm series recorded with ray.util.metrics (exported by Ray's metrics agent)."""
 
@@ -81,18 +86,26 @@ class RequestMetrics:
         self._count_request, self._observe_latency = recorder(self.requests), recorder(self.latency)
         self._observe_ttft, self._observe_itl = recorder(self.ttft), recorder(self.itl)
         self._count_input, self._count_output = recorder(self.input_tokens), recorder(self.output_tokens)
+        # Counter increments not yet handed to Ray, by series: [requests, prompt tokens, completion tokens].
+        self._pending: dict[tuple[str, str, int | str], list[int]] = {}
+        self._flush_at: asyncio.TimerHandle | None = None
 
     def record(self, route: str, arm: str, code: int | str, latency_s: float, ttft_s: float | None,
                itl_s: float | None, usage: dict | None) -> None:
         """One attempt's outcome; `code` is the HTTP status or one of names.OUTCOME_*.
 
         On every request's path, so: tag dicts built and checked once per series (routes x arms x
-        outcomes, a few dozen), and the metrics' own record functions called with them."""
-        series = self._series.get((route, arm, code))
-        if series is None:
-            series = self._series[(route, arm, code)] = self._new_series(route, arm, code)
-        status_tags, tags = series
-        self._count_request(1, tags=status_tags)
+        outcomes, a few dozen); the histograms' observations recorded at once, the counters'
+        increments summed in this process and handed to Ray at most `COUNTER_FLUSH_INTERVAL_S`
+        later (one call per series then, instead of three per request)."""
+        key = (route, arm, code)
+        pending = self._pending.get(key)
+        if pending is None:
+            if key not in self._series:
+                self._series[key] = self._new_series(route, arm, code)
+            pending = self._pending[key] = [0, 0, 0]
+        pending[0] += 1
+        tags = self._series[key][1]
         self._observe_latency(latency_s, tags=tags)
         if ttft_s is not None:
             self._observe_ttft(ttft_s, tags=tags)
@@ -101,8 +114,33 @@ class RequestMetrics:
         if usage:
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
             if prompt and prompt > 0:
-                self._count_input(prompt, tags=tags)
+                pending[1] += prompt
             if completion and completion > 0:
+                pending[2] += completion
+        if self._flush_at is None:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        # A Serve replica runs one event loop for its life; the timer runs on it.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside an event loop: nothing would run a timer, so hand over now
+            self.flush()
+            return
+        self._flush_at = loop.call_later(COUNTER_FLUSH_INTERVAL_S, self.flush)
+
+    def flush(self) -> None:
+        """Hand the summed counter increments to Ray (also on the replica's shutdown: CorralIngress.__del__)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        pending, self._pending = self._pending, {}
+        for key, (requests, prompt, completion) in pending.items():
+            status_tags, tags = self._series[key]
+            self._count_request(requests, tags=status_tags)
+            if prompt:
+                self._count_input(prompt, tags=tags)
+            if completion:
                 self._count_output(completion, tags=tags)
 
     def _new_series(self, route: str, arm: str, code: int | str) -> tuple[dict[str, str], dict[str, str]]:
@@ -429,7 +467,8 @@ class CorralIngress(OpenAiIngress):
         # Field values straight from the model's __dict__: the attribute of a deprecated field
         # (vLLM's `max_tokens`) issues a DeprecationWarning on every read.
         values = body.__dict__
-        fields = [f for f in _TOKEN_FIELDS if f in type(body).model_fields]
+        body_cls: Any = type(body)
+        fields = _token_fields(body_cls)
         asked = [values[f] for f in fields if values[f] is not None]
         if limits.max_tokens_cap is not None:
             for f in fields:
@@ -538,17 +577,19 @@ class CorralIngress(OpenAiIngress):
         head = first[0] if isinstance(first, list) else first  # a stream's first item may be a batch
         if isinstance(head, _ERROR_RESPONSE):
             self._http_error(route, arm, start, head.error.code, head.error.message, head.error.type)
-        headers = {ARM_HEADER: arm, ROUTE_HEADER: route}
         if not isinstance(head, _NON_STREAMING_TYPES):
             # The stream releases the slot when it ends; if it is dropped unstarted, the slot's
             # finalizer does.
             stream = self._measured_stream(first, items, route, arm, start, client_wants_usage, key, slot)
-            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+            response: Response = StreamingResponse(stream, media_type="text/event-stream")
+            response.raw_headers += _arm_headers(route, arm)
+            return response
         # The arm's generator has nothing after its answer: close it now rather than leave it to
         # the event loop's async-generator finalizer (a task per request).
         await items.aclose()
         content = head.model_dump()
-        response = JSONResponse(content=content, headers=headers)
+        response = JSONResponse(content=content)
+        response.raw_headers += _arm_headers(route, arm)
         # Id and usage for feedback, limits and metrics, from the response object itself.
         self._health.succeeded(arm)
         usage = content.get("usage")
@@ -680,13 +721,19 @@ class CorralIngress(OpenAiIngress):
         self._metrics.feedback.observe(float(score), {"route": route, "arm": arm})
         return JSONResponse({"response_id": rid, "route": route, "arm": arm, "recorded": True})
 
-
     async def routes(self, request: Request) -> Response:
         """GET /v1/corral/routes: live route weights (admin scope when keys are enabled)."""
         _, denied = self._authorize(request, scope="admin") if self._keys.required else (None, None)
         if denied is not None:
             return denied
         return JSONResponse({"routes": self._routes, "arms": sorted(self._model_cards)})
+
+    def __del__(self) -> None:
+        """Serve calls this on a replica's graceful shutdown (ray/serve/_private/replica.py
+        `call_destructor`): the counts not yet handed to Ray go now."""
+        flush = getattr(self.__dict__.get("_metrics"), "flush", None)
+        if flush is not None:
+            flush()
 
 
 def _error(denied: Denied) -> JSONResponse:
@@ -720,6 +767,19 @@ def _with_usage(body: Any) -> Any:
         return body.stream_options.model_copy(update={"include_usage": True})
     body_cls: Any = type(body)
     return _usage_only_options(body_cls)
+
+
+@functools.cache
+def _arm_headers(route: str, arm: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The response headers naming the arm and route (raw, as Starlette keeps them), built once per pair."""
+    return ((ARM_HEADER.encode("latin-1"), arm.encode("latin-1")),
+            (ROUTE_HEADER.encode("latin-1"), route.encode("latin-1")))
+
+
+@functools.cache
+def _token_fields(body_cls: Any) -> tuple[str, ...]:
+    """The output-token limit fields a request class has (of `_TOKEN_FIELDS`), read once per class."""
+    return tuple(f for f in _TOKEN_FIELDS if f in body_cls.model_fields)
 
 
 @functools.cache

@@ -1,0 +1,82 @@
+"""The ingress's per-request metrics: histograms recorded at once, counter increments summed in
+the process and handed to Ray's metric objects once per series and flush interval."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
+
+from corral.serving import ingress as ingress_module
+from corral.serving.ingress import CorralIngress, RequestMetrics
+
+USAGE = {"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13}
+
+
+def recorded(metrics: RequestMetrics) -> dict[str, list]:
+    """Replace the Ray record functions (Ray's metrics export needs a running Ray) by lists."""
+    calls: dict[str, list] = {name: [] for name in ("requests", "latency", "ttft", "itl", "input", "output")}
+    for name, attr in (("requests", "_count_request"), ("latency", "_observe_latency"), ("ttft", "_observe_ttft"),
+                       ("itl", "_observe_itl"), ("input", "_count_input"), ("output", "_count_output")):
+        setattr(metrics, attr, lambda value, tags, _calls=calls[name]: _calls.append((value, dict(tags))))
+    return calls
+
+
+def test_counters_are_summed_per_series_and_handed_over_after_the_interval(monkeypatch):
+    monkeypatch.setattr(ingress_module, "COUNTER_FLUSH_INTERVAL_S", 0.05)
+    metrics = RequestMetrics()
+    calls = recorded(metrics)
+
+    async def go():
+        for _ in range(3):
+            metrics.record("llama", "a", 200, 0.1, 0.02, 0.01, USAGE)
+        metrics.record("llama", "b", 503, 0.2, None, None, None)
+        # The histograms at once; no counter yet.
+        assert len(calls["latency"]) == 4 and len(calls["ttft"]) == 3 and len(calls["itl"]) == 3
+        assert calls["requests"] == calls["input"] == calls["output"] == []
+        await asyncio.sleep(0.2)
+        first = {k: list(v) for k, v in calls.items()}
+        metrics.record("llama", "a", 200, 0.1, None, None, USAGE)  # after a flush: a new timer
+        await asyncio.sleep(0.2)
+        return first
+
+    first = asyncio.run(go())
+    a200 = {"route": "llama", "arm": "a", "status": "200"}
+    b503 = {"route": "llama", "arm": "b", "status": "503"}
+    assert sorted(first["requests"], key=str) == sorted([(3, a200), (1, b503)], key=str)
+    assert first["input"] == [(24, {"route": "llama", "arm": "a"})]
+    assert first["output"] == [(15, {"route": "llama", "arm": "a"})]
+    assert calls["requests"][2:] == [(1, a200)] and calls["output"][1:] == [(5, {"route": "llama", "arm": "a"})]
+    assert metrics._pending == {}
+
+
+def test_outside_an_event_loop_counters_go_at_once():
+    metrics = RequestMetrics()
+    calls = recorded(metrics)
+    metrics.record("llama", "a", "timeout", 2.0, None, None, None)
+    assert calls["requests"] == [(1, {"route": "llama", "arm": "a", "status": "timeout"})]
+    assert calls["input"] == calls["output"] == []
+
+
+def test_the_ingress_hands_over_what_it_summed_when_serve_shuts_it_down():
+    cards = {"a": ModelCard(id="a", object="model", owned_by="t", permission=[], metadata={})}
+    ingress = CorralIngress({"a": object()}, cards)
+    calls = recorded(ingress._metrics)
+
+    async def go():
+        ingress._metrics.record("a", "a", 200, 0.1, None, None, USAGE)
+        assert calls["requests"] == []
+        ingress.__del__()  # what Serve's replica.call_destructor calls on a graceful shutdown
+        assert calls["requests"] == [(1, {"route": "a", "arm": "a", "status": "200"})]
+        assert ingress._metrics._flush_at is None
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("tags", [{"route": "r", "arm": 3}])
+def test_series_tags_must_be_strings(tags):
+    metrics = RequestMetrics()
+    recorded(metrics)
+    with pytest.raises(TypeError):
+        metrics.record(tags["route"], tags["arm"], 200, 0.1, None, None, None)  # type: ignore[arg-type]
