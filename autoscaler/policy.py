@@ -149,6 +149,14 @@ class PolicyState:
     """(time, ongoing requests) at the previous call, for the load trend."""
     trend_per_s: float = 0.0
     """Growth of ongoing requests per second, smoothed over `look_back_period_s`."""
+    work_ref: tuple[float, float, float] | None = None
+    """(time, the ITL model's work, running replicas) at the previous call where the work was known."""
+    work_trend_per_s: float = 0.0
+    """Growth of the ITL model's work per second, smoothed over `look_back_period_s`; 0 until a
+    whole `look_back_period_s` has passed since `fleet_changed_s`."""
+    fleet_changed_s: float | None = None
+    """When the replicas serving last changed in number, requests last queued at the handles or the
+    TTFT p95 was last above its SLO (the work reported then follows the capacity, not the demand)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,8 +167,9 @@ class PolicyState:
             return cls()
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in data.items() if k in known}
-        if kw.get("load_ref") is not None:
-            kw["load_ref"] = tuple(kw["load_ref"])
+        for ref in ("load_ref", "work_ref"):
+            if kw.get(ref) is not None:
+                kw[ref] = tuple(kw[ref])
         return cls(**kw)
 
 
@@ -213,11 +222,52 @@ def model_replicas(signals: Signals, config: PolicyConfig) -> float | None:
     return busy / share
 
 
-def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) -> Assessment:
+def itl_model_work(signals: Signals, config: PolicyConfig) -> float | None:
+    """The engine-seconds per second of the reported work that slow a request's tokens: every
+    prefill step (its base and prompt tokens) and each decoding sequence's share of a decode step
+    (`W` of `itl_model_replicas`). None when the ITL model is off or cannot act."""
+    spec = config.spec
+    rates = (signals.requests_per_s, signals.prompt_tokens_per_s, signals.output_tokens_per_s)
+    if (spec.itl_model_share * spec.itl_p95_s <= spec.engine_base_s or spec.engine_per_decode_seq_s <= 0
+            or any(r is None for r in rates)):
+        return None
+    requests, prompt_tokens, output_tokens = (max(0.0, r or 0.0) for r in rates)
+    return (requests * spec.engine_base_s + prompt_tokens * spec.engine_per_prefill_token_s
+            + output_tokens * spec.engine_per_decode_seq_s)
+
+
+def itl_model_replicas(signals: Signals, config: PolicyConfig, work_rising_per_s: float = 0.0) -> float | None:
+    """Prefill-aware ITL sizing (`itl_model_share`): the fewest replicas at which the engine model
+    predicts a request's mean inter-token latency stays within that share of the ITL SLO, for the
+    work expected `itl_model_horizon_s` ahead along its rising trend (`work_rising_per_s`, engine-seconds
+    per second per second; 0 when flat or falling).
+
+    On `N` replicas sharing the reported work, a replica's decode step of `b` sequences takes
+    `base + per_seq x b`, and the prefills of the requests arriving there (a step's base plus its
+    prompt tokens each) pause its decoding for a `P / N` share of the time, `P` the fleet's
+    prefill engine-seconds per second. A request's mean ITL is then `(base + per_seq x b) / (1 - P / N)`,
+    and by Little's law `b = (output tokens per second / N) x ITL`; solved, `ITL = base / (1 - W / N)`
+    with `W = P + output tokens per second x per_seq`. Within `share x SLO` when
+    `N >= W / (1 - base / (share x SLO))`. None when off, without the engine model, with a rate
+    not reported, or when the share is at or below a bare decode step (`base / SLO`)."""
+    spec = config.spec
+    work = itl_model_work(signals, config)
+    if work is None:
+        return None
+    work += max(0.0, work_rising_per_s) * spec.itl_model_horizon_s
+    return work / (1.0 - spec.engine_base_s / (spec.itl_model_share * spec.itl_p95_s))
+
+
+def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0,
+           work_rising_per_s: float = 0.0) -> Assessment:
     """Replicas the load needs (batch target) and whether latency is at risk. No bounds.
-    `rising_per_s` is the recent growth of ongoing requests (0 when flat or falling).
+    `rising_per_s` is the recent growth of ongoing requests (0 when flat or falling),
+    `work_rising_per_s` that of the ITL model's work (`itl_model_work`).
     On a latency breach the replicas added grow with how far the p95 is above its SLO
-    (`breach_upscale_proportional`), up to `breach_upscale_fraction` of the fleet."""
+    (`breach_upscale_proportional`), up to `breach_upscale_fraction` of the fleet. With the
+    prefill-aware ITL model (`itl_model_share`) the replicas it predicts the ITL SLO needs are part
+    of the load, and an ITL p95 above its SLO is a breach only while the model also finds the
+    serving replicas too few (otherwise it is the noise of a short answer caught by a prefill)."""
     spec = config.spec
     ongoing = max(0.0, signals.ongoing_requests)
     running = max(signals.running_replicas, 0)
@@ -231,6 +281,12 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) ->
         # The next interval's work: the requests the trend adds over trend_horizon_s, at the target each.
         load = math.ceil(model + (expected - ongoing) / target - 1e-9)
         down = math.ceil(model / (1.0 - spec.downscale_hysteresis) - 1e-9)
+    itl_model = itl_model_replicas(signals, config, work_rising_per_s)
+    if itl_model is not None:
+        # Never below what the batch target (or model sizing) asks.
+        load = max(load, math.ceil(itl_model - 1e-9))
+        now_need = itl_model_replicas(signals, config) or 0.0
+        down = max(down, math.ceil(now_need / (1.0 - spec.downscale_hysteresis) - 1e-9))
 
     # Requests admitted by replicas beyond their running batch wait inside the engine.
     engine_waiting = max(0.0, ongoing - queued - running * config.max_num_seqs)
@@ -241,7 +297,9 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0) ->
     if signals.ttft_p95_s is not None and signals.ttft_p95_s > spec.ttft_p95_s:
         breach = f"ttft p95 {signals.ttft_p95_s:.3g}s > SLO {spec.ttft_p95_s:g}s"
         over_slo = signals.ttft_p95_s / spec.ttft_p95_s
-    elif signals.itl_p95_s is not None and signals.itl_p95_s > spec.itl_p95_s:
+    elif ((itl_model is None or itl_model > running) and signals.itl_p95_s is not None
+          and signals.itl_p95_s > spec.itl_p95_s):
+        # With the ITL model, a breach only where the model confirms it: more replicas needed than serve.
         breach = f"itl p95 {signals.itl_p95_s:.3g}s > SLO {spec.itl_p95_s:g}s"
         over_slo = signals.itl_p95_s / spec.itl_p95_s
     elif signals.kv_cache_usage is not None and signals.kv_cache_usage >= spec.kv_cache_high:
@@ -288,7 +346,9 @@ def guard(
             new_state = PolicyState(last_scale_up_s=now)
         elif op == "scale_down":
             new_state = PolicyState(last_scale_up_s=new_state.last_scale_up_s)
-        return Decision(op, n, why), replace(new_state, load_ref=state.load_ref, trend_per_s=state.trend_per_s)
+        return Decision(op, n, why), replace(new_state, load_ref=state.load_ref, trend_per_s=state.trend_per_s,
+                                             work_ref=state.work_ref, work_trend_per_s=state.work_trend_per_s,
+                                             fleet_changed_s=state.fleet_changed_s)
 
     if current < lower:
         return out(lower, f"below lower bound {lower} (min {config.min_replicas}, "
@@ -346,7 +406,25 @@ def decide(
         instant = (signals.ongoing_requests - ref[1]) / dt
         trend += (instant - trend) * min(1.0, dt / config.spec.look_back_period_s)
     state = replace(state, load_ref=(now, signals.ongoing_requests), trend_per_s=trend)
-    return guard(assess(signals, config, trend), signals, config, state, now)
+    # The same for the ITL model's work, while it is known. The work reported is work done: when
+    # replicas join or leave, or requests queue, it follows the capacity (a backlog builds or
+    # drains), not the demand, so its trend counts only after a whole window of the same replicas
+    # serving with no request queued at the handles and the TTFT p95 within its SLO.
+    work = itl_model_work(signals, config)
+    work_trend = 0.0
+    if work is not None:
+        work_trend, wref, changed = state.work_trend_per_s, state.work_ref, state.fleet_changed_s
+        if ((wref is not None and signals.running_replicas != wref[2]) or signals.queued_requests > 0
+                or (signals.ttft_p95_s is not None and signals.ttft_p95_s > config.spec.ttft_p95_s)):
+            changed = now
+        if changed is not None and now - changed < config.spec.look_back_period_s:
+            work_trend = 0.0
+        elif wref is not None and now > wref[0]:
+            dt = now - wref[0]
+            work_trend += ((work - wref[1]) / dt - work_trend) * min(1.0, dt / config.spec.look_back_period_s)
+        state = replace(state, work_ref=(now, work, float(signals.running_replicas)), work_trend_per_s=work_trend,
+                        fleet_changed_s=changed)
+    return guard(assess(signals, config, trend, work_trend), signals, config, state, now)
 
 
 def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str,

@@ -104,6 +104,30 @@ class AutoscalingSpec(BaseModel):
     Fewer replicas (scale-down) keep the hysteresis band. 0 = size by requests in flight over
     `target_ongoing_requests` (the default: on the simulated workload family it was not better on
     every held-out member, README)."""
+    itl_model_share: float = 0.0
+    """Prefill-aware ITL sizing: the replicas for the load are at least the fewest at which the
+    engine model predicts a request's mean inter-token latency stays within this share of
+    `itl_p95_s`. From the work the replicas report (requests and prompt tokens prefilled, output
+    tokens, per second, summed), `W` = `requests x engine_base_s + prompt tokens x
+    engine_per_prefill_token_s + output tokens x engine_per_decode_seq_s` engine-seconds per
+    second: on `N` replicas a request's decode step is `engine_base_s + engine_per_decode_seq_s x
+    batch`, the prefills of the requests arriving at its replica pause it for their share of the
+    time, and with the batch from Little's law its mean ITL is `engine_base_s / (1 - W / N)`, within
+    the share when `N >= W / (1 - engine_base_s / (share x itl_p95_s))`. `W` is taken
+    `itl_model_horizon_s` ahead along its rising trend. An ITL p95 above `itl_p95_s` then adds
+    replicas only while the model also finds the serving replicas too few (a short answer caught by
+    one prefill breaks the p95 of a replica's window without the fleet being short), so it no
+    longer holds the fleet up by itself. Acts only with the engine model (`engine_per_decode_seq_s`
+    > 0), the work rates reported and a share above `engine_base_s / itl_p95_s`. 0 = off (the
+    default: on the simulated workload family 0.55, chosen on the tuning draws, was better on two
+    held-out members and worse on six, README)."""
+    itl_model_horizon_s: float = 60.0
+    """With `itl_model_share`, size for the work expected this far ahead along its rising trend
+    (smoothed over `look_back_period_s`). The work reported is work done, which follows the
+    capacity while replicas join or leave, requests queue at the handles or the TTFT p95 is above
+    its SLO, so the trend counts only after a whole `look_back_period_s` without any of these.
+    0 = size for the work reported now. 60 s was chosen with `itl_model_share` 0.55 on the workload
+    family's tuning draws (0, 30, 45, 60 and 90 s tried)."""
     breach_upscale_fraction: float = 0.25
     """Replicas added on an SLO breach, as a share of the current target (at least 1). With
     `breach_upscale_proportional`, the most added on a latency breach."""
@@ -148,14 +172,15 @@ class AutoscalingSpec(BaseModel):
 
     @field_validator("upscale_delay_s", "downscale_delay_s", "cold_start_s", "queue_per_replica_trigger",
                      "trend_horizon_s", "prefill_tokens_per_s", "engine_base_s", "engine_per_decode_seq_s",
-                     "engine_per_prefill_token_s")
+                     "engine_per_prefill_token_s", "itl_model_horizon_s")
     @classmethod
     def _non_negative(cls, v: float, info: ValidationInfo) -> float:
         if not v >= 0:
             raise ValueError(f"{info.field_name} must be >= 0, got {v!r}")
         return v
 
-    @field_validator("downscale_direct_below_share", "slo_packing_itl_share", "model_sizing_utilisation")
+    @field_validator("downscale_direct_below_share", "slo_packing_itl_share", "model_sizing_utilisation",
+                     "itl_model_share")
     @classmethod
     def _share(cls, v: float, info: ValidationInfo) -> float:
         if not 0 <= v <= 1:

@@ -17,6 +17,8 @@ from corral.autoscaler.policy import (
     Signals,
     assess,
     decide,
+    itl_model_replicas,
+    itl_model_work,
     model_replicas,
     packing_target,
     signals_from_context,
@@ -54,6 +56,8 @@ def configs(draw):
         engine_per_prefill_token_s=draw(st.floats(0, 0.01)),
         slo_packing_itl_share=draw(st.one_of(st.just(0.0), st.floats(0, 1))),
         model_sizing_utilisation=draw(st.one_of(st.just(0.0), st.floats(0.05, 1))),
+        itl_model_share=draw(st.one_of(st.just(0.0), st.floats(0, 1))),
+        itl_model_horizon_s=draw(st.floats(0, 300)),
     )
     return PolicyConfig(spec=spec, min_replicas=lo, max_replicas=hi, max_num_seqs=draw(st.integers(1, 256)))
 
@@ -154,6 +158,9 @@ def test_latency_breach_adds_replicas_in_proportion_to_the_overshoot():
 def test_proportional_breach_step_lies_between_one_replica_and_the_fixed_step(cfg, s, over, which):
     slo = cfg.spec.ttft_p95_s if which == "ttft" else cfg.spec.itl_p95_s
     s = Signals(**{**s.__dict__, "ttft_p95_s": None, "itl_p95_s": None, f"{which}_p95_s": slo * over})
+    # With the ITL model an ITL p95 over its SLO is a breach only where the model confirms it (tested below).
+    cfg = PolicyConfig(spec=cfg.spec.model_copy(update={"itl_model_share": 0.0}), min_replicas=cfg.min_replicas,
+                       max_replicas=cfg.max_replicas, max_num_seqs=cfg.max_num_seqs)
     prop = assess(s, PolicyConfig(spec=cfg.spec.model_copy(update={"breach_upscale_proportional": True}),
                                   min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas,
                                   max_num_seqs=cfg.max_num_seqs))
@@ -443,3 +450,76 @@ def replace_sig(sig: Signals, **kw) -> Signals:
     from dataclasses import replace
 
     return replace(sig, **kw)
+
+
+ITL_SPEC = dict(target_ongoing_requests=3, itl_p95_s=0.4, ttft_p95_s=2.0, itl_model_share=0.5, trend_horizon_s=0,
+                downscale_hysteresis=0.0, slo_packing_itl_share=0.0, **ENGINE)
+
+
+def test_itl_model_sizes_for_the_mean_itl_with_prefill_pauses():
+    """N >= W / (1 - base / (share x SLO)), W the reported work's engine-seconds per second that slow
+    a request's tokens (prefill steps' base and prompt tokens, each output token's decode share)."""
+    cfg = PolicyConfig(spec=AutoscalingSpec(**ITL_SPEC), min_replicas=1, max_replicas=64, max_num_seqs=8)
+    sig = Signals(running_replicas=4, target_replicas=4, ongoing_requests=2.0,
+                  requests_per_s=5.0, prompt_tokens_per_s=250.0, output_tokens_per_s=40.0)
+    # 5 x 0.1 + 250 x 0.004 + 40 x 0.05 = 3.5 s/s; budget 0.5 x 0.4 = 0.2 s, so 1 - 0.1 / 0.2 = 0.5.
+    assert itl_model_work(sig, cfg) == pytest.approx(3.5)
+    assert itl_model_replicas(sig, cfg) == pytest.approx(7.0)
+    # The model's mean ITL on those 7 replicas is base / (1 - W / N) = 0.1 / 0.5 = the budget.
+    assert 0.1 / (1 - 3.5 / 7.0) == pytest.approx(0.5 * 0.4)
+    a = assess(sig, cfg)
+    assert a.load_replicas == 7 and a.down_replicas == 7  # not the 1 replica 2 requests in flight ask for
+    # A rising work trend is carried itl_model_horizon_s ahead (60 s by default): +0.01 s/s per s -> +0.6 s/s.
+    assert assess(sig, cfg, work_rising_per_s=0.01).load_replicas == math.ceil((3.5 + 0.6) / 0.5 - 1e-9)
+    assert assess(sig, cfg, work_rising_per_s=0.01).down_replicas == 7  # scale-down sizes for the work now
+    # Off, no engine model, a rate missing, or a share at or below a bare decode step: no model.
+    for update in ({"itl_model_share": 0.0}, {"engine_per_decode_seq_s": 0.0}, {"itl_model_share": 0.25}):
+        off = PolicyConfig(spec=cfg.spec.model_copy(update=update), max_replicas=64)
+        assert itl_model_replicas(sig, off) is None and assess(sig, off).load_replicas == 1
+    assert itl_model_replicas(replace_sig(sig, requests_per_s=None), cfg) is None
+
+
+def test_itl_breach_counts_only_where_the_model_finds_too_few_replicas():
+    cfg = PolicyConfig(spec=AutoscalingSpec(**ITL_SPEC), min_replicas=1, max_replicas=64, max_num_seqs=8)
+    # The model needs 7 replicas; 8 serve: a p95 over the SLO (one short answer caught by a prefill) is no breach.
+    enough = Signals(running_replicas=8, target_replicas=8, ongoing_requests=6.0, itl_p95_s=0.6,
+                     requests_per_s=5.0, prompt_tokens_per_s=250.0, output_tokens_per_s=40.0)
+    a = assess(enough, cfg)
+    assert a.breach is None and a.urgent_replicas == 0
+    decision, _ = decide(enough, cfg, PolicyState(), 0.0)
+    assert decision.replicas == 8
+    # 6 serve: the model confirms it, and the breach adds replicas without waiting.
+    short = replace_sig(enough, running_replicas=6, target_replicas=6)
+    b = assess(short, cfg)
+    assert b.breach is not None and "itl" in b.breach and b.urgent_replicas >= 7
+    decision, _ = decide(short, cfg, PolicyState(), 0.0)
+    assert decision.operator == "scale_up" and decision.replicas >= 7
+    # Without the model the reported p95 alone is a breach, as before.
+    off = PolicyConfig(spec=cfg.spec.model_copy(update={"itl_model_share": 0.0}), max_replicas=64, max_num_seqs=8)
+    assert assess(enough, off).breach is not None
+
+
+def test_itl_model_work_trend_counts_only_after_a_steady_window():
+    """The work trend builds while the same replicas serve with no queue and no TTFT breach, and is
+    dropped for a look-back window after the serving replicas change in number or requests queue."""
+    spec = AutoscalingSpec(**{**ITL_SPEC, "itl_model_horizon_s": 60.0, "upscale_delay_s": 0.0})
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=64, max_num_seqs=8)
+
+    def sig(t: float, running: int = 10, queued: float = 0.0) -> Signals:
+        # Output tokens grow 1/s per second: work grows 0.05 s/s per second.
+        return Signals(running_replicas=running, target_replicas=running, ongoing_requests=8.0, queued_requests=queued,
+                       requests_per_s=2.0, prompt_tokens_per_s=0.0, output_tokens_per_s=20.0 + t)
+
+    state = PolicyState()
+    for t in range(0, 60, 2):
+        _, state = decide(sig(float(t)), cfg, state, float(t))
+    assert state.work_trend_per_s == pytest.approx(0.05, rel=0.05)
+    # A replica joins: the trend is dropped for look_back_period_s (20 s), then builds again.
+    _, joined = decide(sig(60.0, running=11), cfg, state, 60.0)
+    assert joined.work_trend_per_s == 0.0 and joined.fleet_changed_s == 60.0
+    _, later = decide(sig(70.0, running=11), cfg, joined, 70.0)
+    assert later.work_trend_per_s == 0.0
+    _, queued = decide(sig(62.0, queued=1.0), cfg, state, 62.0)
+    assert queued.work_trend_per_s == 0.0
+    # The state survives Serve's policy_state round trip.
+    assert PolicyState.from_dict(state.to_dict()) == state
