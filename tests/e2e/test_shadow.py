@@ -76,12 +76,28 @@ def counts(prom: PrometheusClient) -> dict[str, float]:
     }
 
 
+def quiet_counts(prom: PrometheusClient, cap_s: float = 240) -> dict[str, float]:
+    """The counts once Prometheus holds all the route's earlier traffic: two reads 15 s apart agree
+    (the ingress hands its counters to Ray within 1 s, Ray exports every few seconds, Prometheus
+    scrapes every 5 s; an earlier test's requests can still be on their way, e.g. after it
+    restarted Prometheus)."""
+    last = [counts(prom)]
+
+    def settled():
+        time.sleep(15)
+        now = counts(prom)
+        same, last[0] = now == last[0], now
+        return now if same else None
+
+    return wait_for(settled, cap_s, "the route's counts in Prometheus to stop moving", poll_s=0)
+
+
 def test_shadow_copies_reach_the_candidate_and_users_see_only_the_baseline(fleet, fleet_url, prometheus_url):
     act = LocalServeActuator(fleet.name)
     prom = PrometheusClient(prometheus_url)
     assert read(lambda: act.get_weights(ROUTE)) == {BASE: 100, CAND: 0}
     assert read(lambda: act.get_shadow(ROUTE)) == {}
-    before = counts(prom)
+    before = quiet_counts(prom)
     run = int(time.time())
     users = [f"shadow-{run}-{i}" for i in range(N)]
     expected = sum(shadowed(u, SETTING["percent"]) for u in users)
