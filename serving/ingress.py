@@ -731,9 +731,9 @@ class CorralIngress(OpenAiIngress):
     def __del__(self) -> None:
         """Serve calls this on a replica's graceful shutdown (ray/serve/_private/replica.py
         `call_destructor`): the counts not yet handed to Ray go now."""
-        flush = getattr(self.__dict__.get("_metrics"), "flush", None)
-        if flush is not None:
-            flush()
+        metrics = self.__dict__.get("_metrics")  # absent if __init__ failed before setting it
+        if metrics is not None:
+            metrics.flush()
 
 
 def _error(denied: Denied) -> JSONResponse:

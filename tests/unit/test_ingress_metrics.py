@@ -74,9 +74,8 @@ def test_the_ingress_hands_over_what_it_summed_when_serve_shuts_it_down():
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("tags", [{"route": "r", "arm": 3}])
-def test_series_tags_must_be_strings(tags):
+def test_series_tags_must_be_strings():
     metrics = RequestMetrics()
     recorded(metrics)
     with pytest.raises(TypeError):
-        metrics.record(tags["route"], tags["arm"], 200, 0.1, None, None, None)  # type: ignore[arg-type]
+        metrics.record("r", 3, 200, 0.1, None, None, None)  # type: ignore[arg-type]

@@ -130,6 +130,9 @@ class Recorder:
         self.records.append((route, arm, str(code)))
         self.details.append(args)  # (latency_s, ttft_s, itl_s, usage)
 
+    def flush(self) -> None:
+        """RequestMetrics hands summed counters to Ray here; every record is already kept."""
+
 
 def make_ingress(admission: dict | None = None, weights: dict | None = None):
     arms = {name: Arm(name) for name in ARMS}
