@@ -50,10 +50,10 @@ from pathlib import Path
 GOAL = {"p50_latency_ratio_max": 1.05, "throughput_ratio_min": 0.95}
 
 # Engine stand-ins: (first token s, each next token s). `instant` measures the ingress's work
-# alone. The paced ones answer at fixed timings faster than one stream of a Llama on one GPU
-# usually gets (20 ms / 3 ms per token, and 2 ms / 0.3 ms), so they overstate the ingress's share
-# of what a user waits for; asyncio's timers fire no sooner than ~1 ms on Linux (epoll's
-# resolution), so `x100`'s effective token interval is ~1 ms (`stock_p50_latency_s` shows it).
+# alone. The paced ones answer about 10x and 100x faster than this machine's engines (tokens
+# 29-100 ms apart in docs/migration-demo): 20 ms / 3 ms per token, and 2 ms / 0.3 ms. asyncio's
+# selector rounds a timeout up to whole milliseconds (selectors.EpollSelector.select), so `x100`'s
+# effective token interval is over 1 ms (`stock_p50_latency_s` shows it).
 ENGINES = {"instant": (0.0, 0.0), "x10": (0.020, 0.003), "x100": (0.002, 0.0003)}
 
 
@@ -71,7 +71,7 @@ def _packets(tokens: int) -> list[str]:
     return chunks + [usage, "data: [DONE]\n\n"]
 
 
-class InstantArm:
+class StandInArm:
     """A deployment handle stand-in whose engine answers at once, or after fixed token timings:
     the first token `ttft_s` after the call, each next one `itl_s` later (a whole answer after
     both, as the engine would take that long to generate it)."""
@@ -103,7 +103,7 @@ class InstantArm:
                 await asyncio.sleep(self.ttft_s if i == 0 else self.itl_s if i < self.tokens else 0)
                 yield [packet]  # one chunk per token: the per-chunk path at its most frequent
         else:
-            await asyncio.sleep(self.ttft_s + self.itl_s * (self.tokens - 1) if self.ttft_s or self.itl_s else 0)
+            await asyncio.sleep(self.ttft_s + self.itl_s * (self.tokens - 1))
             yield self.full
 
 
@@ -114,7 +114,7 @@ def build(kind: str, tokens: int, ttft_s: float = 0.0, itl_s: float = 0.0):
     from corral.serving.ingress import CorralIngress
 
     cards = {"arm": ModelCard(id="arm", object="model", owned_by="bench", permission=[], metadata={})}
-    arm = InstantArm(tokens, ttft_s, itl_s)
+    arm = StandInArm(tokens, ttft_s, itl_s)
     if kind == "stock":
         return OpenAiIngress({"arm": arm}, cards), "arm"
     ingress = CorralIngress({"arm": arm}, cards)

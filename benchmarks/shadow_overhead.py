@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingress_overhead import InstantArm, block, paired  # noqa: E402
+from ingress_overhead import StandInArm, block, paired  # noqa: E402
 
 
-class SlowArm(InstantArm):
+class SlowArm(StandInArm):
     """A candidate stand-in: `delay_s` per streamed token (and per whole answer)."""
 
     def __init__(self, tokens: int, delay_s: float) -> None:
@@ -72,7 +72,7 @@ def build(shadow: bool, tokens: int, delay_s: float, max_in_flight: int):
     from corral.serving.ingress import CorralIngress
 
     cards = {a: ModelCard(id=a, object="model", owned_by="bench", permission=[], metadata={}) for a in ("base", "cand")}
-    ingress = CorralIngress({"base": InstantArm(tokens), "cand": SlowArm(tokens, delay_s)}, cards)
+    ingress = CorralIngress({"base": StandInArm(tokens), "cand": SlowArm(tokens, delay_s)}, cards)
     config = {"routes": {"route": {"base": 100, "cand": 0}}}
     if shadow:
         config["shadow"] = {"route": {"arm": "cand", "percent": 100, "max_in_flight": max_in_flight}}
