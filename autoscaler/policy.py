@@ -186,8 +186,8 @@ def packing_target(signals: Signals, config: PolicyConfig) -> float:
     """Requests per replica the policy sizes for: `target_ongoing_requests`, raised by model-based
     packing (`slo_packing_itl_share`) to the batch at which the engine model predicts the ITL p95
     reaches that share of the ITL SLO. The worst replica's ITL p95 at the batch running now is
-    scaled by the model's decode step time, step(b) / step(b_now), so the prefill stalls it holds
-    scale with it. Never below the fixed target, never above `max_num_seqs`; the fixed target
+    scaled by the model's decode step time, step(b) / step(b_now), so the prefill time its steps
+    hold scales with it. Never below the fixed target, never above `max_num_seqs`; the fixed target
     whenever a signal is missing or the TTFT p95 is above the same share of its SLO."""
     spec = config.spec
     target = spec.target_ongoing_requests

@@ -43,7 +43,7 @@ def run_oracle(requests: list[Request], curve: LatencyCurve, sim: SimConfig, tar
 def calibrated_oracle(requests: list[Request], curve: LatencyCurve, sim: SimConfig, target_ongoing: float,
                       goal: float = GOAL_ATTAINMENT, lo: float = 0.5, hi: float = 4.0, steps: int = 6) -> SimResult:
     """The cheapest oracle plan that meets `goal` SLO attainment: bisect the headroom factor
-    on the ideal in-service count (the ideal count ignores queueing and prefill stalls, so
+    on the ideal in-service count (the ideal count ignores queueing and prefill time in shared steps, so
     the bare plan, x1, under-provisions). Returns the cheapest run that met the goal (or
     the most generous one tried, if none did). The most generous run's attainment is kept as `feasible_attainment` on the result."""
     best = generous = run_oracle(requests, curve, sim, target_ongoing, hi)

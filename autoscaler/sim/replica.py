@@ -1,14 +1,24 @@
 """The replica model: a vLLM-like continuous-batching engine whose step times come from the one
 engine model (`corral.common.engine_model`, shared with the capacity planner and the mock server).
 
-Up to `max_num_seqs` sequences decode together; one decode step emits a token for each and
-takes `curve.itl(batch)` seconds (the model's decode step). Admitting a sequence runs its
-prefill (`curve.prefill(context_tokens)`, the model's step over that prompt), during which the
-replica's decoding pauses (the simulator's run loop does not split prompts into chunks as vLLM's
-scheduler does: `corral.common.engine_model.Engine` does, for the planner and the mock).
-Requests beyond `max_num_seqs` wait in the engine, FIFO. KV cache limits are not modelled.
-"""
+Up to `max_num_seqs` sequences run together. Each step gives every decoding sequence one token
+and spends what is left of the step's token budget (`max_num_batched_tokens`) on the prompts of
+the sequences still prefilling, first admitted first, a long prompt in chunks over several
+steps, as vLLM 0.32's scheduler does (`vllm/v1/core/sched/scheduler.py` `Scheduler.schedule`:
+running requests first, then waiting ones while slots and budget last). A step of `d` decodes
+and `c` prompt tokens takes the model's `step_s(d, c, ...)`: prefill slows the decoding
+sequences' steps instead of stopping them, and a prompt's first token comes out when its last
+prompt token is computed.
 
+The clock is continuous, not step by step: between events (a sequence finishing, a prompt
+finishing, an admission) the replica runs at a constant step time, its decoders advance a
+token clock `v` at one token per step and its prompts are computed first-come first-served at
+the step's chunk rate. This is the planner's step-by-step replay (`corral.common.engine_model.
+Engine`) at a grain that simulates hours of traffic in seconds; it differs from it by less than
+a step per request (a prompt that fits in a step with others finishes part-way through that
+step here, at its end in vLLM). Requests beyond `max_num_seqs` wait in the engine, FIFO. KV
+cache limits are not modelled.
+"""
 from __future__ import annotations
 
 import json
@@ -17,7 +27,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.common.engine_model import EngineModel, IterationRecord, StepModel, fit_step_model
+from corral.common.engine_model import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    EngineModel,
+    IterationRecord,
+    StepModel,
+    fit_step_model,
+)
 
 CURVES_DIR = Path(__file__).resolve().parent.parent / "curves"
 
@@ -84,8 +100,15 @@ class LatencyCurve:
         return self.step.step_s(b, 0, round(b * self.context_tokens))
 
     def prefill(self, tokens: int) -> float:
-        """The step that computes a `tokens`-token prompt (the model's step time)."""
+        """The step that computes a `tokens`-token prompt alone (the model's step time)."""
         return self.step.step_s(0, tokens, tokens)
+
+    def mixed_step(self, decode_seqs: int, prompt_tokens: float) -> float:
+        """One step of `decode_seqs` decodes and `prompt_tokens` prompt tokens (the model's step
+        time; the prompt tokens attend to themselves, as in `prefill`)."""
+        kv = decode_seqs * self.context_tokens + prompt_tokens
+        return self.step.step_s(decode_seqs, 0, 0) + self.step.per_prefill_token_s * prompt_tokens \
+            + self.step.per_kv_token_s * kv
 
     def knee(self) -> int:
         """Batch at the knee of latency vs batch: the one maximising throughput / latency
@@ -95,12 +118,15 @@ class LatencyCurve:
 
 @dataclass
 class Seq:
-    """A sequence in a replica's running batch."""
+    """A sequence in a replica's running batch: prefilling (`prompt_left > 0`), then decoding."""
 
     req: int
-    done_at_v: float
-    """Replica virtual token clock at which its last token is out."""
-    first_token_s: float
+    generated_tokens: int
+    prompt_left: float
+    """Prompt tokens not computed yet."""
+    done_at_v: float = math.inf
+    """Replica token clock at which its last token is out (set when its first token is)."""
+    first_token_s: float = math.inf
 
 
 @dataclass
@@ -110,31 +136,65 @@ class Replica:
     rid: int
     asked_s: float
     ready_s: float
+    token_budget: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    """vLLM's max_num_batched_tokens: decodes and prompt chunks per step."""
     running: list[Seq] = field(default_factory=list)
     waiting: deque = field(default_factory=deque)  # request indices admitted, not yet batched
-    v: float = 0.0  # tokens emitted per running sequence so far
+    v: float = 0.0  # tokens emitted per decoding sequence so far
     last_s: float = 0.0
-    stall_until_s: float = 0.0  # prefill in progress until then: no decoding
     draining: bool = False
     stopped_s: float | None = None
     prefills: int = 0  # requests admitted to the batch so far (their prefill run)
-    prompt_tokens: int = 0  # prompt tokens prefilled so far
-    output_tokens: float = 0.0  # tokens decoded so far, over all running sequences
+    prompt_tokens: float = 0.0  # prompt tokens computed so far
+    output_tokens: float = 0.0  # tokens decoded so far, over all decoding sequences
 
     def ongoing(self) -> int:
         return len(self.running) + len(self.waiting)
 
+    def _step(self, curve: LatencyCurve) -> tuple[float, float, Seq | None, int]:
+        """The current step: its time, its prompt tokens, the first prompt in line, decoders."""
+        decoders = sum(1 for s in self.running if s.prompt_left <= 0)
+        head = next((s for s in self.running if s.prompt_left > 0), None)
+        if head is None:
+            return (curve.itl(decoders) if decoders else math.inf), 0.0, None, decoders
+        pending = sum(s.prompt_left for s in self.running if s.prompt_left > 0)
+        chunk = min(max(self.token_budget - decoders, 1), pending)
+        return curve.mixed_step(decoders, chunk), chunk, head, decoders
+
     def advance(self, t: float, curve: LatencyCurve) -> None:
-        start = max(self.last_s, self.stall_until_s)
-        if self.running and t > start:
-            dv = (t - start) / curve.itl(len(self.running))
-            self.v += dv
-            self.output_tokens += dv * len(self.running)
+        """Run the replica from `last_s` to `t`; prompts finishing on the way start decoding."""
+        now = self.last_s
+        while self.running and now <= t:
+            step_s, chunk, head, decoders = self._step(curve)
+            head_done_s = now + head.prompt_left * step_s / chunk if head is not None else math.inf
+            until = min(t, head_done_s)
+            steps = (until - now) / step_s if until > now else 0.0
+            self.v += steps
+            self.output_tokens += steps * decoders
+            self.prompt_tokens += steps * chunk
+            left = steps * chunk  # prompt tokens computed, first admitted first
+            for s in self.running:
+                if left <= 0:
+                    break
+                if s.prompt_left > 0:
+                    used = min(left, s.prompt_left)
+                    s.prompt_left -= used
+                    left -= used
+            if head is None or head_done_s > t:
+                break
+            head.prompt_left = 0.0  # its last prompt token is computed: first token out
+            head.first_token_s = head_done_s
+            head.done_at_v = self.v + head.generated_tokens - 1
+            now = until
         self.last_s = max(self.last_s, t)
 
     def next_event_s(self, curve: LatencyCurve) -> float:
-        if not self.running:
+        """When the next sequence finishes or the next prompt gets its first token."""
+        step_s, chunk, head, _ = self._step(curve)
+        if step_s == math.inf:
             return math.inf
-        start = max(self.last_s, self.stall_until_s)
-        left = min(s.done_at_v for s in self.running) - self.v
-        return start + max(0.0, left) * curve.itl(len(self.running))
+        out = self.last_s + head.prompt_left * step_s / chunk if head is not None else math.inf
+        done = [s.done_at_v for s in self.running if s.prompt_left <= 0]
+        if done:
+            out = min(out, self.last_s + max(0.0, min(done) - self.v) * step_s)
+        return out

@@ -43,6 +43,7 @@ from corral.autoscaler.sim.policies import PolicyFn, serve_controller_step
 from corral.autoscaler.sim.replica import LatencyCurve, Replica, Seq
 from corral.autoscaler.sim.workload import Request
 from corral.cluster.spec.autoscaling import max_ongoing_requests
+from corral.common.engine_model import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from corral.common.stats import percentile
 
 
@@ -56,6 +57,8 @@ class SimConfig:
     max_replicas: int = 64
     initial_replicas: int = 1
     max_num_seqs: int = 32
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    """vLLM's per-step token budget (decodes and prompt chunks together)."""
     cold_start_s: float = 60.0
     tick_s: float = 1.0
     """Controller period (Serve's is 0.1 s; decisions use windowed metrics either way)."""
@@ -126,7 +129,7 @@ class _Run:
         n = len(requests)
         self.ttft = np.full(n, np.nan)
         self.itl = np.full(n, np.nan)
-        self.replicas = [Replica(rid=i, asked_s=0.0, ready_s=0.0) for i in range(sim.initial_replicas)]
+        self.replicas = [Replica(rid=i, asked_s=0.0, ready_s=0.0, token_budget=sim.max_num_batched_tokens) for i in range(sim.initial_replicas)]
         self.handle_queue: deque[int] = deque()
         self.target = sim.initial_replicas
         self.policy_state: dict = {}
@@ -145,21 +148,19 @@ class _Run:
     def queued_prompt_tokens(self, rep: Replica, now: float) -> int:
         """Prompt tokens of the requests `rep` holds that have no first token yet."""
         waiting = sum(self.requests[i].context_tokens for i in rep.waiting)
-        return waiting + sum(self.requests[s.req].context_tokens for s in rep.running if s.first_token_s > now)
+        return waiting + sum(self.requests[s.req].context_tokens for s in rep.running if s.prompt_left > 0)
 
     def in_system(self) -> int:
         return sum(r.ongoing() for r in self.replicas if r.stopped_s is None) + len(self.handle_queue)
 
     def admit(self, rep: Replica, now: float) -> None:
-        # Move engine-waiting requests into the running batch; each one's prefill pauses decoding.
+        # Move engine-waiting requests into the running batch; their prompts are computed in the
+        # steps to come (`Replica.advance`).
         while rep.waiting and len(rep.running) < self.sim.max_num_seqs:
             i = rep.waiting.popleft()
             req = self.requests[i]
-            rep.stall_until_s = max(rep.stall_until_s, now) + self.curve.prefill(req.context_tokens)
             rep.prefills += 1
-            rep.prompt_tokens += req.context_tokens
-            self.ttft[i] = rep.stall_until_s - req.arrival_s
-            rep.running.append(Seq(i, rep.v + (req.generated_tokens - 1), rep.stall_until_s))
+            rep.running.append(Seq(i, req.generated_tokens, float(max(1, req.context_tokens))))
 
     def route(self, now: float) -> None:
         ready = [r for r in self.live() if r.ready_s <= now]
@@ -174,14 +175,13 @@ class _Run:
 
     def complete(self, rep: Replica, now: float) -> None:
         rep.advance(now, self.curve)
-        if now < rep.stall_until_s:
-            return
         done = [s for s in rep.running if s.done_at_v <= rep.v + 1e-6]
         if not done:
             return
         rep.running = [s for s in rep.running if s.done_at_v > rep.v + 1e-6]
         for s in done:
             g = self.requests[s.req].generated_tokens
+            self.ttft[s.req] = s.first_token_s - self.requests[s.req].arrival_s
             self.itl[s.req] = (now - s.first_token_s) / (g - 1) if g > 1 else 0.0
             self.recent.append((now, rep.rid, self.ttft[s.req], self.itl[s.req]))
         self.admit(rep, now)
@@ -193,6 +193,7 @@ class _Run:
         if new_target > len(active):
             for _ in range(new_target - len(active)):
                 self.replicas.append(Replica(rid=len(self.replicas), asked_s=now, ready_s=now + self.sim.cold_start_s,
+                                             token_budget=self.sim.max_num_batched_tokens,
                                              last_s=now))
         elif new_target < len(active):
             # Serve stops replicas that are still starting first, then the least busy.
