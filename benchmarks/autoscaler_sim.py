@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidate", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                     help="judge a candidate setting against the current one (needs --reference)")
     ap.add_argument("--reference", default=None, help="a committed result.json of this benchmark (--candidate)")
-    ap.add_argument("--candidate-draws", default="tuning,judging",
-                    help="which draws the candidates run on: tuning (seed 0), judging (seed 1) or both")
+    ap.add_argument("--candidate-draws", default="tuning,judging", metavar="tuning,judging",
+                    help="which draws the candidates run on, comma-separated: tuning (seed 0), judging (seed 1); "
+                         "default both")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     import logging
@@ -176,9 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.candidate:
         if not args.reference:
             ap.error("--candidate needs --reference RESULT_JSON")
+        draws = {"tuning": TUNING_SEED, "judging": JUDGE_SEED}
+        unknown = [d for d in args.candidate_draws.split(",") if d not in draws]
+        if unknown:
+            ap.error(f"--candidate-draws: unknown draw(s) {unknown}; choose from tuning,judging")
+        seeds = [draws[d] for d in args.candidate_draws.split(",")]
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        seeds = [{"tuning": TUNING_SEED, "judging": JUDGE_SEED}[d] for d in args.candidate_draws.split(",")]
 
         def write(report: dict) -> str:  # after every member: a long run leaves what it has judged so far
             report["elapsed_s"] = round(time.time() - t0, 1)
