@@ -539,7 +539,7 @@ class CorralIngress(OpenAiIngress):
                 if next_arm is not None:
                     self._metrics.failovers.inc(1, {"route": route, "arm": arm, "reason": str(failed.outcome)})
                 arm = next_arm if len(tried) < 2 else None
-        what = f"arm {preferred!r} is" if pinned else f"no arm of route {route!r} is"
+        what = f"arm {preferred!r} is not" if pinned else f"no arm of route {route!r} is"
         self._metrics.record(route, preferred or route, 503, time.perf_counter() - start, None, None, None)
         return _error(Denied(503, f"{what} available right now; retry later", failover.retry_after_s))
 

@@ -335,7 +335,8 @@ def test_an_arm_failing_before_answering_fails_over_and_its_users_return_after_a
     again, pinned, other, back = run(go())
     assert again.headers["x-corral-arm"] == "b" and other.headers["x-corral-arm"] == "b"
     assert pinned.status_code == 503 and pinned.headers["Retry-After"] == "5"
-    assert json.loads(pinned.body)["error"]["type"] == "ServiceUnavailableError"
+    error = json.loads(pinned.body)["error"]
+    assert error["type"] == "ServiceUnavailableError" and error["message"].startswith("arm 'a' is not available")
     assert back.headers["x-corral-arm"] == "a"
     assert arms["a"].calls == 2  # the failed call and the one after recovery; nothing while out
     assert rec.records[0] == ("llama", "a", "500")
