@@ -223,17 +223,16 @@ def model_replicas(signals: Signals, config: PolicyConfig) -> float | None:
 
 
 def itl_model_work(signals: Signals, config: PolicyConfig) -> float | None:
-    """The engine-seconds per second of the reported work that slow a request's tokens: every
-    prefill step (its base and prompt tokens) and each decoding sequence's share of a decode step
+    """The engine-seconds per second of the reported work that slow a request's tokens: the prompt
+    tokens computed in the steps it decodes in and each decoding sequence's share of a decode step
     (`W` of `itl_model_replicas`). None when the ITL model is off or cannot act."""
     spec = config.spec
-    rates = (signals.requests_per_s, signals.prompt_tokens_per_s, signals.output_tokens_per_s)
+    rates = (signals.prompt_tokens_per_s, signals.output_tokens_per_s)
     if (spec.itl_model_share * spec.itl_p95_s <= spec.engine_base_s or spec.engine_per_decode_seq_s <= 0
             or any(r is None for r in rates)):
         return None
-    requests, prompt_tokens, output_tokens = (max(0.0, r or 0.0) for r in rates)
-    return (requests * spec.engine_base_s + prompt_tokens * spec.engine_per_prefill_token_s
-            + output_tokens * spec.engine_per_decode_seq_s)
+    prompt_tokens, output_tokens = (max(0.0, r or 0.0) for r in rates)
+    return prompt_tokens * spec.engine_per_prefill_token_s + output_tokens * spec.engine_per_decode_seq_s
 
 
 def itl_model_replicas(signals: Signals, config: PolicyConfig, work_rising_per_s: float = 0.0) -> float | None:
@@ -243,9 +242,9 @@ def itl_model_replicas(signals: Signals, config: PolicyConfig, work_rising_per_s
     per second per second; 0 when flat or falling).
 
     On `N` replicas sharing the reported work, a replica's decode step of `b` sequences takes
-    `base + per_seq x b`, and the prefills of the requests arriving there (a step's base plus its
-    prompt tokens each) pause its decoding for a `P / N` share of the time, `P` the fleet's
-    prefill engine-seconds per second. A request's mean ITL is then `(base + per_seq x b) / (1 - P / N)`,
+    `base + per_seq x b`, and the prompts of the requests arriving there are computed in those
+    steps (vLLM's mixed steps: their tokens' cost, not a step base of their own), lengthening them
+    by a `P / N` share of the time, `P` the fleet's prompt-token engine-seconds per second. A request's mean ITL is then `(base + per_seq x b) / (1 - P / N)`,
     and by Little's law `b = (output tokens per second / N) x ITL`; solved, `ITL = base / (1 - W / N)`
     with `W = P + output tokens per second x per_seq`. Within `share x SLO` when
     `N >= W / (1 - base / (share x SLO))`. None when off, without the engine model, with a rate

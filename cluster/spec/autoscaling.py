@@ -107,12 +107,11 @@ class AutoscalingSpec(BaseModel):
     itl_model_share: float = 0.0
     """Prefill-aware ITL sizing: the replicas for the load are at least the fewest at which the
     engine model predicts a request's mean inter-token latency stays within this share of
-    `itl_p95_s`. From the work the replicas report (requests and prompt tokens prefilled, output
-    tokens, per second, summed), `W` = `requests x engine_base_s + prompt tokens x
-    engine_per_prefill_token_s + output tokens x engine_per_decode_seq_s` engine-seconds per
-    second: on `N` replicas a request's decode step is `engine_base_s + engine_per_decode_seq_s x
-    batch`, the prefills of the requests arriving at its replica pause it for their share of the
-    time, and with the batch from Little's law its mean ITL is `engine_base_s / (1 - W / N)`, within
+    `itl_p95_s`. From the work the replicas report (prompt tokens prefilled and output tokens per
+    second, summed), `W` = `prompt tokens x engine_per_prefill_token_s + output tokens x
+    engine_per_decode_seq_s` engine-seconds per second: on `N` replicas a request's decode step is
+    `engine_base_s + engine_per_decode_seq_s x batch`, the prompts arriving at its replica are
+    computed in its steps (vLLM's mixed steps) and lengthen them by their share of the time, and with the batch from Little's law its mean ITL is `engine_base_s / (1 - W / N)`, within
     the share when `N >= W / (1 - engine_base_s / (share x itl_p95_s))`. `W` is taken
     `itl_model_horizon_s` ahead along its rising trend. An ITL p95 above `itl_p95_s` then adds
     replicas only while the model also finds the serving replicas too few (a short answer caught by

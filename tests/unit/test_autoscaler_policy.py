@@ -458,11 +458,13 @@ ITL_SPEC = dict(target_ongoing_requests=3, itl_p95_s=0.4, ttft_p95_s=2.0, itl_mo
 
 def test_itl_model_sizes_for_the_mean_itl_with_prefill_pauses():
     """N >= W / (1 - base / (share x SLO)), W the reported work's engine-seconds per second that slow
-    a request's tokens (prefill steps' base and prompt tokens, each output token's decode share)."""
+    a request's tokens (the prompt tokens computed in its steps, each output token's decode share;
+    a prompt adds no step base of its own: vLLM computes it in the running batch's steps)."""
     cfg = PolicyConfig(spec=AutoscalingSpec(**ITL_SPEC), min_replicas=1, max_replicas=64, max_num_seqs=8)
     sig = Signals(running_replicas=4, target_replicas=4, ongoing_requests=2.0,
-                  requests_per_s=5.0, prompt_tokens_per_s=250.0, output_tokens_per_s=40.0)
-    # 5 x 0.1 + 250 x 0.004 + 40 x 0.05 = 3.5 s/s; budget 0.5 x 0.4 = 0.2 s, so 1 - 0.1 / 0.2 = 0.5.
+                  requests_per_s=5.0, prompt_tokens_per_s=375.0, output_tokens_per_s=40.0)
+    # 375 x 0.004 + 40 x 0.05 = 3.5 s/s (the 5 requests/s add nothing); budget 0.5 x 0.4 = 0.2 s, so
+    # 1 - 0.1 / 0.2 = 0.5.
     assert itl_model_work(sig, cfg) == pytest.approx(3.5)
     assert itl_model_replicas(sig, cfg) == pytest.approx(7.0)
     # The model's mean ITL on those 7 replicas is base / (1 - W / N) = 0.1 / 0.5 = the budget.
@@ -476,14 +478,15 @@ def test_itl_model_sizes_for_the_mean_itl_with_prefill_pauses():
     for update in ({"itl_model_share": 0.0}, {"engine_per_decode_seq_s": 0.0}, {"itl_model_share": 0.25}):
         off = PolicyConfig(spec=cfg.spec.model_copy(update=update), max_replicas=64)
         assert itl_model_replicas(sig, off) is None and assess(sig, off).load_replicas == 1
-    assert itl_model_replicas(replace_sig(sig, requests_per_s=None), cfg) is None
+    assert itl_model_replicas(replace_sig(sig, output_tokens_per_s=None), cfg) is None
+    assert itl_model_work(replace_sig(sig, requests_per_s=50.0), cfg) == pytest.approx(3.5)
 
 
 def test_itl_breach_counts_only_where_the_model_finds_too_few_replicas():
     cfg = PolicyConfig(spec=AutoscalingSpec(**ITL_SPEC), min_replicas=1, max_replicas=64, max_num_seqs=8)
     # The model needs 7 replicas; 8 serve: a p95 over the SLO (one short answer caught by a prefill) is no breach.
     enough = Signals(running_replicas=8, target_replicas=8, ongoing_requests=6.0, itl_p95_s=0.6,
-                     requests_per_s=5.0, prompt_tokens_per_s=250.0, output_tokens_per_s=40.0)
+                     requests_per_s=5.0, prompt_tokens_per_s=375.0, output_tokens_per_s=40.0)
     a = assess(enough, cfg)
     assert a.breach is None and a.urgent_replicas == 0
     decision, _ = decide(enough, cfg, PolicyState(), 0.0)
