@@ -244,9 +244,10 @@ def itl_model_replicas(signals: Signals, config: PolicyConfig, work_rising_per_s
     On `N` replicas sharing the reported work, a replica's decode step of `b` sequences takes
     `base + per_seq x b`, and the prompts of the requests arriving there are computed in those
     steps (vLLM's mixed steps: their tokens' cost, not a step base of their own), lengthening them
-    by a `P / N` share of the time, `P` the fleet's prompt-token engine-seconds per second. A request's mean ITL is then `(base + per_seq x b) / (1 - P / N)`,
-    and by Little's law `b = (output tokens per second / N) x ITL`; solved, `ITL = base / (1 - W / N)`
-    with `W = P + output tokens per second x per_seq`. Within `share x SLO` when
+    by a `P / N` share of the time, `P` the fleet's prompt-token engine-seconds per second. A
+    request's mean ITL is then `(base + per_seq x b) / (1 - P / N)`, and by Little's law
+    `b = (output tokens per second / N) x ITL`; solved, `ITL = base / (1 - W / N)` with
+    `W = P + output tokens per second x per_seq`. Within `share x SLO` when
     `N >= W / (1 - base / (share x SLO))`. None when off, without the engine model, with a rate
     not reported, or when the share is at or below a bare decode step (`base / SLO`)."""
     spec = config.spec

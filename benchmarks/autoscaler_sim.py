@@ -178,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.reference:
             ap.error("--candidate needs --reference RESULT_JSON")
         draws = {"tuning": TUNING_SEED, "judging": JUDGE_SEED}
-        unknown = [d for d in args.candidate_draws.split(",") if d not in draws]
+        asked = args.candidate_draws.split(",")
+        unknown = [d for d in asked if d not in draws]
         if unknown:
             ap.error(f"--candidate-draws: unknown draw(s) {unknown}; choose from tuning,judging")
-        seeds = [draws[d] for d in args.candidate_draws.split(",")]
+        seeds = [draws[d] for d in asked]
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
 

@@ -76,7 +76,7 @@ class StepModel:
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"StepModel.{name}={value} must be finite and >= 0")
 
-    def step_s(self, decode_seqs: int, prefill_tokens: int = 0, kv_tokens: int = 0) -> float:
+    def step_s(self, decode_seqs: float, prefill_tokens: float = 0, kv_tokens: float = 0) -> float:
         return (self.base_s + self.per_decode_seq_s * decode_seqs + self.per_prefill_token_s * prefill_tokens
                 + self.per_kv_token_s * kv_tokens)
 

@@ -106,9 +106,7 @@ class LatencyCurve:
     def mixed_step(self, decode_seqs: int, prompt_tokens: float) -> float:
         """One step of `decode_seqs` decodes and `prompt_tokens` prompt tokens (the model's step
         time; the prompt tokens attend to themselves, as in `prefill`)."""
-        kv = decode_seqs * self.context_tokens + prompt_tokens
-        return self.step.step_s(decode_seqs, 0, 0) + self.step.per_prefill_token_s * prompt_tokens \
-            + self.step.per_kv_token_s * kv
+        return self.step.step_s(decode_seqs, prompt_tokens, decode_seqs * self.context_tokens + prompt_tokens)
 
     def knee(self) -> int:
         """Batch at the knee of latency vs batch: the one maximising throughput / latency

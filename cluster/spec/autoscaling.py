@@ -111,8 +111,8 @@ class AutoscalingSpec(BaseModel):
     second, summed), `W` = `prompt tokens x engine_per_prefill_token_s + output tokens x
     engine_per_decode_seq_s` engine-seconds per second: on `N` replicas a request's decode step is
     `engine_base_s + engine_per_decode_seq_s x batch`, the prompts arriving at its replica are
-    computed in its steps (vLLM's mixed steps) and lengthen them by their share of the time, and with the batch from Little's law its mean ITL is `engine_base_s / (1 - W / N)`, within
-    the share when `N >= W / (1 - engine_base_s / (share x itl_p95_s))`. `W` is taken
+    computed in its steps (vLLM's mixed steps) and lengthen them by their share of the time, and
+    with the batch from Little's law its mean ITL is `engine_base_s / (1 - W / N)`, within the share when `N >= W / (1 - engine_base_s / (share x itl_p95_s))`. `W` is taken
     `itl_model_horizon_s` ahead along its rising trend. An ITL p95 above `itl_p95_s` then adds
     replicas only while the model also finds the serving replicas too few (a short answer caught by
     one prefill breaks the p95 of a replica's window without the fleet being short), so it no

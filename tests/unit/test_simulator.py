@@ -192,8 +192,8 @@ def test_replica_agrees_with_the_step_by_step_replay(prompt_tokens, output_token
     """The simulator's continuous replica and the planner's step-by-step vLLM scheduler
     (`corral.common.engine_model.replay`), one replica, same arrivals and engine model: TTFT and
     ITL percentiles agree. ITL is where a prefill model shows: one that pauses decoding for a
-    prompt (what the simulator did before) puts 0.12 s at the p50 of the chunked case at 2 rps,
-    where vLLM's mixed steps give 0.24 s."""
+    prompt (what the simulator did before) put 0.12 s at the p50 of the chunked case at 2 rps
+    (600 s of these arrivals), where vLLM's mixed steps give 0.24 s."""
     import numpy as np
 
     from corral.common import engine_model as E
