@@ -151,11 +151,15 @@ class Replica:
 
     def _step(self, curve: LatencyCurve) -> tuple[float, float, Seq | None, int]:
         """The current step: its time, its prompt tokens, the first prompt in line, decoders."""
-        decoders = sum(1 for s in self.running if s.prompt_left <= 0)
-        head = next((s for s in self.running if s.prompt_left > 0), None)
+        decoders, pending, head = 0, 0.0, None
+        for s in self.running:  # one pass: this runs on every event
+            if s.prompt_left > 0:
+                pending += s.prompt_left
+                head = head or s
+            else:
+                decoders += 1
         if head is None:
             return (curve.itl(decoders) if decoders else math.inf), 0.0, None, decoders
-        pending = sum(s.prompt_left for s in self.running if s.prompt_left > 0)
         chunk = min(max(self.token_budget - decoders, 1), pending)
         return curve.mixed_step(decoders, chunk), chunk, head, decoders
 
