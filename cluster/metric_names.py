@@ -10,7 +10,9 @@ PREFIX = "ray_"
 
 # Counters (labels: route, arm, status — status is the HTTP status code as a string).
 REQUESTS = "corral_requests_total"
-# Histograms in seconds (labels: route, arm).
+# Histograms in seconds (labels: route, arm). LATENCY counts answered requests only (`answered`):
+# a refused or failed request's time says nothing about the model's speed, and goodput (answered
+# within the SLO / all requests) must not count a fast refusal as good.
 LATENCY = "corral_request_latency_seconds"
 TTFT = "corral_ttft_seconds"
 ITL = "corral_itl_seconds"
@@ -19,6 +21,11 @@ INPUT_TOKENS = "corral_input_tokens_total"
 OUTPUT_TOKENS = "corral_output_tokens_total"
 # Histogram of user ratings in [0, 1] sent to POST /v1/feedback (labels: route, arm).
 FEEDBACK = "corral_feedback_score"
+
+
+def answered(code: int | str) -> bool:
+    """Whether a request's outcome (an HTTP status or an OUTCOME_* below) is an answer: a 2xx."""
+    return isinstance(code, int) and 200 <= code < 300
 
 
 def exported(name: str) -> str:

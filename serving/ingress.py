@@ -11,6 +11,7 @@ lightweight in-place update: no replica restarts, no dropped requests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -55,9 +56,20 @@ ROUTE_HEADER = "x-corral-route"
 SESSION_HEADER = "x-session-id"
 
 
-# How long the ingress sums counter increments before handing them to Ray (s). Ray's own export
+# How long the ingress keeps what it recorded before handing it to Ray (s). Ray's own export
 # runs every few seconds, so a second more delays no series that Prometheus scrapes noticeably.
-COUNTER_FLUSH_INTERVAL_S = 1.0
+METRICS_FLUSH_INTERVAL_S = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """One series' recordings not yet handed to Ray."""
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latencies_s: list[float] = dataclasses.field(default_factory=list)
+    ttfts_s: list[float] = dataclasses.field(default_factory=list)
+    itls_s: list[float] = dataclasses.field(default_factory=list)
 
 
 class RequestMetrics:
@@ -86,37 +98,40 @@ class RequestMetrics:
         self._count_request, self._observe_latency = recorder(self.requests), recorder(self.latency)
         self._observe_ttft, self._observe_itl = recorder(self.ttft), recorder(self.itl)
         self._count_input, self._count_output = recorder(self.input_tokens), recorder(self.output_tokens)
-        # Counter increments not yet handed to Ray, by series: [requests, prompt tokens, completion tokens].
-        self._pending: dict[tuple[str, str, int | str], list[int]] = {}
+        # What was recorded and not yet handed to Ray, by series.
+        self._pending: dict[tuple[str, str, int | str], _Pending] = {}
         self._flush_at: asyncio.TimerHandle | None = None
 
     def record(self, route: str, arm: str, code: int | str, latency_s: float, ttft_s: float | None,
                itl_s: float | None, usage: dict | None) -> None:
-        """One attempt's outcome; `code` is the HTTP status or one of names.OUTCOME_*.
+        """One attempt's outcome; `code` is the HTTP status or one of names.OUTCOME_*. The latency
+        histogram takes answered requests only (`names.answered`).
 
         On every request's path, so: tag dicts built and checked once per series (routes x arms x
-        outcomes, a few dozen); the histograms' observations recorded at once, the counters'
-        increments summed in this process and handed to Ray at most `COUNTER_FLUSH_INTERVAL_S`
-        later (one call per series then, instead of three per request)."""
+        outcomes, a few dozen); the request counted and its observations kept in this process and
+        all handed to Ray together at most `METRICS_FLUSH_INTERVAL_S` later (one counter call per
+        series then, instead of three per request). Together, so that a scrape never sees an
+        observation in a histogram before its request in the counter: goodput (histogram bucket /
+        requests) stays a share even over a window of a few requests."""
         key = (route, arm, code)
         pending = self._pending.get(key)
         if pending is None:
             if key not in self._series:
                 self._series[key] = self._new_series(route, arm, code)
-            pending = self._pending[key] = [0, 0, 0]
-        pending[0] += 1
-        tags = self._series[key][1]
-        self._observe_latency(latency_s, tags=tags)
+            pending = self._pending[key] = _Pending()
+        pending.requests += 1
+        if names.answered(code):
+            pending.latencies_s.append(latency_s)
         if ttft_s is not None:
-            self._observe_ttft(ttft_s, tags=tags)
+            pending.ttfts_s.append(ttft_s)
         if itl_s is not None:
-            self._observe_itl(itl_s, tags=tags)
+            pending.itls_s.append(itl_s)
         if usage:
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
             if prompt and prompt > 0:
-                pending[1] += prompt
+                pending.prompt_tokens += prompt
             if completion and completion > 0:
-                pending[2] += completion
+                pending.completion_tokens += completion
         if self._flush_at is None:
             self._schedule_flush()
 
@@ -127,21 +142,27 @@ class RequestMetrics:
         except RuntimeError:  # called outside an event loop: nothing would run a timer, so hand over now
             self.flush()
             return
-        self._flush_at = loop.call_later(COUNTER_FLUSH_INTERVAL_S, self.flush)
+        self._flush_at = loop.call_later(METRICS_FLUSH_INTERVAL_S, self.flush)
 
     def flush(self) -> None:
-        """Hand the summed counter increments to Ray (also on the replica's shutdown: CorralIngress.__del__)."""
+        """Hand what was recorded to Ray (also on the replica's shutdown: CorralIngress.__del__)."""
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
         pending, self._pending = self._pending, {}
-        for key, (requests, prompt, completion) in pending.items():
+        for key, p in pending.items():
             status_tags, tags = self._series[key]
-            self._count_request(requests, tags=status_tags)
-            if prompt:
-                self._count_input(prompt, tags=tags)
-            if completion:
-                self._count_output(completion, tags=tags)
+            for value in p.latencies_s:
+                self._observe_latency(value, tags=tags)
+            for value in p.ttfts_s:
+                self._observe_ttft(value, tags=tags)
+            for value in p.itls_s:
+                self._observe_itl(value, tags=tags)
+            self._count_request(p.requests, tags=status_tags)
+            if p.prompt_tokens:
+                self._count_input(p.prompt_tokens, tags=tags)
+            if p.completion_tokens:
+                self._count_output(p.completion_tokens, tags=tags)
 
     def _new_series(self, route: str, arm: str, code: int | str) -> tuple[dict[str, str], dict[str, str]]:
         # Every tag key of the metrics (see __init__), with str values: what each public call checks.

@@ -213,7 +213,8 @@ class ShadowMetrics:
     def record(self, route, arm, code, latency_s, ttft_s, itl_s, usage) -> None:
         tags = {"route": route, "arm": arm}
         self.requests.inc(1, {**tags, "status": str(code)})
-        self.latency.observe(latency_s, tags)
+        if names.answered(code):  # as the user series: latency of answers only
+            self.latency.observe(latency_s, tags)
         if ttft_s is not None:
             self.ttft.observe(ttft_s, tags)
         if itl_s is not None:

@@ -1,5 +1,6 @@
-"""The ingress's per-request metrics: histograms recorded at once, counter increments summed in
-the process and handed to Ray's metric objects once per series and flush interval."""
+"""The ingress's per-request metrics: kept in the process and handed to Ray's metric objects
+together (counter increments summed per series) once per flush interval; the latency histogram
+takes answered requests only."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def recorded(metrics: RequestMetrics) -> dict[str, list]:
     return calls
 
 
-def test_counters_are_summed_per_series_and_handed_over_after_the_interval(monkeypatch):
-    monkeypatch.setattr(ingress_module, "COUNTER_FLUSH_INTERVAL_S", 0.05)
+def test_recordings_are_handed_over_together_after_the_interval(monkeypatch):
+    monkeypatch.setattr(ingress_module, "METRICS_FLUSH_INTERVAL_S", 0.05)
     metrics = RequestMetrics()
     calls = recorded(metrics)
 
@@ -32,9 +33,9 @@ def test_counters_are_summed_per_series_and_handed_over_after_the_interval(monke
         for _ in range(3):
             metrics.record("llama", "a", 200, 0.1, 0.02, 0.01, USAGE)
         metrics.record("llama", "b", 503, 0.2, None, None, None)
-        # The histograms at once; no counter yet.
-        assert len(calls["latency"]) == 4 and len(calls["ttft"]) == 3 and len(calls["itl"]) == 3
-        assert calls["requests"] == calls["input"] == calls["output"] == []
+        metrics.record("llama", "b", 429, 0.0, None, None, None)
+        # Nothing yet: a scrape between the two would see observations without their requests.
+        assert all(v == [] for v in calls.values())
         await asyncio.sleep(0.2)
         first = {k: list(v) for k, v in calls.items()}
         metrics.record("llama", "a", 200, 0.1, None, None, USAGE)  # after a flush: a new timer
@@ -44,19 +45,25 @@ def test_counters_are_summed_per_series_and_handed_over_after_the_interval(monke
     first = asyncio.run(go())
     a200 = {"route": "llama", "arm": "a", "status": "200"}
     b503 = {"route": "llama", "arm": "b", "status": "503"}
-    assert sorted(first["requests"], key=str) == sorted([(3, a200), (1, b503)], key=str)
+    b429 = {"route": "llama", "arm": "b", "status": "429"}
+    assert sorted(first["requests"], key=str) == sorted([(3, a200), (1, b503), (1, b429)], key=str)
+    # Latency of the answers only: a refusal or a failure is not a fast answer.
+    assert first["latency"] == [(0.1, {"route": "llama", "arm": "a"})] * 3
+    assert len(first["ttft"]) == 3 and len(first["itl"]) == 3
     assert first["input"] == [(24, {"route": "llama", "arm": "a"})]
     assert first["output"] == [(15, {"route": "llama", "arm": "a"})]
-    assert calls["requests"][2:] == [(1, a200)] and calls["output"][1:] == [(5, {"route": "llama", "arm": "a"})]
+    assert calls["requests"][3:] == [(1, a200)] and calls["output"][1:] == [(5, {"route": "llama", "arm": "a"})]
     assert metrics._pending == {}
 
 
-def test_outside_an_event_loop_counters_go_at_once():
+def test_outside_an_event_loop_recordings_go_at_once():
     metrics = RequestMetrics()
     calls = recorded(metrics)
     metrics.record("llama", "a", "timeout", 2.0, None, None, None)
     assert calls["requests"] == [(1, {"route": "llama", "arm": "a", "status": "timeout"})]
-    assert calls["input"] == calls["output"] == []
+    assert calls["input"] == calls["output"] == calls["latency"] == []
+    metrics.record("llama", "a", 200, 2.0, None, None, None)
+    assert calls["latency"] == [(2.0, {"route": "llama", "arm": "a"})]
 
 
 def test_the_ingress_hands_over_what_it_summed_when_serve_shuts_it_down():

@@ -217,6 +217,15 @@ def test_shadow_metrics_are_their_own_series():
     m.dropped("r", "b", "full")
 
 
+def test_shadow_latency_takes_answered_copies_only(monkeypatch):
+    m = ShadowMetrics()
+    observed = []
+    monkeypatch.setattr(m.latency, "observe", lambda value, tags: observed.append(value))
+    for code in (503, names.OUTCOME_TIMEOUT, 429, 200):
+        m.record("r", "b", code, 0.5, None, None, None)
+    assert observed == [0.5]  # a failed copy is an error, not a fast answer (goodput's numerator)
+
+
 
 # -- quality on the golden subset -------------------------------------------------------------
 
