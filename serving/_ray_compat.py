@@ -13,6 +13,7 @@ import ChatCompletionRequest`); private functions are wrapped by functions of th
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 from typing import Any
 
@@ -110,6 +111,85 @@ def metric_recorder(metric: Any) -> Any:
 
 
 # ---------------------------------------------------------------- Ray Serve LLM ingress
+
+# The calls to model deployments that the current task makes through an ingress whose class went
+# through `cancellable_arm_calls` (None: not kept).
+_ARM_CALLS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("corral_arm_calls", default=None)
+
+
+class ArmCalls:
+    """The handle calls to arms made in this task while it is entered (`with ArmCalls() as calls:`
+    around `llm_responses`' first item), so that the ingress can cancel what it stops waiting for.
+
+    Serve does not cancel a handle call whose awaiting was cancelled: ray/serve/handle.py
+    `DeploymentResponseGenerator.__anext__` re-raises the CancelledError without `cancel()`. A request
+    the ingress gave up on (its first-response timeout) would keep its place in the router's queue
+    and run on the engine to its end, for nobody. `cancel()` calls `DeploymentResponseGenerator.cancel()`
+    (handle.py `_DeploymentResponseBase.cancel`: not yet assigned to a replica -> dropped from the
+    router's queue; assigned -> `ActorReplicaResult.cancel`, ray/serve/_private/replica_result.py,
+    `ray.cancel` of the replica's generator, whose cancellation reaches vLLM's
+    `AsyncLLM.generate`, vllm/v1/engine/async_llm.py, which aborts the request in the engine)."""
+
+    __slots__ = ("calls", "_token")
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self._token: contextvars.Token | None = None
+
+    def __enter__(self) -> ArmCalls:
+        self._token = _ARM_CALLS.set(self.calls)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _ARM_CALLS.reset(self._token)
+            self._token = None
+
+    def cancel(self) -> int:
+        """Cancel every call kept (best effort, as Serve's); returns how many."""
+        calls, self.calls[:] = list(self.calls), []
+        for call in calls:
+            call.cancel()
+        return len(calls)
+
+
+class _KeptHandle:
+    """A model's DeploymentHandle whose `.remote()` calls go into the current `ArmCalls`."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def options(self, **kwargs: Any) -> _KeptHandle:
+        return _KeptHandle(self._handle.options(**kwargs))
+
+    def __getattr__(self, method: str) -> _KeptHandle:  # `handle.chat` -> the handle of that method
+        return _KeptHandle(getattr(self._handle, method))
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        call = self._handle.remote(*args, **kwargs)
+        kept = _ARM_CALLS.get()
+        if kept is not None:
+            kept.append(call)
+        return call
+
+
+def cancellable_arm_calls(cls: type) -> type:
+    """Class decorator for an `OpenAiIngress` subclass: the handles its `_get_response` calls arms
+    through (`_get_configured_serve_handle(model_id)`, ray/llm/_internal/serve/core/ingress/ingress.py)
+    keep their calls in the current `ArmCalls`."""
+    configured = getattr(cls, "_get_configured_serve_handle", None)
+    if configured is None:
+        raise _missing("ray.serve.llm.ingress.OpenAiIngress._get_configured_serve_handle",
+                       AttributeError("no such method"))
+
+    def _get_configured_serve_handle(self: Any, model_id: str) -> _KeptHandle:
+        return _KeptHandle(configured(self, model_id))
+
+    cls._get_configured_serve_handle = _get_configured_serve_handle  # type: ignore[attr-defined]
+    return cls
+
 
 def llm_responses(ingress: Any, body: Any, call_method: str, raw_request: Any = None) -> Any:
     """`OpenAiIngress._get_response(body=, call_method=, raw_request=)`: the async generator of what

@@ -371,6 +371,7 @@ class _Slot:
     __del__ = release
 
 
+@_ray_compat.cancellable_arm_calls
 class CorralIngress(OpenAiIngress):
     """OpenAI ingress with weighted, sticky routes over arms, admission control and failover."""
 
@@ -577,18 +578,23 @@ class CorralIngress(OpenAiIngress):
         and streams through one generator instead of the stock path's two plus its own.
         """
         timeout_s = self._admission.failover.first_response_timeout_s
+        calls = _ray_compat.ArmCalls()
         try:
             # One timer for both bounds (asyncio.timeout: no extra task per request, unlike wait_for).
             async with asyncio.timeout(min(timeout_s, _ROUTER_TIMEOUT_S)):
-                items = _ray_compat.llm_responses(self, body, call_method, request)
-                first = await items.__anext__()
+                with calls:
+                    items = _ray_compat.llm_responses(self, body, call_method, request)
+                    first = await items.__anext__()
         except asyncio.TimeoutError:
+            # Nobody will read this attempt's answer: out of the router's queue or the engine.
+            calls.cancel()
             if _ROUTER_TIMEOUT_S < timeout_s:  # the stock bound ends the wait: its 408
                 self._metrics.record(route, arm, 408, time.perf_counter() - start, None, None, None)
                 raise OpenAIHTTPException(message="Request server side timeout", status_code=408,
                                           type="Unknown") from None  # as router_request_timeout
             raise ArmFailed(names.OUTCOME_TIMEOUT, f"no response within {timeout_s:g} s") from None
         except asyncio.CancelledError:
+            calls.cancel()
             self._metrics.record(route, arm, names.OUTCOME_CLIENT_DISCONNECT, time.perf_counter() - start, None, None, None)
             raise
         except OpenAIHTTPException as exc:  # raised by the arm (a RayTaskError is also an instance of its cause)

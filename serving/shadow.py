@@ -10,7 +10,7 @@ so, sends the copy to the shadow arm in a background task and returns at once:
   request, its task is fire-and-forget, every exception in it is swallowed and counted;
 - at most `max_in_flight` copies per route are in flight; a copy beyond that is dropped, never
   queued, and counted (`ray_corral_shadow_dropped_total{reason="full"}`); a copy unanswered after
-  `timeout_s` is cancelled (outcome `timeout`);
+  `timeout_s` is cancelled, on the candidate too (outcome `timeout`);
 - the copy's answer is read to its end (streams included, so TTFT and inter-token latency are
   measured like the user's) and discarded; its outcome, latency, TTFT, ITL and tokens go to the
   `ray_corral_shadow_*` series (`cluster/metric_names.py`), never to the user series;
@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from corral.cluster import metric_names as names
 from corral.cluster.metric_names import ITL_BUCKETS_S, LATENCY_BUCKETS_S, TTFT_BUCKETS_S
 from corral.common.golden import MATCH_RULES, prompt_key, score_reply
+from corral.serving._ray_compat import ArmCalls
 
 _CHOICE = re.compile(r'"choices":\s*\[\s*\{')  # a chunk with a token (not the usage-only chunk)
 _USAGE = re.compile(r'"usage":\s*\{')
@@ -294,9 +295,11 @@ class Shadow:
         usage: dict | None = None
         answer: list[str] | None = [] if rule is not None else None  # the answer, for golden prompts only
         outcome: int | str = names.OUTCOME_EXCEPTION
+        calls = ArmCalls()  # the copy's call to the candidate, cancelled if the copy is given up
         try:
             async with asyncio.timeout(setting.timeout_s):
-                response = await self._send(body, call_method)
+                with calls:
+                    response = await self._send(body, call_method)
                 iterator = getattr(response, "body_iterator", None)
                 if iterator is None:  # a whole answer
                     outcome = getattr(response, "status_code", 200)
@@ -318,8 +321,10 @@ class Shadow:
                         if answer is not None:
                             answer.append(_stream_text(text))
         except asyncio.TimeoutError:
+            calls.cancel()
             outcome = names.OUTCOME_TIMEOUT
         except asyncio.CancelledError:
+            calls.cancel()
             return  # the ingress is shutting down: nothing to record
         except Exception as exc:  # the arm failed: count it, never pass it on
             status = getattr(exc, "status_code", None)

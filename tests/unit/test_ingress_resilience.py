@@ -46,6 +46,7 @@ class Arm:
 
     def __init__(self, name: str) -> None:
         self.name, self.mode, self.calls, self.healthy = name, "ok", 0, True
+        self.cancelled = 0  # calls the ingress cancelled (Serve's DeploymentResponseGenerator.cancel)
 
     def options(self, **_):
         return self
@@ -66,7 +67,7 @@ class Arm:
 
     def remote(self, body, raw_request_info=None):
         self.calls += 1
-        return self._run(body)
+        return Call(self, self._run(body))
 
     async def _run(self, body):
         mode = self.mode
@@ -91,6 +92,23 @@ class Arm:
             yield ["data: [DONE]\n\n"]
             return
         yield [chunk(self.name, "y"), USAGE, "data: [DONE]\n\n"]
+
+
+class Call:
+    """What a streaming handle call returns, as Serve's DeploymentResponseGenerator: iterated, or
+    cancelled (then the arm's work ends: the generator is closed)."""
+
+    def __init__(self, arm: Arm, items) -> None:
+        self.arm, self.items = arm, items
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self.items.__anext__()
+
+    def cancel(self) -> None:
+        self.arm.cancelled += 1
 
 
 class ProbeResponse:
@@ -372,6 +390,16 @@ def test_an_arm_that_does_not_answer_times_out_within_the_bound():
     response, waited = run(go())
     assert response.status_code == 503 and 0.2 <= waited < 10  # the bound, not the hour the arm would take
     assert rec.records[0] == ("llama", "a", names.OUTCOME_TIMEOUT)
+    # The call the ingress gave up on is cancelled (else it stays queued or runs on the engine for nobody).
+    assert arms["a"].calls == arms["a"].cancelled == 1
+
+
+def test_a_timed_out_attempt_is_cancelled_and_its_retry_answers():
+    ingress, arms, rec = make_ingress({"failover": {"first_response_timeout_s": 0.2}})
+    arms["a"].mode = "hang"
+    response = run(ingress.chat(chat_body(user=user_on("a"), stream=False), http_request()))
+    assert response.status_code == 200 and json.loads(response.body)["model"] == "b"
+    assert (arms["a"].cancelled, arms["b"].calls, arms["b"].cancelled) == (1, 1, 0)  # only the abandoned one
 
 
 def test_client_errors_do_not_count_against_the_arm():

@@ -108,6 +108,57 @@ def test_llm_responses_forwards_arguments():
         rc.llm_responses(object(), "b", "chat")
 
 
+def test_arm_calls_are_kept_through_the_configured_handle_and_cancelled():
+    """cancellable_arm_calls hooks OpenAiIngress._get_configured_serve_handle(model_id), the handle
+    `_get_response` calls the arm through; what `.remote()` returns has Serve's `cancel()`."""
+    from ray.serve.handle import DeploymentResponseGenerator
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    method = getattr(OpenAiIngress, "_get_configured_serve_handle", None)
+    _expect("OpenAiIngress._get_configured_serve_handle", method is not None and _params(method) == ["self", "model_id"],
+            f"{method and inspect.signature(method)}")
+    _expect("OpenAiIngress._get_response", "self._get_configured_serve_handle(" in inspect.getsource(
+        OpenAiIngress._get_response), "no longer calls the arm through _get_configured_serve_handle")
+    _expect("DeploymentResponseGenerator.cancel", callable(getattr(DeploymentResponseGenerator, "cancel", None)),
+            "missing")
+
+    class Call:
+        def __init__(self, args):
+            self.args, self.cancelled = args, False
+
+        def cancel(self):
+            self.cancelled = True
+
+    class Handle:
+        def __init__(self, opts=()):
+            self.opts = opts
+
+        def options(self, **kw):
+            return Handle(self.opts + tuple(sorted(kw.items())))
+
+        def __getattr__(self, method):
+            return Handle(self.opts + (("method_name", method),))
+
+        def remote(self, *args):
+            return Call((self.opts, args))
+
+    class Base:
+        def _get_configured_serve_handle(self, model_id):
+            return Handle((("model", model_id),))
+
+    ingress = rc.cancellable_arm_calls(type("Ingress", (Base,), {}))()
+    outside = ingress._get_configured_serve_handle("m").chat.remote("x")
+    with rc.ArmCalls() as calls:
+        handle = ingress._get_configured_serve_handle("m").options(session_id="s")
+        call = handle.chat.remote("body")
+    after = ingress._get_configured_serve_handle("m").chat.remote("y")
+    assert call.args == ((("model", "m"), ("session_id", "s"), ("method_name", "chat")), ("body",))
+    assert calls.calls == [call] and calls.cancel() == 1 and call.cancelled
+    assert not outside.cancelled and not after.cancelled and calls.cancel() == 0
+    with pytest.raises(rc.RayCompatError, match="_get_configured_serve_handle"):
+        rc.cancellable_arm_calls(type("Bare", (), {}))
+
+
 def test_stream_formatting_and_response_types():
     fmt = _private("apply_openai_json_format")
     assert fmt(["data: {}\n\n", "data: [DONE]\n\n"]) == "data: {}\n\ndata: [DONE]\n\n"

@@ -121,6 +121,7 @@ def test_a_slow_candidate_drops_copies_beyond_the_bound_and_never_delays_users()
     assert in_flight == {"llama": 2}
     assert srec.drops == [("llama", "b", "full")] * 8
     assert [r[2] for r in srec.records] == [names.OUTCOME_TIMEOUT] * 2
+    assert arms["b"].calls == arms["b"].cancelled == 2  # the copies given up are cancelled on the candidate
     assert ingress._shadow.in_flight == {"llama": 0}
     assert rec.records == [("llama", "a", "200")] * 10
 
