@@ -6,9 +6,8 @@ How the bad candidates are made, without touching the ingress:
   the candidate against `tiny-random` (2 layers, hidden 256, float32). On a 60-token prompt the
   candidate's prefill takes about a second, the baseline's a few milliseconds (README: 2.2 s per
   128 bf16 prompt tokens on this machine): a TTFT p95 ratio far above the gate's 2.0.
-* errors: not here. A candidate that fails requests needs an arm the fleet does not have (e.g. a
-  `max_model_len` below normal prompts), and adding an arm to the running fleet changes the Serve
-  application's `args`, which restarts every replica (serving/app.py serve_config).
+* errors: a first-response timeout (applied in place) that the candidate's long prefill cannot
+  meet; the attempts the ingress gives up on must be cancelled in the candidate's engine.
 
 The controller runs as tests/e2e/test_rollout.py runs it (Controller + PrometheusMetricSource +
 LocalServeActuator), with short bake and analysis intervals set in the rollout spec.
@@ -24,6 +23,7 @@ from collections import Counter
 import pytest
 import requests
 
+from corral.cluster import metric_names as mn
 from corral.cluster.spec.rollout import QualityGate, RolloutSpec, RolloutStep, default_gates
 from corral.rollout.actuators import LocalServeActuator
 from corral.rollout.controller import Controller, start_rollout
@@ -139,6 +139,10 @@ def test_slow_candidate_rolled_back_by_the_ttft_gate(fleet, fleet_url, prometheu
     assert {status for _, status in load.outcomes} == {200}, load.outcomes
 
 
+def _total(prometheus_url: str, query: str) -> float:
+    return PrometheusClient(prometheus_url).query(query) or 0.0  # None: no such series yet
+
+
 def _answers_quickly(url: str, arm: str, within_s: float = 10.0) -> bool:
     try:
         r = requests.post(f"{url}/v1/chat/completions", timeout=within_s,
@@ -178,18 +182,30 @@ def test_failing_candidate_rolled_back_by_the_error_gate(fleet, fleet_url, prome
                            steps=[RolloutStep(weight=w, bake_s=120, min_requests=5) for w in (50, 100)],
                            gates=[errors], quality=QualityGate(enabled=False), **FAST)
         store = FileStore(tmp_path / "rollout.json")
+        # What the candidate's engine completed (vLLM's request_success counter; an aborted request
+        # is not counted: vllm/v1/engine/output_processor.py drops its state on abort) and how many
+        # attempts on it the ingress gave up on.
+        completed_q = 'sum(ray_vllm_request_success_total{model_name="smollm2"})'
+        timeouts_q = f'sum({mn.exported(mn.REQUESTS)}{{arm="smollm2",status="{mn.OUTCOME_TIMEOUT}"}})'
+        completed_before, timeouts_before = _total(prometheus_url, completed_q), _total(prometheus_url, timeouts_q)
         with Load(fleet_url, "llama", prompt, stream=True, threads=1, uncached=True) as load:
             state = _run_rollout(spec, prometheus_url, actuator, store, max_ticks=400)
+        ended = time.monotonic()
     finally:
         apply_fleet(FLEET_FILE, prometheus=False, say=print)  # the suite's admission and weights again
-        # A timed-out attempt keeps running on the arm: Serve does not cancel a handle call whose
-        # awaiting was cancelled (ray/serve/handle.py DeploymentResponseGenerator.__anext__ re-raises
-        # without `cancel()`), so SmolLM2 holds a backlog of these prompts for a while. The tests
-        # after this one need it back: wait until a pinned one-token request answers within 10 s.
-        wait_for(lambda: _answers_quickly(fleet_url, "smollm2"), 600, "smollm2 drained its timed-out backlog",
-                 poll_s=2.0)
+    # The attempts the ingress gave up on were cancelled, not left to run for nobody (Serve does not
+    # cancel a handle call whose awaiting was cancelled; serving/_ray_compat.py ArmCalls): SmolLM2's
+    # engine completed (almost) none of them, and it has no backlog of them once the load stops.
+    timeouts = wait_for(lambda: (_total(prometheus_url, timeouts_q) - timeouts_before) or None, 90,
+                        "the ingress's timeouts on smollm2 in Prometheus", poll_s=2.0)
+    completed = _total(prometheus_url, completed_q) - completed_before  # exported with the timeouts or before
+    wait_for(lambda: _answers_quickly(fleet_url, "smollm2"), 60, "smollm2 answering right after the load",
+             poll_s=1.0)
+    drained_s = time.monotonic() - ended
     events = store.load().events
-    print(load.outcomes, *[f"{e.operator}: {e.reason}" for e in events if e.operator != "hold"], sep="\n")
+    print(load.outcomes, f"smollm2: {timeouts:g} attempts timed out, {completed:g} requests completed by its "
+          f"engine; it answered again {drained_s:.1f} s after the load",
+          *[f"{e.operator}: {e.reason}" for e in events if e.operator != "hold"], sep="\n")
     assert state.phase.value == "RolledBack", [(e.operator, e.reason) for e in events]
     rollback = next(e for e in events if e.operator == "rollback")
     assert "error_rate" in rollback.reason, rollback.reason
@@ -197,3 +213,4 @@ def test_failing_candidate_rolled_back_by_the_error_gate(fleet, fleet_url, prome
     assert {status for _, status in load.outcomes} == {200}, load.outcomes
     served = {arm for arm, _ in load.outcomes}
     assert "tiny-random" in served, load.outcomes
+    assert timeouts >= 5 and completed <= 2, (timeouts, completed)
