@@ -117,7 +117,7 @@ def metric_recorder(metric: Any) -> Any:
 _ARM_CALLS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("corral_arm_calls", default=None)
 
 
-class ArmCalls:
+class ArmCalls(list):
     """The handle calls to arms made in this task while it is entered (`with ArmCalls() as calls:`
     around `llm_responses`' first item), so that the ingress can cancel what it stops waiting for.
 
@@ -128,26 +128,23 @@ class ArmCalls:
     (handle.py `_DeploymentResponseBase.cancel`: not yet assigned to a replica -> dropped from the
     router's queue; assigned -> `ActorReplicaResult.cancel`, ray/serve/_private/replica_result.py,
     `ray.cancel` of the replica's generator, whose cancellation reaches vLLM's
-    `AsyncLLM.generate`, vllm/v1/engine/async_llm.py, which aborts the request in the engine)."""
+    `AsyncLLM.generate`, vllm/v1/engine/async_llm.py, which aborts the request in the engine).
 
-    __slots__ = ("calls", "_token")
+    On every request's path, so it is the list itself, and the handles are wrapped once each."""
 
-    def __init__(self) -> None:
-        self.calls: list[Any] = []
-        self._token: contextvars.Token | None = None
+    __slots__ = ("_token",)
 
     def __enter__(self) -> ArmCalls:
-        self._token = _ARM_CALLS.set(self.calls)
+        self._token = _ARM_CALLS.set(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._token is not None:
-            _ARM_CALLS.reset(self._token)
-            self._token = None
+        _ARM_CALLS.reset(self._token)
 
     def cancel(self) -> int:
         """Cancel every call kept (best effort, as Serve's); returns how many."""
-        calls, self.calls[:] = list(self.calls), []
+        calls = list(self)
+        self.clear()
         for call in calls:
             call.cancel()
         return len(calls)
@@ -156,16 +153,18 @@ class ArmCalls:
 class _KeptHandle:
     """A model's DeploymentHandle whose `.remote()` calls go into the current `ArmCalls`."""
 
-    __slots__ = ("_handle",)
-
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
     def options(self, **kwargs: Any) -> _KeptHandle:
         return _KeptHandle(self._handle.options(**kwargs))
 
-    def __getattr__(self, method: str) -> _KeptHandle:  # `handle.chat` -> the handle of that method
-        return _KeptHandle(getattr(self._handle, method))
+    def __getattr__(self, method: str) -> _KeptHandle:
+        # `handle.chat`: the handle of that method. Serve makes a new one per access; one is
+        # reusable, so it is kept as this object's attribute (found without this call next time).
+        kept = _KeptHandle(getattr(self._handle, method))
+        self.__dict__[method] = kept
+        return kept
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         call = self._handle.remote(*args, **kwargs)
@@ -177,15 +176,21 @@ class _KeptHandle:
 
 def cancellable_arm_calls(cls: type) -> type:
     """Class decorator for an `OpenAiIngress` subclass: the handles its `_get_response` calls arms
-    through (`_get_configured_serve_handle(model_id)`, ray/llm/_internal/serve/core/ingress/ingress.py)
-    keep their calls in the current `ArmCalls`."""
+    through (`_get_configured_serve_handle(model_id)`, ray/llm/_internal/serve/core/ingress/ingress.py,
+    which caches them per model) keep their calls in the current `ArmCalls`."""
     configured = getattr(cls, "_get_configured_serve_handle", None)
     if configured is None:
         raise _missing("ray.serve.llm.ingress.OpenAiIngress._get_configured_serve_handle",
                        AttributeError("no such method"))
 
     def _get_configured_serve_handle(self: Any, model_id: str) -> _KeptHandle:
-        return _KeptHandle(configured(self, model_id))
+        kept_by_model = self.__dict__.get("_corral_kept_handles")
+        if kept_by_model is None:
+            kept_by_model = self.__dict__["_corral_kept_handles"] = {}
+        kept = kept_by_model.get(model_id)
+        if kept is None:
+            kept = kept_by_model[model_id] = _KeptHandle(configured(self, model_id))
+        return kept
 
     cls._get_configured_serve_handle = _get_configured_serve_handle  # type: ignore[attr-defined]
     return cls

@@ -153,7 +153,7 @@ def test_arm_calls_are_kept_through_the_configured_handle_and_cancelled():
         call = handle.chat.remote("body")
     after = ingress._get_configured_serve_handle("m").chat.remote("y")
     assert call.args == ((("model", "m"), ("session_id", "s"), ("method_name", "chat")), ("body",))
-    assert calls.calls == [call] and calls.cancel() == 1 and call.cancelled
+    assert calls == [call] and calls.cancel() == 1 and call.cancelled
     assert not outside.cancelled and not after.cancelled and calls.cancel() == 0
     with pytest.raises(rc.RayCompatError, match="_get_configured_serve_handle"):
         rc.cancellable_arm_calls(type("Bare", (), {}))
