@@ -21,13 +21,21 @@ def apply_fleet(path: str | Path | None, timeout_s: float = 900, prometheus: boo
     Nothing is deployed from an invalid spec: validation and model checks come first.
     Returns the FleetSpec that is now running. `path` None = the embedded demo fleet.
     """
-    from corral.serving.local import LocalCluster, memory_check, parallelism_check, prepare_models
+    from corral.serving.local import (
+        LocalCluster,
+        cpu_dtype_check,
+        cpu_flags,
+        memory_check,
+        parallelism_check,
+        prepare_models,
+    )
     from corral.serving.prometheus import LocalPrometheus
 
     fleet = load_fleet(None if path is None else str(path), check_paths=True)
     cluster = LocalCluster()
     prepare_models(fleet, say)
     parallelism_check(fleet, cluster.home, say)
+    cpu_dtype_check(fleet, cpu_flags(), say)
     memory_check(fleet, running=cluster.ray_running() and cluster.app_status(fleet.name) is not None)
     if cluster.start_ray(fleet):
         say("started a local Ray head")

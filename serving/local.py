@@ -241,6 +241,39 @@ def parallelism_check(fleet: FleetSpec, home: Path | None = None,
     return unchecked
 
 
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags (Linux `/proc/cpuinfo`); empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_dtype_check(fleet: FleetSpec, flags: frozenset[str], say: Callable[[str], None] | None = None) -> list[str]:
+    """Warn about CPU arms that vLLM would run through its AMX attention kernel.
+
+    On device=cpu, vLLM 0.32 computes attention with its AMX kernel whenever the dtype is bfloat16
+    (`auto` is bfloat16 on CPU) and the CPU has AMX tiles (vllm/v1/attention/backends/cpu_attn.py
+    `_get_attn_isa`: `supports_amx and dtype in (torch.bfloat16,) and block_size % 32 == 0`). On a
+    CPU with AMX that kernel gave SmolLM2-135M wrong answers at temperature 0 ("What is the capital
+    of France?" -> "L'Etoile, la Marseillaise, ..."), where the same weights answer "Paris" in
+    vLLM with float32 and in transformers with bfloat16. Warned, not refused: the answers are
+    still served, and other models may be right."""
+    if fleet.cluster.device != "cpu" or "amx_tile" not in flags:
+        return []
+    notes = [f"arms[{arm.name}].engine.dtype={arm.engine.dtype}: on this CPU (AMX) vLLM's CPU attention takes its "
+             "AMX kernel for bfloat16, which gave SmolLM2 wrong answers; dtype float32 avoids it"
+             for arm in fleet.arms if arm.engine.dtype in ("auto", "bfloat16")]
+    if say is not None:
+        for note in notes:
+            say(f"warning: {note}")
+    return notes
+
+
 def memory_check(fleet: FleetSpec, running: bool = False) -> None:
     """Refuse a new CPU fleet whose KV caches alone exceed free memory (vLLM would be OOM-killed).
     An update of a running fleet is not checked: its engines already hold their memory."""

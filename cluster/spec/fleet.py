@@ -86,7 +86,9 @@ class EngineArgs(StrictModel):
     """vLLM engine arguments corral knows about. Anything else goes in `extra`."""
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Weight and activation dtype. On CPU vLLM uses bfloat16 for `auto`."""
+    """Weight and activation dtype. On CPU vLLM uses bfloat16 for `auto`; on a CPU with AMX, vLLM
+    0.32 then runs attention through its AMX kernel, which gave SmolLM2 wrong answers (`corral up`
+    warns): CPU fleets use float32."""
     max_model_len: int = Field(2048, ge=16)
     """Longest prompt + completion, in tokens."""
     max_num_seqs: int = Field(16, ge=1)

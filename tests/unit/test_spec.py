@@ -10,7 +10,7 @@ import yaml
 
 from corral.cluster.spec import SpecError, load_fleet, parse_fleet
 from corral.serving.app import llm_config_dict
-from corral.serving.local import LocalError, parallelism_check
+from corral.serving.local import LocalError, cpu_dtype_check, cpu_flags, parallelism_check
 
 DEMO_ARM = {"name": "a", "model": {"demo": "smollm2-135m-instruct"}}
 
@@ -172,6 +172,24 @@ def test_hf_arm_before_download_is_said_not_silently_skipped(tmp_path):
     assert notes == said and len(notes) == 1
     assert notes[0].startswith("arms[a].engine.tensor_parallel_size=4 not checked against the model's heads")
     assert "vLLM refuses" in notes[0]
+
+
+def _dtype_fleet(device, *dtypes):
+    return parse_fleet({"cluster": {"device": device},
+                        "arms": [{**DEMO_ARM, "name": f"a{i}", "engine": {"dtype": d}} for i, d in enumerate(dtypes)]})
+
+
+def test_up_warns_about_bf16_cpu_arms_only_on_a_cpu_with_amx():
+    """vLLM 0.32 takes its AMX attention kernel for bf16 (and `auto`) on a CPU with AMX tiles
+    (vllm/v1/attention/backends/cpu_attn.py _get_attn_isa); the check names each such arm."""
+    said = []
+    fleet = _dtype_fleet("cpu", "bfloat16", "auto", "float32")
+    notes = cpu_dtype_check(fleet, frozenset({"avx512f", "amx_tile", "amx_bf16"}), said.append)
+    assert [n.split(":")[0] for n in notes] == ["arms[a0].engine.dtype=bfloat16", "arms[a1].engine.dtype=auto"]
+    assert said == [f"warning: {n}" for n in notes]
+    assert cpu_dtype_check(fleet, frozenset({"avx2", "avx512f"})) == []  # no AMX: the vector kernels
+    assert cpu_dtype_check(_dtype_fleet("gpu", "bfloat16"), frozenset({"amx_tile"})) == []  # GPU arms
+    assert all(" " not in f for f in cpu_flags())  # this machine's flags, one word each (or none)
 
 
 def test_request_logging_is_forced_off_whatever_the_spec_says():
