@@ -10,7 +10,7 @@ import yaml
 
 from corral.cluster.spec import SpecError, load_fleet, parse_fleet
 from corral.serving.app import llm_config_dict
-from corral.serving.local import LocalError, cpu_dtype_check, cpu_flags, parallelism_check
+from corral.serving.local import LocalError, cpu_dtype_check, parallelism_check
 
 DEMO_ARM = {"name": "a", "model": {"demo": "smollm2-135m-instruct"}}
 
@@ -189,7 +189,6 @@ def test_up_warns_about_bf16_cpu_arms_only_on_a_cpu_with_amx():
     assert said == [f"warning: {n}" for n in notes]
     assert cpu_dtype_check(fleet, frozenset({"avx2", "avx512f"})) == []  # no AMX: the vector kernels
     assert cpu_dtype_check(_dtype_fleet("gpu", "bfloat16"), frozenset({"amx_tile"})) == []  # GPU arms
-    assert all(" " not in f for f in cpu_flags())  # this machine's flags, one word each (or none)
 
 
 def test_request_logging_is_forced_off_whatever_the_spec_says():
