@@ -130,6 +130,8 @@ class Assessment:
     breach: str | None
     """Why the arm is in trouble now (SLO breach, queue, KV cache), or None."""
     urgent_replicas: int
+    load_basis: str = ""
+    """What sized `load_replicas`, for the decision's reason."""
     """Replicas wanted right away because of `breach` (0 when there is none)."""
 
 
@@ -222,6 +224,30 @@ def model_replicas(signals: Signals, config: PolicyConfig) -> float | None:
     return busy / share
 
 
+def demand_replicas(signals: Signals, config: PolicyConfig, target: float, rising_per_s: float) -> float | None:
+    """Demand sizing (`backlog_drain_s`): the engine-seconds per second the arriving requests need
+    on the engine model, with the waiting requests drained within `backlog_drain_s`. Requests
+    arrive at the rate the replicas report prefilling plus `rising_per_s` (the growth of the
+    requests in the system: what arrives is served or waits), each with the mean prompt and
+    answer of the reported token rates. A prompt takes its tokens' engine time; an answer's
+    tokens a `1 / target` share of a decode step of `target` sequences. None when off or a rate
+    is not reported."""
+    spec = config.spec
+    rates = (signals.requests_per_s, signals.prompt_tokens_per_s, signals.output_tokens_per_s)
+    if spec.backlog_drain_s <= 0 or spec.engine_per_decode_seq_s <= 0 or any(r is None for r in rates):
+        return None
+    done, prompt_tokens, output_tokens = (max(0.0, r or 0.0) for r in rates)
+    if done <= 0:
+        return None
+    decode_step_s = spec.engine_base_s + spec.engine_per_decode_seq_s * target
+    per_request_s = (prompt_tokens * spec.engine_per_prefill_token_s + output_tokens * decode_step_s / target) / done
+    running = max(signals.running_replicas, 0)
+    queued = max(0.0, signals.queued_requests)
+    waiting = queued + max(0.0, signals.ongoing_requests - queued - running * config.max_num_seqs)
+    arrivals = done + max(0.0, rising_per_s)
+    return (arrivals + waiting / spec.backlog_drain_s) * per_request_s
+
+
 def itl_model_work(signals: Signals, config: PolicyConfig) -> float | None:
     """The engine-seconds per second of the reported work that slow a request's tokens: the prompt
     tokens computed in the steps it decodes in and each decoding sequence's share of a decode step
@@ -275,16 +301,24 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0,
     target = packing_target(signals, config)
     expected = ongoing + max(0.0, rising_per_s) * spec.trend_horizon_s
     load = math.ceil(expected / target - 1e-9)
+    basis = f"{ongoing:.3g} requests in the system at {target:.3g} each"
     down = math.ceil(ongoing / (target * (1.0 - spec.downscale_hysteresis)) - 1e-9)
+    demand = demand_replicas(signals, config, target, rising_per_s)
+    if demand is not None:
+        load = math.ceil(demand - 1e-9)
+        basis = f"arriving requests' engine time {demand:.3g} s/s"
     model = model_replicas(signals, config)
     if model is not None:
         # The next interval's work: the requests the trend adds over trend_horizon_s, at the target each.
         load = math.ceil(model + (expected - ongoing) / target - 1e-9)
+        basis = f"reported work {model * spec.model_sizing_utilisation:.3g} s/s at {spec.model_sizing_utilisation:g}"
         down = math.ceil(model / (1.0 - spec.downscale_hysteresis) - 1e-9)
     itl_model = itl_model_replicas(signals, config, work_rising_per_s)
-    if itl_model is not None:
+    if itl_model is not None and math.ceil(itl_model - 1e-9) > load:
         # Never below what the batch target (or model sizing) asks.
-        load = max(load, math.ceil(itl_model - 1e-9))
+        load = math.ceil(itl_model - 1e-9)
+        basis = f"ITL model: {itl_model:.3g} replicas keep ITL within {spec.itl_model_share:g} x SLO"
+    if itl_model is not None:
         now_need = itl_model_replicas(signals, config) or 0.0
         down = max(down, math.ceil(now_need / (1.0 - spec.downscale_hysteresis) - 1e-9))
 
@@ -323,7 +357,8 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0,
             share = min(share, over_slo - 1.0)
         step = max(1, math.ceil(current * share - 1e-9))
         urgent = max(load, current + step)
-    return Assessment(load_replicas=load, down_replicas=down, breach=breach, urgent_replicas=urgent)
+    return Assessment(load_replicas=load, down_replicas=down, breach=breach, urgent_replicas=urgent,
+                      load_basis=basis)
 
 
 def guard(
@@ -369,8 +404,7 @@ def guard(
             return out(wanted_up, assessment.breach, state)
         since = state.above_since_s if state.above_since_s is not None else now
         if now - since + 1e-6 >= spec.upscale_delay_s:
-            return out(wanted_up, f"load {signals.ongoing_requests:.3g} needs {wanted_up} replicas "
-                                  f"at {spec.target_ongoing_requests:g} each", state)
+            return out(wanted_up, f"load needs {wanted_up} replicas: {assessment.load_basis}", state)
         return out(current, f"load above target for {now - since:.0f}s of {spec.upscale_delay_s:g}s",
                    PolicyState(above_since_s=since, last_scale_up_s=state.last_scale_up_s))
 

@@ -17,6 +17,7 @@ from corral.autoscaler.policy import (
     Signals,
     assess,
     decide,
+    demand_replicas,
     itl_model_replicas,
     itl_model_work,
     model_replicas,
@@ -58,6 +59,7 @@ def configs(draw):
         model_sizing_utilisation=draw(st.one_of(st.just(0.0), st.floats(0.05, 1))),
         itl_model_share=draw(st.one_of(st.just(0.0), st.floats(0, 1))),
         itl_model_horizon_s=draw(st.floats(0, 300)),
+        backlog_drain_s=draw(st.one_of(st.just(0.0), st.floats(1, 600))),
     )
     return PolicyConfig(spec=spec, min_replicas=lo, max_replicas=hi, max_num_seqs=draw(st.integers(1, 256)))
 
@@ -526,3 +528,30 @@ def test_itl_model_work_trend_counts_only_after_a_steady_window():
     assert queued.work_trend_per_s == 0.0
     # The state survives Serve's policy_state round trip.
     assert PolicyState.from_dict(state.to_dict()) == state
+
+
+def test_demand_sizing_costs_the_arriving_requests_and_drains_the_backlog():
+    """Replicas = (arrivals + waiting / backlog_drain_s) x a request's engine-seconds: its prompt
+    tokens, and its answer's tokens a 1/target share of a decode step of `target` sequences.
+    Arrivals = reported prefills per second + the growth of the requests in the system."""
+    spec = AutoscalingSpec(target_ongoing_requests=3, backlog_drain_s=30, trend_horizon_s=0,
+                           downscale_hysteresis=0.0, slo_packing_itl_share=0.0, **ENGINE)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=64, max_num_seqs=8)
+    sig = Signals(running_replicas=4, target_replicas=4, ongoing_requests=20.0,
+                  requests_per_s=5.0, prompt_tokens_per_s=250.0, output_tokens_per_s=40.0)
+    # A request: 50 prompt tokens x 0.004 + 8 answer tokens x (0.1 + 0.05 x 3) / 3 = 0.8667 s.
+    per_request = (250 * 0.004 + 40 * (0.1 + 0.05 * 3) / 3) / 5
+    assert demand_replicas(sig, cfg, 3.0, 0.0) == pytest.approx(5 * per_request)
+    assert assess(sig, cfg).load_replicas == 5  # not the 7 that 20 requests in flight at 3 each ask for
+    # The growth of the requests in the system arrives too (1 more per second).
+    assert demand_replicas(sig, cfg, 3.0, 1.0) == pytest.approx(6 * per_request)
+    # 30 requests waiting at the handles (and 2 beyond the 4 x 8 batch slots): drained within 30 s.
+    backlog = replace_sig(sig, ongoing_requests=64.0, queued_requests=30.0)
+    assert demand_replicas(backlog, cfg, 3.0, 0.0) == pytest.approx((5 + 32 / 30) * per_request)
+    assert assess(backlog, cfg).load_replicas == 6  # the 64 requests in the system would ask for 22
+    # Off, a rate not reported, or nothing served yet (no lengths known): sized by requests in flight.
+    off = PolicyConfig(spec=spec.model_copy(update={"backlog_drain_s": 0.0}), max_replicas=64, max_num_seqs=8)
+    assert demand_replicas(sig, off, 3.0, 0.0) is None and assess(sig, off).load_replicas == 7
+    assert demand_replicas(replace_sig(sig, prompt_tokens_per_s=None), cfg, 3.0, 0.0) is None
+    assert demand_replicas(replace_sig(sig, requests_per_s=0.0), cfg, 3.0, 0.0) is None
+    assert assess(replace_sig(sig, requests_per_s=0.0), cfg).load_replicas == 7
