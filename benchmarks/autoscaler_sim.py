@@ -17,13 +17,15 @@ writes one plot per workload (offered load; replicas vs load for each policy) to
     python benchmarks/autoscaler_sim.py OUT_DIR [--workloads a,b] [--targets 3,2.5,2] [--set FIELD=VALUE]
     (the committed runs: `nice -n 10 python benchmarks/autoscaler_sim.py OUT` and the same with `--targets 3,2.5,2`)
 
-Candidate policy changes (`--candidate NAME:FIELD=VALUE,...`, with `--reference` a committed
+Candidate policy changes (`--candidate NAME:FIELD=VALUE,...`, with `--reference` a
 result.json of this benchmark) are judged without re-running the oracle: each candidate and the
-current setting run on every member's tuning draw (seed 0, where changes are chosen: attainment
-and replica-seconds, paired) and on its judging draw (seed 1, the reference's requests; goal
-verdict against the reference's oracle and Ray default figures). A candidate is kept only if it
-is better on the judging draws (attainment up at no more replica-seconds, or replica-seconds down
-at no less attainment, within 0.1 point / 1 %) without losing on any member.
+current setting run on every member's tuning draw (seed 0, paired: attainment and
+replica-seconds) and on the reference's draws (its requests, goal verdict against its oracle and
+Ray default figures). `--reference` may be repeated: references made with `--seed` 0, 2, 3, ...
+judge candidates on several tuning draws, where a setting is chosen; references made with other
+seeds judge the chosen one on held-out draws. Per member, the mean over the reference draws
+decides: a candidate is kept only if it is better (attainment up at no more replica-seconds, or
+replica-seconds down at no less attainment, within 0.1 point / 1 %) on a member and worse on none.
 
 The goal (`corral.autoscaler.sim.evaluate`): SLO attainment >= min(99 %, oracle's - 0.5 point),
 replica-seconds <= 1.15x the oracle's, and better than Ray Serve's default policy. The oracle
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                          "the curve's knee, the target `corral plan capacity` writes: the setting is the capacity "
                          "plan's, and no workload is used to choose it)")
     ap.add_argument("--tuning", default=",".join(TUNING), help="tuning members (drawn with seed 0)")
+    ap.add_argument("--seed", type=int, default=JUDGE_SEED,
+                    help=f"seed of the judged members' draws (default {JUDGE_SEED}; {TUNING_SEED} draws the tuning "
+                         "draws, to judge candidates there against their own oracle with --reference)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override an autoscaling spec field for both policies, e.g. downscale_delay_s=60")
     ap.add_argument("--curve", default=None,
@@ -141,10 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--candidate", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                     help="judge a candidate setting against the current one (needs --reference)")
-    ap.add_argument("--reference", default=None, help="a committed result.json of this benchmark (--candidate)")
+    ap.add_argument("--reference", action="append", default=[],
+                    help="a result.json of this benchmark (--candidate); repeat it to judge on several draws "
+                         "(each reference's members, drawn with its --seed): per member, the draws' mean attainment "
+                         "and replica-seconds decide better and worse, and the goal is counted per draw")
     ap.add_argument("--candidate-draws", default="tuning,judging", metavar="tuning,judging",
-                    help="which draws the candidates run on, comma-separated: tuning (seed 0), judging (seed 1); "
-                         "default both")
+                    help="which draws the candidates run on, comma-separated: tuning (seed 0) and judging (the "
+                         "reference's draws, with its oracle and Ray default: the goal's verdict); default both")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     import logging
@@ -177,12 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.candidate:
         if not args.reference:
             ap.error("--candidate needs --reference RESULT_JSON")
-        draws = {"tuning": TUNING_SEED, "judging": JUDGE_SEED}
         asked = args.candidate_draws.split(",")
-        unknown = [d for d in asked if d not in draws]
+        unknown = [d for d in asked if d not in ("tuning", "judging")]
         if unknown:
             ap.error(f"--candidate-draws: unknown draw(s) {unknown}; choose from tuning,judging")
-        seeds = [draws[d] for d in asked]
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
 
@@ -192,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             (out / "candidates.json").write_text(text)
             return text
 
-        print(write(candidates(args.candidate, json.loads(Path(args.reference).read_text()), fam, judged_names,
-                               curve, sim, spec, knee, seeds, write)))
+        refs = [json.loads(Path(r).read_text()) for r in args.reference]
+        print(write(candidates(args.candidate, refs, fam, judged_names,
+                               curve, sim, spec, knee, asked, write)))
         return 0
 
     log(f"tuning on {tuning_names} (seed {TUNING_SEED})")
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results, plots = {}, []
     for name in judged_names:
-        m = Member(fam[name], JUDGE_SEED, curve, sim, knee)
+        m = Member(fam[name], args.seed, curve, sim, knee)
         # Without --targets no workload chooses the setting. With it, the recorded trace is the
         # same at every seed: its tuning half is not held out.
         held_out = not args.targets or name not in tuning_names or fam[name].params.get("trace") is None
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"on every tuning member {tuning_names} (seed {TUNING_SEED})" if args.targets else
                       f"one setting for both policies: the capacity plan's batch target (the curve's knee, {knee:g}) "
                       "and the spec's defaults, no workload used to choose it")
-                     + f"; judged unchanged on each member (generated members at seed {JUDGE_SEED}); held_out=false "
+                     + f"; judged unchanged on each member (generated members at seed {args.seed}); held_out=false "
                        "marks a member whose data a --targets choice would see"),
         "tuning": chosen,
         "workloads": results,
@@ -257,44 +264,62 @@ def _parse_candidate(text: str) -> tuple[str, dict[str, str]]:
     return name, dict(kv.split("=", 1) for kv in fields.split(",") if kv)
 
 
-def candidates(texts: list[str], reference: dict, fam, names: list[str], curve, sim, spec, knee: float,
-               seeds: list[int] = (TUNING_SEED, JUDGE_SEED), progress=None) -> dict:
+def candidates(texts: list[str], references: list[dict], fam, names: list[str], curve, sim, spec, knee: float,
+               draws: list[str] = ("tuning", "judging"), progress=None) -> dict:
     """Each candidate vs the current setting, paired, on the tuning and/or the judging draws.
-    A candidate is kept only if it is better on the judging draws and worse on none (verdicts
-    are on the judging draws; on the tuning draws alone the same comparison is reported)."""
+    The judging draws are the reference's (its members' `seed`), judged against its oracle and Ray
+    default; the tuning draws are seed `TUNING_SEED`. A candidate is kept only if it is better on
+    the judging draws and worse on none (verdicts are on the judging draws; on the tuning draws
+    alone the same comparison is reported)."""
     from corral.autoscaler import sim as S
 
     cands = dict(_parse_candidate(t) for t in texts)
     base = {"current": {}}
     rows: dict[str, dict] = {}
     for name in names:
-        ref = reference["workloads"][name]
         rows[name] = {}
-        for seed in seeds:
+        # (draw, seed, the reference's member or None): the tuning draw, then each reference's draw.
+        # The recorded trace is the same at every seed: one reference judges it.
+        refs = references[:1] if fam[name].params.get("trace") is not None else references
+        runs = ([("tuning", TUNING_SEED, None)] if "tuning" in draws else []) + (
+            [("judging", ref["workloads"][name].get("seed", JUDGE_SEED), ref["workloads"][name]) for ref in refs]
+            if "judging" in draws else [])
+        for draw, seed, ref in runs:
             requests = fam[name].requests(seed)
             # The fleet every policy starts from: the reference oracle's first plan (headroom 1 on the tuning draw).
-            headroom = ref["oracle_headroom"] if seed == JUDGE_SEED else 1.0
+            headroom = ref["oracle_headroom"] if ref is not None else 1.0
             init = S.OraclePolicy(requests, curve, knee, sim.cold_start_s, headroom=headroom).initial()
             msim = replace(sim, initial_replicas=min(max(init, sim.min_replicas), sim.max_replicas))
             for cname, fields in (base | cands).items():
                 cspec = type(spec)(**{**spec.model_dump(), **fields})  # validated: a bad field is named
                 c = run_policy("corral", requests, curve, msim, cspec, knee).summary()
                 entry = {"slo_attainment": c["slo_attainment"], "replica_seconds": c["replica_seconds"],
-                         "scale_events": c["scale_events"]}
-                if seed == JUDGE_SEED:
+                         "scale_events": c["scale_events"], "seed": seed}
+                row = rows[name].setdefault(cname, {})
+                if ref is None:
+                    row["tuning"] = entry
+                else:
                     pol = ref["policies"]
                     entry["goal"] = S.judge(c, pol["oracle"], pol["ray_default"], ref["feasible_attainment"])
-                rows[name].setdefault(cname, {})["tuning" if seed == TUNING_SEED else "judging"] = entry
-            log(f"{name} seed {seed}: " + ", ".join(
-                f"{c} {rows[name][c]['tuning' if seed == TUNING_SEED else 'judging']['slo_attainment']:.4f}/"
-                f"{rows[name][c]['tuning' if seed == TUNING_SEED else 'judging']['replica_seconds']:.0f}"
-                for c in rows[name]))
+                    row.setdefault("judging", {"draws": []})["draws"].append(entry)
+                    row["judging"] |= _mean_of_draws(row["judging"]["draws"])
+            last = {c: r["tuning"] if ref is None else r["judging"]["draws"][-1] for c, r in rows[name].items()}
+            log(f"{name} {draw} (seed {seed}): " + ", ".join(
+                f"{c} {e['slo_attainment']:.4f}/{e['replica_seconds']:.0f}" for c, e in last.items()))
         if progress is not None:
-            progress(_candidates_report(cands, rows, reference))
-    return _candidates_report(cands, rows, reference)
+            progress(_candidates_report(cands, rows, references))
+    return _candidates_report(cands, rows, references)
 
 
-def _candidates_report(cands: dict, rows: dict, reference: dict) -> dict:
+def _mean_of_draws(draws: list[dict]) -> dict:
+    """A member's judging draws summed up: mean attainment and replica-seconds, goal met on how many."""
+    n = len(draws)
+    return {"slo_attainment": round(sum(d["slo_attainment"] for d in draws) / n, 5),
+            "replica_seconds": round(sum(d["replica_seconds"] for d in draws) / n, 1),
+            "goal_met": sum(bool(d["goal"]["met"]) for d in draws), "draws_judged": n}
+
+
+def _candidates_report(cands: dict, rows: dict, references: list[dict]) -> dict:
     from corral.autoscaler import sim as S
 
     def compare(cname: str, draw: str) -> dict:
@@ -318,10 +343,12 @@ def _candidates_report(cands: dict, rows: dict, reference: dict) -> dict:
         verdicts[cname] = {
             "fields": cands[cname], "tuning": tuning, "judging": judging,
             "kept": bool(judging["better_on"]) and not judging["worse_on"],
-            "goal_met_judging": sum(r[cname]["judging"]["goal"]["met"] for r in judged),
-            "goal_met_judging_current": sum(r["current"]["judging"]["goal"]["met"] for r in judged)}
-    return {"benchmark": "autoscaler_sim candidates", "goal": S.GOAL_TEXT, "reference_protocol": reference["protocol"],
-            "seeds": {"tuning": TUNING_SEED, "judging": JUDGE_SEED}, "candidates": verdicts, "workloads": rows}
+            "goal_met_judging": sum(r[cname]["judging"]["goal_met"] for r in judged),
+            "goal_met_judging_current": sum(r["current"]["judging"]["goal_met"] for r in judged),
+            "draws_judged": sum(r["current"]["judging"]["draws_judged"] for r in judged)}
+    return {"benchmark": "autoscaler_sim candidates", "goal": S.GOAL_TEXT,
+            "reference_protocol": [ref["protocol"] for ref in references],
+            "seeds": {"tuning": TUNING_SEED, "judging": "the reference's"}, "candidates": verdicts, "workloads": rows}
 
 
 def plot(name: str, workload, requests, results, out: Path) -> str:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     t0, out = time.time(), {}
     for name in names:
         r = ref["workloads"][name]
-        requests = fam[name].requests(JUDGE_SEED)
+        requests = fam[name].requests(r.get("seed", JUDGE_SEED))  # the reference's draw
         oracle_policy = S.OraclePolicy(requests, curve, knee, sim.cold_start_s, headroom=r["oracle_headroom"])
         init = min(max(oracle_policy.initial(), sim.min_replicas), sim.max_replicas)
         msim = replace(sim, initial_replicas=init)
@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         row["reactive_reference"] = bound
         out[name] = row
         log(f"{name} ({time.time() - t0:.0f}s): {json.dumps(row)}")
-    report = {"benchmark": "autoscaler_sim_losses", "reference": args.reference, "seed": JUDGE_SEED,
-              "workloads": out, "elapsed_s": round(time.time() - t0, 1)}
+    seeds = sorted({ref["workloads"][n].get("seed", JUDGE_SEED) for n in names})
+    report = {"benchmark": "autoscaler_sim_losses", "reference": args.reference, "seeds": seeds, "workloads": out,
+              "elapsed_s": round(time.time() - t0, 1)}
     text = json.dumps(report, indent=1)
     if args.out:
         open(args.out, "w").write(text)

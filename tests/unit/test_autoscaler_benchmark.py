@@ -56,3 +56,59 @@ def test_candidates_are_judged_paired_against_the_reference_run(tmp_path, capsys
     assert same["goal_met_judging"] == same["goal_met_judging_current"]
     with pytest.raises(SystemExit):
         autoscaler_sim.main([str(tmp_path / "bad"), *short, "--candidate", "x:downscale_hysteresis=0.1"])
+
+
+def test_candidates_judge_the_reference_draws_whatever_their_seed(tmp_path, capsys):
+    """References drawn with `--seed` (here the tuning seed and the held-out one) each judge the
+    candidates on their own draws against their own oracle; per member the draws' mean decides."""
+    short = ["--workloads", "decode-heavy", "--tuning", "decode-heavy", "--duration-s", "120", "--no-plots"]
+    refs = {}
+    for seed in (autoscaler_sim.TUNING_SEED, autoscaler_sim.JUDGE_SEED):
+        assert autoscaler_sim.main([str(tmp_path / f"ref{seed}"), *short, "--seed", str(seed)]) == 0
+        refs[seed] = json.loads(capsys.readouterr().out)
+        assert refs[seed]["workloads"]["decode-heavy"]["seed"] == seed and f"at seed {seed}" in refs[seed]["protocol"]
+    rc = autoscaler_sim.main([str(tmp_path / "cand"), *short, "--candidate-draws", "judging",
+                              *(a for seed in refs for a in ("--reference", str(tmp_path / f"ref{seed}" / "result.json"))),
+                              "--candidate", "same:target_ongoing_requests=3"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    judging = report["workloads"]["decode-heavy"]["current"]["judging"]
+    assert "tuning" not in report["workloads"]["decode-heavy"]["current"]
+    # Each draw is its reference's corral run, request for request; the member's figures are their mean.
+    assert [d["seed"] for d in judging["draws"]] == list(refs)
+    for d, ref in zip(judging["draws"], refs.values()):
+        corral = ref["workloads"]["decode-heavy"]["policies"]["corral"]
+        assert (d["slo_attainment"], d["replica_seconds"]) == (corral["slo_attainment"], corral["replica_seconds"])
+        assert d["goal"]["met"] == ref["workloads"]["decode-heavy"]["goal"]["met"]
+    assert judging["slo_attainment"] == pytest.approx(sum(d["slo_attainment"] for d in judging["draws"]) / 2, abs=1e-5)
+    assert judging["goal_met"] == sum(d["goal"]["met"] for d in judging["draws"]) and judging["draws_judged"] == 2
+    assert report["candidates"]["same"]["draws_judged"] == 2
+
+
+def _member(seed: int, attainment: float, vs_oracle: float, met: bool, trace: bool = False) -> dict:
+    pol = {"slo_attainment": attainment, "replica_seconds": 100.0 * vs_oracle, "scale_events": 3}
+    return {"seed": seed, "held_out": True, "params": {"trace": "t.csv"} if trace else {"mean_rps": 5.0},
+            "policies": {"corral": pol, "ray_default": {**pol, "slo_attainment": 0.5},
+                         "oracle": {**pol, "slo_attainment": 0.99, "replica_seconds": 100.0}},
+            "goal": {"met": met, "attainment_met": met, "better_than_ray_default": True,
+                     "replica_seconds_vs_oracle": vs_oracle},
+            "ray_default_goal": {"replica_seconds_vs_oracle": 2.0}}
+
+
+def test_draws_summary_counts_each_draw_once_and_the_trace_once(tmp_path):
+    import autoscaler_sim_draws
+
+    refs = [{"goal": S.GOAL_TEXT, "protocol": "p", "workloads": {
+        "bursty": _member(seed, att, cost, met), "trace": _member(seed, 0.995, 1.1, True, trace=True)}}
+        for seed, att, cost, met in ((1, 0.99, 1.1, True), (5, 0.90, 2.0, False), (6, 0.93, 1.7, False))]
+    summary = autoscaler_sim_draws.summarize(refs)
+    bursty, trace = summary["workloads"]["bursty"], summary["workloads"]["trace"]
+    assert bursty["draws"] == 3 and bursty["seeds"] == [1, 5, 6] and bursty["goal_met"] == 1
+    assert bursty["corral_slo_attainment"] == {"mean": pytest.approx(0.94), "min": 0.90, "max": 0.99}
+    assert bursty["corral_replica_seconds_vs_oracle"]["max"] == 2.0
+    assert trace["draws"] == 1 and trace["goal_met"] == 1  # the same requests at every seed: one draw
+    table = autoscaler_sim_draws.markdown(summary)
+    assert "| bursty | 1 of 3 | 94.00% [90.00%, 99.00%] |" in table and "| trace | 1 of 1 |" in table
+    (tmp_path / "r.json").write_text(json.dumps(refs[0]))
+    with pytest.raises(SystemExit):  # the same draws twice would count one draw two times
+        autoscaler_sim_draws.main([str(tmp_path / "r.json")] * 2)
