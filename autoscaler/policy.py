@@ -159,6 +159,10 @@ class PolicyState:
     fleet_changed_s: float | None = None
     """When the replicas serving last changed in number, requests last queued at the handles or the
     TTFT p95 was last above its SLO (the work reported then follows the capacity, not the demand)."""
+    peak_load: float = 0.0
+    """Most replicas the load asked for within `burst_memory_s` (see `remember_peak`)."""
+    peak_load_s: float | None = None
+    """When the load asked for `peak_load`."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -383,7 +387,8 @@ def guard(
             new_state = PolicyState(last_scale_up_s=new_state.last_scale_up_s)
         return Decision(op, n, why), replace(new_state, load_ref=state.load_ref, trend_per_s=state.trend_per_s,
                                              work_ref=state.work_ref, work_trend_per_s=state.work_trend_per_s,
-                                             fleet_changed_s=state.fleet_changed_s)
+                                             fleet_changed_s=state.fleet_changed_s, peak_load=state.peak_load,
+                                             peak_load_s=state.peak_load_s)
 
     if current < lower:
         return out(lower, f"below lower bound {lower} (min {config.min_replicas}, "
@@ -458,7 +463,26 @@ def decide(
             work_trend += ((work - wref[1]) / dt - work_trend) * min(1.0, dt / config.spec.look_back_period_s)
         state = replace(state, work_ref=(now, work, float(signals.running_replicas)), work_trend_per_s=work_trend,
                         fleet_changed_s=changed)
-    return guard(assess(signals, config, trend, work_trend), signals, config, state, now)
+    assessment, state = remember_peak(assess(signals, config, trend, work_trend), config, state, now)
+    return guard(assessment, signals, config, state, now)
+
+
+def remember_peak(assessment: Assessment, config: PolicyConfig, state: PolicyState,
+                  now: float) -> tuple[Assessment, PolicyState]:
+    """Burst memory (`burst_memory_s`): the fewest replicas kept is at least `burst_memory_share` of
+    the most the load asked for within the last `burst_memory_s`, so a burst shorter than a cold
+    start finds the replicas the last one needed. The peak is the load's own (`load_replicas`), not
+    a breach step's."""
+    spec = config.spec
+    if spec.burst_memory_s <= 0:
+        return assessment, state
+    load = float(assessment.load_replicas)
+    if state.peak_load_s is None or load >= state.peak_load or now - state.peak_load_s > spec.burst_memory_s:
+        state = replace(state, peak_load=load, peak_load_s=now)
+    floor = math.ceil(spec.burst_memory_share * state.peak_load - 1e-9)
+    if floor <= assessment.down_replicas:
+        return assessment, state
+    return replace(assessment, down_replicas=floor), state
 
 
 def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str,

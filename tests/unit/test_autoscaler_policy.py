@@ -22,6 +22,7 @@ from corral.autoscaler.policy import (
     itl_model_work,
     model_replicas,
     packing_target,
+    remember_peak,
     signals_from_context,
 )
 from corral.cluster.spec import parse_fleet
@@ -60,6 +61,8 @@ def configs(draw):
         itl_model_share=draw(st.one_of(st.just(0.0), st.floats(0, 1))),
         itl_model_horizon_s=draw(st.floats(0, 300)),
         backlog_drain_s=draw(st.one_of(st.just(0.0), st.floats(1, 600))),
+        burst_memory_s=draw(st.one_of(st.just(0.0), st.floats(1, 1800))),
+        burst_memory_share=draw(st.floats(0, 1)),
     )
     return PolicyConfig(spec=spec, min_replicas=lo, max_replicas=hi, max_num_seqs=draw(st.integers(1, 256)))
 
@@ -555,3 +558,30 @@ def test_demand_sizing_costs_the_arriving_requests_and_drains_the_backlog():
     assert demand_replicas(replace_sig(sig, prompt_tokens_per_s=None), cfg, 3.0, 0.0) is None
     assert demand_replicas(replace_sig(sig, requests_per_s=0.0), cfg, 3.0, 0.0) is None
     assert assess(replace_sig(sig, requests_per_s=0.0), cfg).load_replicas == 7
+
+
+def test_burst_memory_keeps_the_peak_the_load_asked_for_until_it_is_older_than_the_memory():
+    spec = AutoscalingSpec(target_ongoing_requests=3, trend_horizon_s=0, downscale_hysteresis=0.0, upscale_delay_s=0,
+                           downscale_delay_s=0, cold_start_s=0, slo_packing_itl_share=0.0, burst_memory_s=600)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=64, max_num_seqs=8)
+
+    def load(ongoing: float, current: int) -> Signals:
+        return Signals(running_replicas=current, target_replicas=current, ongoing_requests=ongoing)
+
+    burst, state = decide(load(30.0, 2), cfg, PolicyState(), 0.0)
+    assert burst.replicas == 10 and state.peak_load == 10 and state.peak_load_s == 0.0
+    # 100 s later the load asks for 2: the 10 the burst needed stay.
+    quiet, state = decide(load(6.0, 10), cfg, state, 100.0)
+    assert quiet.operator == "hold" and quiet.replicas == 10 and state.peak_load == 10
+    # Without the memory the same quiet load starts the scale-down (a quarter per step).
+    off = PolicyConfig(spec=spec.model_copy(update={"burst_memory_s": 0.0}), max_replicas=64, max_num_seqs=8)
+    assert decide(load(6.0, 10), off, PolicyState(), 100.0)[0].replicas == 8
+    # Once the peak is older than burst_memory_s, the quiet load is the new peak and the fleet shrinks.
+    later, state = decide(load(6.0, 10), cfg, state, 700.0)
+    assert later.operator == "scale_down" and later.replicas == 8 and state.peak_load == 2
+    # A share of the peak: the floor on the way down is half of it.
+    half = PolicyConfig(spec=spec.model_copy(update={"burst_memory_share": 0.5}), max_replicas=64, max_num_seqs=8)
+    a, kept = remember_peak(assess(load(6.0, 10), half), half, PolicyState(peak_load=10, peak_load_s=0.0), 100.0)
+    assert a.down_replicas == 5 and kept.peak_load == 10
+    # The state survives Serve's policy_state round trip.
+    assert PolicyState.from_dict(state.to_dict()) == state
