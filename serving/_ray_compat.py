@@ -7,6 +7,9 @@ a Ray upgrade is a change to this file, and `tests/unit/test_ray_compat.py` name
 that moved. Nothing here is imported until it is used, so importing this module costs nothing
 (the autoscaler simulator runs without Ray installed).
 
+It also holds the one private torch call corral makes (`torch_amx_tile_supported`): the check
+vLLM's CPU attention decides its kernel with.
+
 Private classes and constants are resolved on attribute access (`from corral.serving._ray_compat
 import ChatCompletionRequest`); private functions are wrapped by functions of the same arguments.
 """
@@ -250,3 +253,21 @@ def apply_delay_logic(desired_num_replicas: int, curr_target_num_replicas: int, 
     result: tuple[int, dict[str, Any]] = resolve(_POLICY, "_apply_delay_logic")(
         desired_num_replicas, curr_target_num_replicas, config, policy_state, _now=_now)
     return result
+
+
+def torch_amx_tile_supported(timeout_s: float = 120.0) -> bool | None:
+    """Whether this machine lets torch use AMX tiles: `torch.cpu._is_amx_tile_supported()`, the
+    check vLLM 0.32's CPU attention takes its AMX kernel on (vllm/v1/attention/backends/cpu_attn.py
+    `_get_attn_isa`); it needs the CPU's tiles and the kernel's permission to use them. Asked in a
+    child interpreter so that the caller does not import torch. None when torch cannot answer
+    (not installed, the private function moved, no answer within `timeout_s`)."""
+    import subprocess
+    import sys
+
+    code = "import torch; print(int(bool(torch.cpu._is_amx_tile_supported())))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    answer = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
+    return answer[0] == "1" if answer and answer[0] in ("0", "1") else None

@@ -24,7 +24,6 @@ def apply_fleet(path: str | Path | None, timeout_s: float = 900, prometheus: boo
     from corral.serving.local import (
         LocalCluster,
         cpu_dtype_check,
-        cpu_flags,
         memory_check,
         parallelism_check,
         prepare_models,
@@ -35,7 +34,7 @@ def apply_fleet(path: str | Path | None, timeout_s: float = 900, prometheus: boo
     cluster = LocalCluster()
     prepare_models(fleet, say)
     parallelism_check(fleet, cluster.home, say)
-    cpu_dtype_check(fleet, cpu_flags(), say)
+    cpu_dtype_check(fleet, say=say)
     memory_check(fleet, running=cluster.ray_running() and cluster.app_status(fleet.name) is not None)
     if cluster.start_ray(fleet):
         say("started a local Ray head")

@@ -25,6 +25,7 @@ import requests
 
 from corral.cluster.models import ModelError, corral_home, prepare, verify
 from corral.cluster.spec import FleetSpec
+from corral.serving import _ray_compat
 from corral.serving.app import serve_config
 
 DASHBOARD_PORT = 8265
@@ -253,7 +254,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_dtype_check(fleet: FleetSpec, flags: frozenset[str], say: Callable[[str], None] | None = None) -> list[str]:
+def amx_tiles() -> bool:
+    """Whether vLLM's CPU attention takes its AMX kernel on this machine: torch's own check (what
+    vLLM asks, `_ray_compat.torch_amx_tile_supported`), else the CPU's `amx_tile` flag."""
+    usable = _ray_compat.torch_amx_tile_supported()
+    return "amx_tile" in cpu_flags() if usable is None else usable
+
+
+def cpu_dtype_check(fleet: FleetSpec, amx: Callable[[], bool] = amx_tiles,
+                    say: Callable[[str], None] | None = None) -> list[str]:
     """Warn about CPU arms that vLLM would run through its AMX attention kernel.
 
     On device=cpu, vLLM 0.32 computes attention with its AMX kernel whenever the dtype is bfloat16
@@ -262,12 +271,13 @@ def cpu_dtype_check(fleet: FleetSpec, flags: frozenset[str], say: Callable[[str]
     CPU with AMX that kernel gave SmolLM2-135M wrong answers at temperature 0 ("What is the capital
     of France?" -> "L'Etoile, la Marseillaise, ..."), where the same weights answer "Paris" in
     vLLM with float32 and in transformers with bfloat16. Warned, not refused: the answers are
-    still served, and other models may be right."""
-    if fleet.cluster.device != "cpu" or "amx_tile" not in flags:
+    still served, and other models may be right. `amx` (asked only when a CPU arm is bf16 or
+    `auto`) says whether vLLM would take that kernel here."""
+    arms = [arm for arm in fleet.arms if arm.engine.dtype in ("auto", "bfloat16")]
+    if fleet.cluster.device != "cpu" or not arms or not amx():
         return []
     notes = [f"arms[{arm.name}].engine.dtype={arm.engine.dtype}: on this CPU (AMX) vLLM's CPU attention takes its "
-             "AMX kernel for bfloat16, which gave SmolLM2 wrong answers; dtype float32 avoids it"
-             for arm in fleet.arms if arm.engine.dtype in ("auto", "bfloat16")]
+             "AMX kernel for bfloat16, which gave SmolLM2 wrong answers; dtype float32 avoids it" for arm in arms]
     if say is not None:
         for note in notes:
             say(f"warning: {note}")

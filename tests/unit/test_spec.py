@@ -181,14 +181,34 @@ def _dtype_fleet(device, *dtypes):
 
 def test_up_warns_about_bf16_cpu_arms_only_on_a_cpu_with_amx():
     """vLLM 0.32 takes its AMX attention kernel for bf16 (and `auto`) on a CPU with AMX tiles
-    (vllm/v1/attention/backends/cpu_attn.py _get_attn_isa); the check names each such arm."""
-    said = []
+    (vllm/v1/attention/backends/cpu_attn.py _get_attn_isa); the check names each such arm, and asks
+    whether AMX is usable only when a CPU arm is bf16 or auto."""
+    said, asked = [], []
+
+    def amx(answer: bool):
+        return lambda: asked.append(answer) or answer
+
     fleet = _dtype_fleet("cpu", "bfloat16", "auto", "float32")
-    notes = cpu_dtype_check(fleet, frozenset({"avx512f", "amx_tile", "amx_bf16"}), said.append)
+    notes = cpu_dtype_check(fleet, amx(True), said.append)
     assert [n.split(":")[0] for n in notes] == ["arms[a0].engine.dtype=bfloat16", "arms[a1].engine.dtype=auto"]
     assert said == [f"warning: {n}" for n in notes]
-    assert cpu_dtype_check(fleet, frozenset({"avx2", "avx512f"})) == []  # no AMX: the vector kernels
-    assert cpu_dtype_check(_dtype_fleet("gpu", "bfloat16"), frozenset({"amx_tile"})) == []  # GPU arms
+    assert cpu_dtype_check(fleet, amx(False)) == []  # no AMX: the vector kernels
+    asked.clear()
+    assert cpu_dtype_check(_dtype_fleet("gpu", "bfloat16"), amx(True)) == []  # GPU arms
+    assert cpu_dtype_check(_dtype_fleet("cpu", "float32"), amx(True)) == []  # float32 only
+    assert asked == []  # nothing to warn about: torch is not asked
+
+
+def test_amx_check_asks_what_vllm_asks():
+    """torch's AMX check (run in a child interpreter) can only say yes where the CPU has the tiles."""
+    from corral.serving import _ray_compat
+    from corral.serving.local import amx_tiles, cpu_flags
+
+    usable = _ray_compat.torch_amx_tile_supported()
+    assert usable in (True, False, None)
+    if usable:
+        assert "amx_tile" in cpu_flags()
+    assert amx_tiles() == (usable if usable is not None else "amx_tile" in cpu_flags())
 
 
 def test_request_logging_is_forced_off_whatever_the_spec_says():
