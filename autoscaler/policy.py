@@ -8,7 +8,8 @@ Layout (read top to bottom):
                   whether the arm is in trouble (SLO breach, growing queue, KV cache full).
 * `guard`         the one wrapper with every guardrail: bounds, rollout floor, delays,
                   hysteresis, cold start. Turns an assessment into a `Decision`.
-* `decide`        `guard(assess(...))`: pure function of (signals, config, state, now).
+* `remember_peak` burst memory: the fewest replicas kept never below a share of the recent peak.
+* `decide`        `guard(remember_peak(assess(...)))`: pure function of (signals, config, state, now).
 * `CorralAutoscalingPolicy`  what Ray Serve calls (`AutoscalingConfig.policy`): reads the
                   `AutoscalingContext`, calls `decide`, returns (replicas, policy_state).
 
@@ -130,9 +131,9 @@ class Assessment:
     breach: str | None
     """Why the arm is in trouble now (SLO breach, queue, KV cache), or None."""
     urgent_replicas: int
+    """Replicas wanted right away because of `breach` (0 when there is none)."""
     load_basis: str = ""
     """What sized `load_replicas`, for the decision's reason."""
-    """Replicas wanted right away because of `breach` (0 when there is none)."""
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,24 @@ def guard(
     return out(current, why, PolicyState(last_scale_up_s=state.last_scale_up_s))
 
 
+def remember_peak(assessment: Assessment, config: PolicyConfig, state: PolicyState,
+                  now: float) -> tuple[Assessment, PolicyState]:
+    """Burst memory (`burst_memory_s`): the fewest replicas kept is at least `burst_memory_share` of
+    the most the load asked for within the last `burst_memory_s`, so a burst shorter than a cold
+    start finds the replicas the last one needed. The peak is the load's own (`load_replicas`), not
+    a breach step's."""
+    spec = config.spec
+    if spec.burst_memory_s <= 0:
+        return assessment, state
+    load = float(assessment.load_replicas)
+    if state.peak_load_s is None or load >= state.peak_load or now - state.peak_load_s > spec.burst_memory_s:
+        state = replace(state, peak_load=load, peak_load_s=now)
+    floor = math.ceil(spec.burst_memory_share * state.peak_load - 1e-9)
+    if floor <= assessment.down_replicas:
+        return assessment, state
+    return replace(assessment, down_replicas=floor), state
+
+
 def decide(
     signals: Signals, config: PolicyConfig, state: PolicyState, now: float
 ) -> tuple[Decision, PolicyState]:
@@ -465,24 +484,6 @@ def decide(
                         fleet_changed_s=changed)
     assessment, state = remember_peak(assess(signals, config, trend, work_trend), config, state, now)
     return guard(assessment, signals, config, state, now)
-
-
-def remember_peak(assessment: Assessment, config: PolicyConfig, state: PolicyState,
-                  now: float) -> tuple[Assessment, PolicyState]:
-    """Burst memory (`burst_memory_s`): the fewest replicas kept is at least `burst_memory_share` of
-    the most the load asked for within the last `burst_memory_s`, so a burst shorter than a cold
-    start finds the replicas the last one needed. The peak is the load's own (`load_replicas`), not
-    a breach step's."""
-    spec = config.spec
-    if spec.burst_memory_s <= 0:
-        return assessment, state
-    load = float(assessment.load_replicas)
-    if state.peak_load_s is None or load >= state.peak_load or now - state.peak_load_s > spec.burst_memory_s:
-        state = replace(state, peak_load=load, peak_load_s=now)
-    floor = math.ceil(spec.burst_memory_share * state.peak_load - 1e-9)
-    if floor <= assessment.down_replicas:
-        return assessment, state
-    return replace(assessment, down_replicas=floor), state
 
 
 def _mean_metric(metrics: dict[str, dict[Any, float]] | None, name: str,
