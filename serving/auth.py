@@ -37,9 +37,15 @@ class Bucket:
         self.updated = now
 
     def wait_s(self, amount: float) -> float:
-        """Seconds until `amount` is available (0 if it is now)."""
+        """Seconds until `amount` is available (0 if it is now). A shortfall within float rounding
+        of the refill (`(t + 60) - t` need not be 60 exactly) is none: a client that waited the
+        Retry-After it was given is admitted."""
         missing = amount - self.level
-        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
+        return 0.0 if missing <= _ROUNDING else missing * 60.0 / self.capacity
+
+
+_ROUNDING = 1e-9
+"""Tokens of shortfall that are float rounding, not a limit."""
 
 
 @dataclass
