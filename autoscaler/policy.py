@@ -235,14 +235,15 @@ def demand_replicas(signals: Signals, config: PolicyConfig, target: float, risin
     arrive at the rate the replicas report prefilling plus `rising_per_s` (the growth of the
     requests in the system: what arrives is served or waits), each with the mean prompt and
     answer of the reported token rates. A prompt takes its tokens' engine time; an answer's
-    tokens a `1 / target` share of a decode step of `target` sequences. None when off or a rate
-    is not reported."""
+    tokens a `1 / target` share of a decode step of `target` sequences. None when off, a rate is
+    not reported, or fewer than one request was prefilled in `look_back_period_s` (the token rates
+    then say nothing about a request's length)."""
     spec = config.spec
     rates = (signals.requests_per_s, signals.prompt_tokens_per_s, signals.output_tokens_per_s)
     if spec.backlog_drain_s <= 0 or spec.engine_per_decode_seq_s <= 0 or any(r is None for r in rates):
         return None
     done, prompt_tokens, output_tokens = (max(0.0, r or 0.0) for r in rates)
-    if done <= 0:
+    if done * spec.look_back_period_s < 1.0:
         return None
     decode_step_s = spec.engine_base_s + spec.engine_per_decode_seq_s * target
     per_request_s = (prompt_tokens * spec.engine_per_prefill_token_s + output_tokens * decode_step_s / target) / done

@@ -221,6 +221,13 @@ class AutoscalingSpec(BaseModel):
             raise ValueError(f"kv_cache_high is a share of the KV cache, in (0, 1]; got {v!r}")
         return v
 
+    @field_validator("backlog_drain_s")
+    @classmethod
+    def _drain(cls, v: float) -> float:
+        if v != 0 and not v >= 1:
+            raise ValueError(f"backlog_drain_s is 0 (off) or at least 1 second, got {v!r}")
+        return v
+
     @field_validator("replica_floor")
     @classmethod
     def _floor(cls, v: int) -> int:

@@ -262,6 +262,9 @@ def test_rollout_floor_lifts_replicas_immediately():
         ("replica_floor", -1),
         ("policy", "fastest"),
         ("breach_upscale_proportional", "maybe"),
+        ("backlog_drain_s", 0.5),
+        ("burst_memory_s", -1),
+        ("burst_memory_share", 1.5),
     ],
 )
 def test_bad_settings_refused_naming_the_field(field, value):
@@ -557,6 +560,9 @@ def test_demand_sizing_costs_the_arriving_requests_and_drains_the_backlog():
     assert demand_replicas(sig, off, 3.0, 0.0) is None and assess(sig, off).load_replicas == 7
     assert demand_replicas(replace_sig(sig, prompt_tokens_per_s=None), cfg, 3.0, 0.0) is None
     assert demand_replicas(replace_sig(sig, requests_per_s=0.0), cfg, 3.0, 0.0) is None
+    # Fewer than one request prefilled in the 20 s look-back window: no request length to cost.
+    assert demand_replicas(replace_sig(sig, requests_per_s=0.04), cfg, 3.0, 0.0) is None
+    assert demand_replicas(replace_sig(sig, requests_per_s=0.05), cfg, 3.0, 0.0) is not None
     assert assess(replace_sig(sig, requests_per_s=0.0), cfg).load_replicas == 7
 
 
