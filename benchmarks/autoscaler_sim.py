@@ -17,7 +17,7 @@ writes one plot per workload (offered load; replicas vs load for each policy) to
     python benchmarks/autoscaler_sim.py OUT_DIR [--workloads a,b] [--targets 3,2.5,2] [--set FIELD=VALUE]
     (the committed runs: `nice -n 10 python benchmarks/autoscaler_sim.py OUT` and the same with `--targets 3,2.5,2`)
     python benchmarks/autoscaler_sim.py OUT --seed 5 --no-plots        (another held-out draw of every member)
-    python benchmarks/autoscaler_sim.py OUT --candidate NAME:FIELD=VALUE --candidate-draws judging \
+    python benchmarks/autoscaler_sim.py OUT --candidate NAME:FIELD=VALUE --candidate-draws judging
         --reference seed-0.json --reference seed-2.json ...          (a candidate on several draws)
 
 Candidate policy changes (`--candidate NAME:FIELD=VALUE,...`, with `--reference` a
