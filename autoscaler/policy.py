@@ -247,11 +247,16 @@ def demand_replicas(signals: Signals, config: PolicyConfig, target: float, risin
         return None
     decode_step_s = spec.engine_base_s + spec.engine_per_decode_seq_s * target
     per_request_s = (prompt_tokens * spec.engine_per_prefill_token_s + output_tokens * decode_step_s / target) / done
-    running = max(signals.running_replicas, 0)
-    queued = max(0.0, signals.queued_requests)
-    waiting = queued + max(0.0, signals.ongoing_requests - queued - running * config.max_num_seqs)
     arrivals = done + max(0.0, rising_per_s)
-    return (arrivals + waiting / spec.backlog_drain_s) * per_request_s
+    return (arrivals + waiting_requests(signals, config) / spec.backlog_drain_s) * per_request_s
+
+
+def waiting_requests(signals: Signals, config: PolicyConfig) -> float:
+    """Requests no batch is running: queued at the handles, or admitted by replicas beyond their
+    `max_num_seqs` (waiting inside the engine)."""
+    queued = max(0.0, signals.queued_requests)
+    running = max(signals.running_replicas, 0)
+    return queued + max(0.0, signals.ongoing_requests - queued - running * config.max_num_seqs)
 
 
 def itl_model_work(signals: Signals, config: PolicyConfig) -> float | None:
@@ -303,7 +308,6 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0,
     spec = config.spec
     ongoing = max(0.0, signals.ongoing_requests)
     running = max(signals.running_replicas, 0)
-    queued = max(0.0, signals.queued_requests)
     target = packing_target(signals, config)
     expected = ongoing + max(0.0, rising_per_s) * spec.trend_horizon_s
     load = math.ceil(expected / target - 1e-9)
@@ -328,9 +332,7 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0,
         now_need = itl_model_replicas(signals, config) or 0.0
         down = max(down, math.ceil(now_need / (1.0 - spec.downscale_hysteresis) - 1e-9))
 
-    # Requests admitted by replicas beyond their running batch wait inside the engine.
-    engine_waiting = max(0.0, ongoing - queued - running * config.max_num_seqs)
-    waiting_per_replica = (queued + engine_waiting) / max(running, 1)
+    waiting_per_replica = waiting_requests(signals, config) / max(running, 1)
 
     breach = None
     over_slo = None  # p95 / SLO on a latency breach

@@ -107,21 +107,23 @@ class AutoscalingSpec(BaseModel):
     backlog_drain_s: float = 0.0
     """Demand sizing: size the arm for the requests arriving, not the requests in the system. The
     arrival rate is what the replicas report prefilling per second plus the growth of the requests
-    in the system (conservation: what arrives is served or waits); each request holds a replica's
-    batch slot for its prompt and its answer on the engine model at the batch target (prompt and
-    answer lengths from the reported token rates), so by Little's law the replicas are
-    `arrivals x service time / target`. The requests waiting (at the handles or beyond an engine's
-    batch) are a backlog to drain within this many seconds: they add `backlog x service time /
-    (target x backlog_drain_s)` replicas, instead of one replica per `target` waiting requests,
-    which asks for replicas a burst's queue no longer needs once they have started. Acts only with
-    the engine model and the work rates reported. 0 = off: size by requests in the system (the
-    default: on the simulated workload family it saved replica-seconds and lost attainment on the
-    bursty members, whose first burst then finds fewer replicas held; README)."""
+    in the system (conservation: what arrives is served or waits); a request costs its engine time
+    on the engine model (its prompt tokens at `engine_per_prefill_token_s`, its answer tokens each a
+    `1 / target` share of a decode step of `target` sequences; lengths from the reported token
+    rates), and the replicas are the engine-seconds per second the arrivals need. The requests
+    waiting (at the handles or beyond an engine's batch) are a backlog drained within this many
+    seconds: `backlog / backlog_drain_s` more arrivals per second, instead of one replica per
+    `target` waiting requests, which asks for replicas a burst's queue no longer needs once they
+    have started. Acts only with the engine model, the work rates reported and at least one request
+    prefilled in `look_back_period_s`; otherwise, and at 0, the arm is sized by requests in the system
+    (0, off, is the default: on the simulated workload family it saved replica-seconds and lost
+    attainment on the bursty members, whose first burst then finds fewer replicas held; README).
+    0 or at least 1 s."""
     burst_memory_s: float = 0.0
     """Burst memory: keep at least `burst_memory_share` of the most replicas the load asked for
     within this many seconds. A burst shorter than a cold start is served by the replicas already
     running when it comes, so an arm that has seen one keeps what it needed for a while.
-    0 = off (the default: on the simulated workload family it bought 2-8 points on five members and
+    0 = off (the default: on the simulated workload family it bought 1.7-8 points on five members and
     cost the others replica-seconds or attainment, README)."""
     burst_memory_share: float = 1.0
     """With `burst_memory_s`, the share of the remembered peak kept (0-1)."""
@@ -192,7 +194,7 @@ class AutoscalingSpec(BaseModel):
 
     @field_validator("upscale_delay_s", "downscale_delay_s", "cold_start_s", "queue_per_replica_trigger",
                      "trend_horizon_s", "prefill_tokens_per_s", "engine_base_s", "engine_per_decode_seq_s",
-                     "engine_per_prefill_token_s", "itl_model_horizon_s", "backlog_drain_s", "burst_memory_s")
+                     "engine_per_prefill_token_s", "itl_model_horizon_s", "burst_memory_s")
     @classmethod
     def _non_negative(cls, v: float, info: ValidationInfo) -> float:
         if not v >= 0:
