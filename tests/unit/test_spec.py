@@ -199,16 +199,19 @@ def test_up_warns_about_bf16_cpu_arms_only_on_a_cpu_with_amx():
     assert asked == []  # nothing to warn about: torch is not asked
 
 
-def test_amx_check_asks_what_vllm_asks():
-    """torch's AMX check (run in a child interpreter) can only say yes where the CPU has the tiles."""
-    from corral.serving import _ray_compat
-    from corral.serving.local import amx_tiles, cpu_flags
+def test_amx_check_asks_what_vllm_asks(monkeypatch):
+    """torch's AMX check (run in a child interpreter) can only say yes where the CPU has the tiles;
+    torch's answer decides, and the CPU's flag only where torch cannot answer."""
+    from corral.serving import _ray_compat, local
 
-    usable = _ray_compat.torch_amx_tile_supported()
-    assert usable in (True, False, None)
-    if usable:
-        assert "amx_tile" in cpu_flags()
-    assert amx_tiles() == (usable if usable is not None else "amx_tile" in cpu_flags())
+    if _ray_compat.torch_amx_tile_supported():
+        assert "amx_tile" in local.cpu_flags()
+    monkeypatch.setattr(local, "cpu_flags", lambda: frozenset({"avx512f", "amx_tile"}))
+    for torch_says, expected in ((False, False), (True, True), (None, True)):
+        monkeypatch.setattr(_ray_compat, "torch_amx_tile_supported", lambda answer=torch_says: answer)
+        assert local.amx_tiles() is expected
+    monkeypatch.setattr(local, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert local.amx_tiles() is False  # torch cannot answer, no tiles in the flags
 
 
 def test_request_logging_is_forced_off_whatever_the_spec_says():
