@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "autoscaler_sim",
         "goal": S.GOAL_TEXT,
         "curve": curve.name, "knee_batch": knee, "cold_start_s": args.cold_start_s,
-        "max_num_seqs": args.max_num_seqs, "slo": {"ttft_s": args.ttft_slo_s, "itl_s": args.itl_slo_s},
+        "duration_s": args.duration_s, "max_num_seqs": args.max_num_seqs, "slo": {"ttft_s": args.ttft_slo_s, "itl_s": args.itl_slo_s},
         "spec_overrides": overrides,
         "protocol": ((f"one setting per policy: the cheapest batch target in {grid} meeting the attainment bar "
                       f"on every tuning member {tuning_names} (seed {TUNING_SEED})" if args.targets else

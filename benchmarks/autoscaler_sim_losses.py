@@ -11,14 +11,19 @@ reference oracle, and reports:
   that moment) or not;
 * the replica-seconds above and below the oracle's plan (target replicas, second by second) and
   the peak target of each;
-* the **reactive reference**: the oracle's plan without foresight (`OraclePolicy` planned with no cold start ahead: at
-  each moment it asks for what the load of the next `window_s` needs, knowing that load exactly,
-  and the replicas serve a cold start later), at several headrooms (multiples of the reference
-  oracle's headroom on that member). It knows the present load exactly but holds no replica
-  longer than the load needs it (no memory, unlike corral's delays and hysteresis), so it is a
-  reference for what knowing the current rate buys, not a bound.
+* the **reactive reference** (`ReactivePolicy`): the oracle's plan without its foresight: at
+  each moment it asks for what the next `window_s` (10 s) of load needs, knowing that load exactly,
+  times a headroom (multiples of the reference oracle's headroom on that member), keeps the
+  highest of those asks for a memory of M seconds, and the replicas it adds serve a cold start
+  later. Over the grid of headrooms x memories it traces what sizing from the load seen so far
+  can trade: per member, the best attainment at <= 1.15x the oracle's replica-seconds and the
+  fewest replica-seconds reaching the goal's attainment bar (`reactive_frontier`). It knows
+  more than any real policy (the present load without lag, 10 s ahead) but not when the next
+  burst starts; where no point of the grid meets the bar within 1.15x, meeting the goal there
+  takes foresight of the bursts (or a reference that has none).
 
-    python benchmarks/autoscaler_sim_losses.py REFERENCE_RESULT_JSON [--workloads a,b] [--headrooms 1,1.5,2,3,4] [--out FILE]
+    python benchmarks/autoscaler_sim_losses.py REFERENCE_RESULT_JSON [--workloads a,b] [--headrooms 1,1.5,2,3,4]
+        [--memories 0,60,180,300,600,1200] [--out FILE]
 """
 
 from __future__ import annotations
@@ -44,11 +49,40 @@ def per_second(timeline: dict[str, list[float]], key: str, end_s: float) -> np.n
     return v[idx]
 
 
+def frontier(points: list[dict], bar: float, corral: dict, cost_cap: float | None = None) -> dict:
+    """What a grid of reactive plans reaches on one member, against the goal's attainment bar
+    and cost cap (replica-seconds vs the oracle's): the best attainment within the cap, the
+    cheapest point at the bar, corral's replica-seconds against that cheapest point, and the
+    cheapest point at least as good as corral on both (None: corral is on or beyond the grid's
+    frontier)."""
+    from corral.autoscaler.sim.evaluate import GOAL_COST_VS_ORACLE
+
+    cap = GOAL_COST_VS_ORACLE if cost_cap is None else cost_cap
+    within = [p for p in points if p["replica_seconds_vs_oracle"] <= cap]
+    at_bar = [p for p in points if p["slo_attainment"] >= bar]
+    best = max(within, key=lambda p: (p["slo_attainment"], -p["replica_seconds_vs_oracle"]), default=None)
+    cheapest = min(at_bar, key=lambda p: (p["replica_seconds_vs_oracle"], -p["slo_attainment"]), default=None)
+    as_good = [p for p in points if p["slo_attainment"] >= corral["slo_attainment"]
+               and p["replica_seconds_vs_oracle"] <= corral["replica_seconds_vs_oracle"]]
+    dominating = min(as_good, key=lambda p: (p["replica_seconds_vs_oracle"], -p["slo_attainment"]), default=None)
+    return {
+        "attainment_bar": round(bar, 5), "cost_cap_vs_oracle": cap,
+        "meets_bar_within_cap": bool(best is not None and best["slo_attainment"] >= bar),
+        "best_within_cap": best, "cheapest_at_bar": cheapest,
+        "corral_replica_seconds_vs_cheapest_at_bar": (
+            round(corral["replica_seconds_vs_oracle"] / cheapest["replica_seconds_vs_oracle"], 3) if cheapest else None),
+        "corral_meets_bar": corral["slo_attainment"] >= bar,
+        "cheapest_as_good_as_corral": dominating,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("reference", help="a result.json of benchmarks/autoscaler_sim.py (its judging draws)")
     ap.add_argument("--workloads", default=None)
     ap.add_argument("--headrooms", default="1,1.5,2,3,4", help="headrooms of the reactive bound's plan, as multiples of the oracle's")
+    ap.add_argument("--memories", default="0",
+                    help="memories of the reactive reference (s): how long it keeps the highest replicas the load asked for")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -73,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
               "engine_per_prefill_token_s": curve.step.per_prefill_token_s}  # as the benchmark sets them
     spec = AutoscalingSpec(target_ongoing_requests=knee, ttft_p95_s=sim.ttft_slo_s, itl_p95_s=sim.itl_slo_s,
                            cold_start_s=sim.cold_start_s, **engine, **ref.get("spec_overrides", {}))
-    fam = family()
+    fam = family(ref.get("duration_s", 1800.0))  # the length of the reference's generated members
     names = args.workloads.split(",") if args.workloads else list(ref["workloads"])
     headrooms = [float(h) for h in args.headrooms.split(",")]
+    memories = [float(m) for m in args.memories.split(",")]
     t0, out = time.time(), {}
     for name in names:
         r = ref["workloads"][name]
@@ -114,12 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         bound = []
         for h in headrooms:
-            pol = S.OraclePolicy(requests, curve, knee, 0.0, headroom=h * r["oracle_headroom"])
-            cfg = S.serve_config(sim.min_replicas, sim.max_replicas, init, knee, 0.0, 0.0, sim.look_back_period_s)
-            res = S.simulate(requests, pol, cfg, msim, curve, f"reactive(x{h:g})")
-            bound.append({"headroom": h, "slo_attainment": round(res.slo_attainment, 5),
-                          "replica_seconds_vs_oracle": round(res.replica_seconds / oracle.replica_seconds, 3)})
+            for memory_s in memories:
+                pol = S.ReactivePolicy(requests, curve, knee, headroom=h * r["oracle_headroom"], memory_s=memory_s)
+                cfg = S.serve_config(sim.min_replicas, sim.max_replicas, init, knee, 0.0, 0.0, sim.look_back_period_s)
+                res = S.simulate(requests, pol, cfg, msim, curve, f"reactive(x{h:g}, {memory_s:g}s)")
+                bound.append({"headroom": h, "memory_s": memory_s, "slo_attainment": round(res.slo_attainment, 5),
+                              "replica_seconds_vs_oracle": round(res.replica_seconds / oracle.replica_seconds, 3)})
         row["reactive_reference"] = bound
+        row["reactive_frontier"] = frontier(bound, S.attainment_bar(r["feasible_attainment"]), row["corral"])
         out[name] = row
         log(f"{name} ({time.time() - t0:.0f}s): {json.dumps(row)}")
     seeds = sorted({ref["workloads"][n].get("seed", JUDGE_SEED) for n in names})

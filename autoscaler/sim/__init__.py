@@ -24,6 +24,7 @@ from corral.autoscaler.sim.evaluate import (
 from corral.autoscaler.sim.policies import (
     OraclePolicy,
     PolicyFn,
+    ReactivePolicy,
     ideal_concurrency,
     ray_default_policy,
     serve_config,
@@ -35,7 +36,7 @@ from corral.autoscaler.sim.workload import DEFAULT_TRACE, Request, load_trace, w
 
 __all__ = [
     "CURVES_DIR", "DEFAULT_TRACE", "GOAL_ATTAINMENT", "GOAL_COST_VS_ORACLE", "GOAL_TEXT", "LatencyCurve",
-    "OraclePolicy", "PolicyFn", "Request", "SimConfig", "SimResult", "attainment_bar", "calibrated_oracle",
+    "OraclePolicy", "PolicyFn", "ReactivePolicy", "Request", "SimConfig", "SimResult", "attainment_bar", "calibrated_oracle",
     "ideal_concurrency", "judge", "load_trace", "ray_default_policy", "run_oracle", "serve_config",
     "serve_controller_step", "simulate", "window",
 ]

@@ -98,3 +98,26 @@ class OraclePolicy:
 
     def initial(self) -> int:
         return int(self.plan[0])
+
+
+class ReactivePolicy(OraclePolicy):
+    """The oracle's plan without its foresight: at each moment it asks for what the present
+    load needs (the ideal in-service count over the next `window_s`, known exactly, x
+    `headroom`), and keeps the highest of those asks for `memory_s` after it; the replicas it
+    adds serve a cold start later, as any policy's. Run with Serve delays 0.
+
+    A reference for what any policy that sizes from the load it has seen can reach: it knows
+    that load exactly, with no measurement lag and `window_s` of foresight, and its two knobs
+    (spare capacity, how long to keep replicas a burst asked for) are what such a policy
+    trades attainment for replica-seconds with. It cannot know when the next burst starts."""
+
+    def __init__(self, requests: list[Request], curve: LatencyCurve, target_ongoing: float, window_s: float = 10.0,
+                 step_s: float = 1.0, headroom: float = 1.0, memory_s: float = 0.0):
+        super().__init__(requests, curve, target_ongoing, 0.0, window_s=window_s, step_s=step_s, headroom=headroom)
+        if memory_s < 0:
+            raise ValueError(f"memory_s must be >= 0, got {memory_s}")
+        self.memory_s = memory_s
+        keep = int(memory_s / step_s)
+        if keep:
+            padded = np.concatenate([np.full(keep, self.plan[0]), self.plan])
+            self.plan = np.lib.stride_tricks.sliding_window_view(padded, keep + 1).max(axis=1)

@@ -112,3 +112,43 @@ def test_draws_summary_counts_each_draw_once_and_the_trace_once(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(refs[0]))
     with pytest.raises(SystemExit):  # the same draws twice would count one draw two times
         autoscaler_sim_draws.main([str(tmp_path / "r.json")] * 2)
+
+
+def test_losses_rerun_the_reference_draw_and_trace_the_reactive_frontier(tmp_path, capsys):
+    import autoscaler_sim_losses
+
+    assert autoscaler_sim.main([str(tmp_path), "--workloads", "decode-heavy", "--tuning", "decode-heavy",
+                                "--duration-s", "120", "--no-plots"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    out = tmp_path / "losses.json"
+    assert autoscaler_sim_losses.main([str(tmp_path / "result.json"), "--headrooms", "1,2", "--memories", "0,60",
+                                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    row, member = report["workloads"]["decode-heavy"], ref["workloads"]["decode-heavy"]
+    # The same draw and oracle as the reference: corral's figures are the reference's.
+    assert row["corral"]["slo_attainment"] == round(member["policies"]["corral"]["slo_attainment"], 5)
+    assert row["oracle"]["replica_seconds"] == round(member["policies"]["oracle"]["replica_seconds"])
+    grid = row["reactive_reference"]
+    assert [(p["headroom"], p["memory_s"]) for p in grid] == [(1, 0), (1, 60), (2, 0), (2, 60)]
+    # Memory and headroom only add replicas: never fewer replica-seconds than without them.
+    by = {(p["headroom"], p["memory_s"]): p for p in grid}
+    assert by[(1, 60)]["replica_seconds_vs_oracle"] >= by[(1, 0)]["replica_seconds_vs_oracle"]
+    assert by[(2, 0)]["replica_seconds_vs_oracle"] >= by[(1, 0)]["replica_seconds_vs_oracle"]
+    assert row["reactive_frontier"] == autoscaler_sim_losses.frontier(grid, S.attainment_bar(member["feasible_attainment"]),
+                                                                      row["corral"])
+
+
+def test_reactive_frontier_reads_the_grid_against_the_bar_and_the_cap():
+    from autoscaler_sim_losses import frontier
+
+    grid = [{"headroom": 1, "memory_s": 0, "slo_attainment": 0.95, "replica_seconds_vs_oracle": 1.0},
+            {"headroom": 1, "memory_s": 300, "slo_attainment": 0.985, "replica_seconds_vs_oracle": 1.1},
+            {"headroom": 2, "memory_s": 0, "slo_attainment": 0.992, "replica_seconds_vs_oracle": 1.6},
+            {"headroom": 2, "memory_s": 300, "slo_attainment": 0.999, "replica_seconds_vs_oracle": 2.2}]
+    f = frontier(grid, 0.99, {"slo_attainment": 0.98, "replica_seconds_vs_oracle": 1.8})
+    assert not f["meets_bar_within_cap"] and f["best_within_cap"] == grid[1] and f["cheapest_at_bar"] == grid[2]
+    assert f["corral_replica_seconds_vs_cheapest_at_bar"] == 1.125 and not f["corral_meets_bar"]
+    assert f["cheapest_as_good_as_corral"] == grid[1]  # more attainment at fewer replica-seconds than corral
+    f = frontier(grid, 0.98, {"slo_attainment": 0.99, "replica_seconds_vs_oracle": 1.05})
+    assert f["meets_bar_within_cap"] and f["best_within_cap"] == grid[1]
+    assert f["cheapest_as_good_as_corral"] is None and f["corral_meets_bar"]  # corral beyond the grid's frontier

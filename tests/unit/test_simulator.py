@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 
 from corral.autoscaler import sim as S
@@ -156,6 +157,35 @@ def test_calibrated_oracle_records_what_is_feasible():
     o = S.calibrated_oracle(reqs, S.LatencyCurve.default(), sim, 4, steps=3)
     assert o.feasible_attainment is not None and o.feasible_attainment >= o.slo_attainment
     assert o.policy.startswith("oracle(x")
+
+
+def test_reactive_reference_knows_only_the_load_so_far_and_keeps_its_peak_for_its_memory():
+    # A burst of 16 arrivals a second from t=100 to t=160 (each request ~1 s: 100 steps of 10 ms)
+    # on a quiet load of one request every 10 s.
+    quiet = [S.Request(float(t), 10, 100) for t in range(0, 400, 10)]
+    burst = [S.Request(100 + i / 16, 10, 100) for i in range(60 * 16)]
+    reqs = sorted(quiet + burst, key=lambda r: r.arrival_s)
+    plain = S.ReactivePolicy(reqs, FLAT, 4, window_s=0)
+    held = S.ReactivePolicy(reqs, FLAT, 4, window_s=0, memory_s=120)
+    oracle = S.OraclePolicy(reqs, FLAT, 4, cold_start_s=30, window_s=0)
+    conc = S.ideal_concurrency(reqs, FLAT, 4, 1.0, max(r.arrival_s for r in reqs) + 600)
+    # The burst keeps 32-36 requests in service (in whole-second bins): 8-9 replicas at 4 each.
+    assert plain.plan[50] == 1 and all(8 <= n <= 9 for n in plain.plan[101:160])
+    assert all(n == np.ceil(c / 4) for n, c in zip(plain.plan[:300], conc[:300]))
+    # Causal: the plan up to t=99 is the same whether or not the burst happens.
+    alone = S.ReactivePolicy(quiet, FLAT, 4, window_s=0, memory_s=120)
+    assert list(held.plan[:100]) == list(alone.plan[:100])
+    # The oracle asks a cold start ahead; the reactive plan only when the burst is there.
+    assert oracle.plan[75] >= 8 and plain.plan[99] <= 1 < plain.plan[100]
+    # After the burst (its last request ends at ~161 s) no memory drops at once; a memory keeps
+    # the highest ask of the last 120 s.
+    assert plain.plan[165] <= 1
+    assert all(held.plan[i] == plain.plan[max(0, i - 120): i + 1].max() for i in range(len(plain.plan)))
+    assert held.plan[270] == 9 and held.plan[279] == 8 and held.plan[285] <= 1
+    # Headroom multiplies the need before rounding up, as the oracle's.
+    assert S.ReactivePolicy(reqs, FLAT, 4, window_s=0, headroom=1.5).plan[130] == np.ceil(conc[130] * 1.5 / 4)
+    with pytest.raises(ValueError, match="memory_s"):
+        S.ReactivePolicy(reqs, FLAT, 4, memory_s=-1)
 
 
 def test_replicas_report_prompt_tokens_waiting_for_their_prefill():
