@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,7 @@ from corral.common.engine_model import (
 )
 from corral.loadtests.capacity import StagePoint, measured_lambda_star, stage_points
 from corral.loadtests.metrics import RequestRecord
+from corral.loadtests.planning import ITERATIONS_FILE
 from corral.loadtests.slo import parse_slo
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -291,7 +293,32 @@ def sweep(base_url: str, cfg: dict, out: Path, a: argparse.Namespace) -> None:
            "--seed", str(a.seed), "--progress-interval", "10", "--out", str(out)]
     if a.loadgen_cpus:
         cmd = ["taskset", "-c", a.loadgen_cpus, *cmd]
+    started = time.time()
     subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout stays pure JSON
+    if a.iterations_file:
+        kept = slice_iterations(Path(a.iterations_file), started, time.time(), out / ITERATIONS_FILE)
+        print(f"{cfg['label']}: {kept} engine iteration records", file=sys.stderr, flush=True)
+
+
+def slice_iterations(source: Path, start_unix: float, end_unix: float, dest: Path) -> int:
+    """Copy the engine iteration records written between `start_unix` and `end_unix` (their
+    `t_unix`) from the file every replica appends to (`CORRAL_ENGINE_ITERATIONS_FILE`) into a
+    sweep's results folder, where `corral plan capacity` reads them. The protocol's sweeps run one
+    at a time, each on its own arm, and an idle engine writes no records, so a sweep's window
+    holds its own arm's iterations. Returns how many were copied (the file is written only then)."""
+    if not source.exists():
+        return 0
+    lines = []
+    for line in source.read_text().splitlines():
+        try:
+            t = float(json.loads(line)["t_unix"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a replica being stopped mid-write
+        if start_unix <= t <= end_unix:
+            lines.append(line)
+    if lines:
+        dest.write_text("\n".join(lines) + "\n")
+    return len(lines)
 
 
 def live(a: argparse.Namespace) -> dict:
@@ -310,6 +337,10 @@ def live(a: argparse.Namespace) -> dict:
     deploy = bool(a.fleet) and not a.reuse
     if deploy:
         from corral.serving.fleet_ops import apply_fleet, stop_fleet
+        from corral.serving.llm_server import ITERATIONS_ENV
+
+        if a.iterations_file:  # the replicas append their engines' iterations there
+            os.environ[ITERATIONS_ENV] = str(Path(a.iterations_file).resolve())
 
         with contextlib.redirect_stdout(sys.stderr):
             stop_fleet()
@@ -345,7 +376,9 @@ def live(a: argparse.Namespace) -> dict:
                 continue
             p = planner.predict(c["replicas"], c["max_num_seqs"], c["input_tokens"], c["output_tokens"])
             mean = sum(lams[c["label"]]) / len(lams[c["label"]])
-            preds.append({"fit_sweep": d.name, "config": c["label"], "predicted_rps": p.lambda_star_rps,
+            preds.append({"fit_sweep": d.name, "fit_source": planner.fit_source, "engine_model": planner.engine.as_dict(),
+                          "fit_measured_rps": planner.lam.per_replica_rps * fit["replicas"],
+                          "config": c["label"], "predicted_rps": p.lambda_star_rps,
                           "replay_alone_rps": p.model_lambda_star_rps, "measured_rps": lams[c["label"]],
                           "error": (p.lambda_star_rps - mean) / mean, "warnings": p.warnings})
     errs = [p["error"] for p in preds]
@@ -353,6 +386,7 @@ def live(a: argparse.Namespace) -> dict:
     return {"benchmark": "capacity_accuracy", "mode": "mock" if a.mock else "live", "slo": a.slo,
             "fit": fit, "held_out": held, "blocks": a.blocks, "order": [c["label"] for _, c in blocks],
             "stage_s": a.duration, "warmup_s": a.warmup, "seed": a.seed, "loadgen_cpus": a.loadgen_cpus,
+            "iterations_file": a.iterations_file,
             "predictions": preds, "median_abs_error": statistics.median([abs(e) for e in errs]) if errs else None,
             "median_abs_error_95ci": [lo, hi]}
 
@@ -371,6 +405,10 @@ def main() -> int:
     p.add_argument("--blocks", type=int, default=2, help="A-B-B-A blocks (each measures every configuration once)")
     p.add_argument("--seed", type=int, default=0, help="one arrival seed for every configuration")
     p.add_argument("--loadgen-cpus", default=None, help="pin the load generator to these CPUs (taskset -c)")
+    p.add_argument("--iterations-file", default=None,
+                   help="the engines' iteration records (CORRAL_ENGINE_ITERATIONS_FILE; set for the replicas with "
+                        "--fleet): each sweep's are copied into its results folder, so the planner fits its step "
+                        "model to them (the arms need engine.extra enable_logging_iteration_details)")
     p.add_argument("--reuse", action="store_true", help="measure nothing: evaluate the sweeps already in --out")
     p.add_argument("--sweep-failures", type=int, default=2)
     p.add_argument("--duration", type=float, default=10)

@@ -362,3 +362,32 @@ def test_real_sweep_missing_the_slo_at_its_lowest_rate_is_refused():
     assert sweep["lambda_star_rps"] is None
     with pytest.raises(ValueError, match="missed already at the lowest measured rate"):
         measured_lambda_star(_real_sweep_points(sweep))
+
+
+def test_accuracy_protocol_gives_each_sweep_the_engine_records_of_its_window(tmp_path):
+    """benchmarks/capacity_accuracy.py --iterations-file: the replicas of every arm append to one
+    file; each sweep's folder gets the records written while it ran, which the planner reads."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from capacity_accuracy import slice_iterations
+
+    from corral.loadtests.planning import ITERATIONS_FILE, read_iterations
+
+    def row(i: int, t: float) -> str:
+        return json.dumps({"iteration_index": i, "num_ctx_requests": 1, "num_ctx_tokens": 16,
+                           "num_generation_requests": 2, "num_generation_tokens": 2, "elapsed_ms": 80.0 + i,
+                           "t_unix": t, "engine_idx": 0})
+
+    source = tmp_path / "all-iterations.jsonl"
+    source.write_text("\n".join([row(0, 99.0), row(1, 100.0), row(2, 150.5), row(3, 200.0), row(4, 200.1)])
+                      + '\n{"iteration_index": 5, "t_un')  # a replica stopped mid-write
+    sweep = tmp_path / "seqs8-block0"
+    sweep.mkdir()
+    assert slice_iterations(source, 100.0, 200.0, sweep / ITERATIONS_FILE) == 3
+    records = read_iterations(sweep / ITERATIONS_FILE)
+    assert records is not None and [round(r.step_s, 4) for r in records] == [0.081, 0.082, 0.083]
+    # A window with no records writes no file: the planner then reconstructs from client timings.
+    assert slice_iterations(source, 300.0, 400.0, tmp_path / "none.jsonl") == 0
+    assert not (tmp_path / "none.jsonl").exists()
+    assert slice_iterations(tmp_path / "missing.jsonl", 0.0, 1e12, tmp_path / "x.jsonl") == 0
