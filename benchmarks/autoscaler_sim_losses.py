@@ -24,6 +24,7 @@ reference oracle, and reports:
 
     python benchmarks/autoscaler_sim_losses.py REFERENCE_RESULT_JSON [--workloads a,b] [--headrooms 1,1.5,2,3,4]
         [--memories 0,60,180,300,600,1200] [--out FILE]
+    python benchmarks/autoscaler_sim_losses.py --summarize OUT1.json OUT2.json ...   (several draws, markdown)
 """
 
 from __future__ import annotations
@@ -76,15 +77,59 @@ def frontier(points: list[dict], bar: float, corral: dict, cost_cap: float | Non
     }
 
 
+def summarize(reports: list[dict]) -> str:
+    """Per member, over the draws of several outputs of this script: on how many draws some
+    reactive plan meets the attainment bar within the cost cap, the range of the best attainment
+    within the cap and of the fewest replica-seconds at the bar, corral's figures, and on how many
+    draws a point of the grid is as good as corral on both. The recorded trace's halves are the
+    same at every seed: counted once."""
+    def span(values: list[float], fmt: str) -> str:
+        if not values:
+            return "-"
+        lo, hi = fmt % min(values), fmt % max(values)
+        return lo if lo == hi else f"{lo}-{hi}"
+
+    rows = ["| workload | draws | a reactive plan meets the bar within the cap | its best attainment within the cap | "
+            "its fewest replica-s at the bar, vs oracle | corral | a reactive plan as good as corral on both |",
+            "|---|---|---|---|---|---|---|"]
+    names = list(dict.fromkeys(n for r in reports for n in r["workloads"]))
+    for name in names:
+        rows_of = [r["workloads"][name] for r in reports if name in r["workloads"]]
+        if name.startswith("conversation"):
+            rows_of = rows_of[:1]
+        fronts = [w["reactive_frontier"] for w in rows_of]
+        best = [100 * f["best_within_cap"]["slo_attainment"] for f in fronts if f["best_within_cap"]]
+        cheapest = [f["cheapest_at_bar"]["replica_seconds_vs_oracle"] for f in fronts if f["cheapest_at_bar"]]
+        never = len(fronts) - len(cheapest)
+        n = len(fronts)
+        rows.append(
+            f"| {name} | {n} | {sum(f['meets_bar_within_cap'] for f in fronts)} of {n} | {span(best, '%.1f%%')} | "
+            f"{span(cheapest, '%.2fx')}{f' (never on {never})' if never else ''} | "
+            f"{span([100 * w['corral']['slo_attainment'] for w in rows_of], '%.1f%%')} at "
+            f"{span([w['corral']['replica_seconds_vs_oracle'] for w in rows_of], '%.2fx')} | "
+            f"{sum(f['cheapest_as_good_as_corral'] is not None for f in fronts)} of {n} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("reference", help="a result.json of benchmarks/autoscaler_sim.py (its judging draws)")
+    ap.add_argument("reference", nargs="+",
+                    help="a result.json of benchmarks/autoscaler_sim.py (its judging draws); with --summarize, "
+                         "outputs of this script (one per draw)")
+    ap.add_argument("--summarize", action="store_true",
+                    help="measure nothing: sum the reactive frontiers of these outputs per member (markdown table)")
     ap.add_argument("--workloads", default=None)
     ap.add_argument("--headrooms", default="1,1.5,2,3,4", help="headrooms of the reactive bound's plan, as multiples of the oracle's")
     ap.add_argument("--memories", default="0",
                     help="memories of the reactive reference (s): how long it keeps the highest replicas the load asked for")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print(summarize([json.loads(open(f).read()) for f in args.reference]))
+        return 0
+    if len(args.reference) != 1:
+        ap.error("give one reference result.json (several only with --summarize)")
+    args.reference = args.reference[0]
     warnings.simplefilter("ignore")
     import logging
 

@@ -136,6 +136,14 @@ def test_losses_rerun_the_reference_draw_and_trace_the_reactive_frontier(tmp_pat
     assert by[(2, 0)]["replica_seconds_vs_oracle"] >= by[(1, 0)]["replica_seconds_vs_oracle"]
     assert row["reactive_frontier"] == autoscaler_sim_losses.frontier(grid, S.attainment_bar(member["feasible_attainment"]),
                                                                       row["corral"])
+    # Summed over draws (here the same output twice: two draws of the member).
+    capsys.readouterr()
+    assert autoscaler_sim_losses.main([str(out), str(out), "--summarize"]) == 0
+    line = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| decode-heavy |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    meets = int(row["reactive_frontier"]["meets_bar_within_cap"])
+    assert cells[1] == "2" and cells[2] == f"{2 * meets} of 2"
+    assert cells[5].startswith(f"{100 * row['corral']['slo_attainment']:.1f}% at ")
 
 
 def test_reactive_frontier_reads_the_grid_against_the_bar_and_the_cap():
