@@ -1,7 +1,7 @@
 """Where corral's autoscaling policy loses, per member of the workload family, from the
 simulator's own traces, and what knowing the present load alone buys.
 
-For each member (its judging draw, seed 1, the reference run's oracle headroom) it runs corral's
+For each member (the reference's draw, at its seed and length, and its oracle headroom) it runs corral's
 policy (the current setting: the spec's defaults, the curve's knee as batch target and its
 engine model, as `benchmarks/autoscaler_sim.py` sets them) and the
 reference oracle, and reports:
