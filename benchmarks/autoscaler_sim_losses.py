@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summarize", action="store_true",
                     help="measure nothing: sum the reactive frontiers of these outputs per member (markdown table)")
     ap.add_argument("--workloads", default=None)
-    ap.add_argument("--headrooms", default="1,1.5,2,3,4", help="headrooms of the reactive bound's plan, as multiples of the oracle's")
+    ap.add_argument("--headrooms", default="1,1.5,2,3,4", help="headrooms of the reactive reference's plan, as multiples of the oracle's")
     ap.add_argument("--memories", default="0",
                     help="memories of the reactive reference (s): how long it keeps the highest replicas the load asked for")
     ap.add_argument("--out", default=None, help="also write the JSON here")
