@@ -116,7 +116,6 @@ class ReactivePolicy(OraclePolicy):
         super().__init__(requests, curve, target_ongoing, 0.0, window_s=window_s, step_s=step_s, headroom=headroom)
         if memory_s < 0:
             raise ValueError(f"memory_s must be >= 0, got {memory_s}")
-        self.memory_s = memory_s
         keep = int(memory_s / step_s)
         if keep:
             padded = np.concatenate([np.full(keep, self.plan[0]), self.plan])

@@ -139,7 +139,9 @@ def test_losses_rerun_the_reference_draw_and_trace_the_reactive_frontier(tmp_pat
     # Summed over draws (here the same output twice: two draws of the member).
     capsys.readouterr()
     assert autoscaler_sim_losses.main([str(out), str(out), "--summarize"]) == 0
-    line = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| decode-heavy |"))
+    table = capsys.readouterr().out
+    line = next(r for r in table.splitlines() if r.startswith("| decode-heavy |"))
+    assert " of 2 member-draws, worse on both on " in table.splitlines()[-1]
     cells = [c.strip() for c in line.strip("|").split("|")]
     meets = int(row["reactive_frontier"]["meets_bar_within_cap"])
     assert cells[1] == "2" and cells[2] == f"{2 * meets} of 2"
