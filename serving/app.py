@@ -155,6 +155,20 @@ def ingress_user_config(fleet: FleetSpec) -> dict[str, Any]:
             "admission": fleet.admission.model_dump(mode="json")}
 
 
+def ingress_class():
+    """CorralIngress as a Serve ingress: its FastAPI app (`ingress_app`: Ray Serve LLM's, plus
+    AdmissionGate) with the OpenAI endpoints and corral's (feedback, routes). What `app_builder`
+    deploys; a replica runs the app for every HTTP request."""
+    from ray.serve.llm.ingress import make_fastapi_ingress
+
+    from corral.serving._ray_compat import DEFAULT_ENDPOINTS
+    from corral.serving.ingress import CorralIngress, ingress_app
+
+    endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda app: app.post("/v1/feedback"),
+                 "routes": lambda app: app.get("/v1/corral/routes")}
+    return make_fastapi_ingress(CorralIngress, endpoint_map=endpoints, app=ingress_app())
+
+
 def app_builder(args: dict[str, Any]):
     """Serve application builder: `import_path: corral.serving.app:app_builder`, `args: {fleet: ...}`.
 
@@ -164,11 +178,10 @@ def app_builder(args: dict[str, Any]):
     """
     from ray import serve
     from ray.serve.llm import LLMConfig, build_llm_deployment
-    from ray.serve.llm.ingress import make_fastapi_ingress
 
     from corral.cluster.spec import parse_fleet
-    from corral.serving._ray_compat import DEFAULT_ENDPOINTS, to_model_metadata
-    from corral.serving.ingress import CorralIngress, ingress_app
+    from corral.serving._ray_compat import to_model_metadata
+    from corral.serving.ingress import CorralIngress
     from corral.serving.llm_server import CorralLLMServer
 
     fleet = parse_fleet(args.get("fleet"), source="serve args.fleet")
@@ -178,9 +191,7 @@ def app_builder(args: dict[str, Any]):
     deployments = {c.model_id: build_llm_deployment(c, deployment_cls=CorralLLMServer, name_prefix="LLMServer:")
                    for c in configs}
     cards = {c.model_id: to_model_metadata(c.model_id, c) for c in configs}
-    endpoints = {**DEFAULT_ENDPOINTS, "feedback": lambda app: app.post("/v1/feedback"),
-                 "routes": lambda app: app.get("/v1/corral/routes")}
-    ingress = make_fastapi_ingress(CorralIngress, endpoint_map=endpoints, app=ingress_app())
+    ingress = ingress_class()
     options = ingress_replicas(CorralIngress.get_deployment_options(configs), fleet.server.ingress_min_replicas)
     # Initial weights; the Serve config's `deployments` override (see serve_config) wins.
     options["user_config"] = ingress_user_config(fleet)

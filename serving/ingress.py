@@ -54,6 +54,7 @@ _sse = _ray_compat.apply_openai_json_format
 ARM_HEADER = "x-corral-arm"
 ROUTE_HEADER = "x-corral-route"
 SESSION_HEADER = "x-session-id"
+_SESSION_HEADER_KEY = SESSION_HEADER.encode("latin-1")
 
 
 # How long the ingress keeps what it recorded before handing it to Ray (s). Ray's own export
@@ -172,19 +173,6 @@ class RequestMetrics:
         return status_tags, tags
 
 
-class ArrivalStamp:
-    """Pure ASGI middleware (the outermost one): stamps when a request reached the ingress, so
-    the ingress's TTFT and latency include body parsing and validation, as a client sees them."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            scope.setdefault("state", {})[ARRIVAL_KEY] = time.perf_counter()
-        await self.app(scope, receive, send)
-
-
 ARRIVAL_KEY = "corral_arrival_s"
 
 
@@ -209,10 +197,15 @@ def scrub(text: str) -> str:
 
 
 class AdmissionGate:
-    """Pure ASGI middleware for what must be refused before the body is parsed: headers larger
-    than `max_header_bytes` (431), a POST body that is not JSON (415), larger than
-    `max_body_bytes` (413) or not UTF-8 (400). It also
-    removes internal module paths from every JSON error body the app sends."""
+    """Pure ASGI middleware, the outermost one. It stamps when a request reached the ingress (so
+    the ingress's TTFT and latency include body parsing and validation, as a client sees them),
+    and refuses what must be refused before the body is parsed: headers larger than
+    `max_header_bytes` (431), a POST body that is not JSON (415), larger than `max_body_bytes`
+    (413) or not UTF-8 (400). It also removes internal module paths from every JSON error body
+    the app sends.
+
+    On every request's path, so one pass over the headers and no copy of a body that arrives in
+    one message (what Serve's proxy sends for a request that fits its buffer)."""
 
     def __init__(self, app, live: LiveAdmission | None = None) -> None:
         self.app = app
@@ -222,40 +215,53 @@ class AdmissionGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope.setdefault("state", {})[ARRIVAL_KEY] = time.perf_counter()
+        spec = self.live.spec
         send = _scrubbing(send)
-        header_bytes = sum(len(k) + len(v) for k, v in scope.get("headers", []))
-        if header_bytes > self.live.spec.max_header_bytes:
+        header_bytes, media, declared = 0, b"", b""
+        for name, value in scope.get("headers", ()):
+            header_bytes += len(name) + len(value)
+            name = name.lower()  # ASGI servers send them lower-cased; a hand-made scope may not
+            if name == b"content-type":
+                media = value
+            elif name == b"content-length":
+                declared = value
+        if header_bytes > spec.max_header_bytes:
             await _send_error(send, 431, f"request headers of {header_bytes} bytes are larger than the limit of "
-                                         f"{self.live.spec.max_header_bytes} bytes")
+                                         f"{spec.max_header_bytes} bytes")
             return
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        limit = self.live.spec.max_body_bytes
-        media = headers.get("content-type", "").split(";")[0].strip().lower()
-        multipart_ok = scope["path"].endswith("/transcriptions") and media == "multipart/form-data"
-        if media and media != "application/json" and not media.endswith("+json") and not multipart_ok:
-            await _send_error(send, 415, f"unsupported Content-Type {media!r}: send 'application/json'")
+        limit = spec.max_body_bytes
+        media_type = media.decode("latin-1").split(";")[0].strip().lower()
+        multipart_ok = media_type == "multipart/form-data" and scope["path"].endswith("/transcriptions")
+        if media_type and media_type != "application/json" and not media_type.endswith("+json") and not multipart_ok:
+            await _send_error(send, 415, f"unsupported Content-Type {media_type!r}: send 'application/json'")
             return
-        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            await _send_error(send, 413, f"request body of {declared} bytes is larger than the limit of {limit} bytes")
+            await _send_error(send, 413, f"request body of {declared.decode()} bytes is larger than the limit of "
+                                         f"{limit} bytes")
             return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _send_error(send, 413, f"request body is larger than the limit of {limit} bytes")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body = message.get("body", b"")
+        if message.get("more_body"):
+            chunks, size = [body], len(body)
+            while size <= limit:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    break
+            body = b"".join(chunks)
+        if len(body) > limit:
+            await _send_error(send, 413, f"request body is larger than the limit of {limit} bytes")
+            return
         if not multipart_ok:
             try:
                 body.decode("utf-8")
@@ -274,30 +280,43 @@ class AdmissionGate:
         await self.app(scope, replay, send)
 
 
-def _scrubbing(send):
-    """Wrap an ASGI `send`: JSON error bodies (status >= 400) go out without internal paths."""
-    state: dict[str, Any] = {}
+def _scrubbing(send: Any) -> Any:
+    """Wrap an ASGI `send`: JSON error bodies (status >= 400) go out without internal paths.
 
-    async def wrapped(message) -> None:
-        if message["type"] == "http.response.start":
-            ctype = dict(message.get("headers") or []).get(b"content-type", b"")
-            if message["status"] >= 400 and ctype.startswith(b"application/json"):
-                state["start"], state["body"] = message, []
-                return
-        elif message["type"] == "http.response.body" and "start" in state:
-            state["body"].append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            body = scrub(b"".join(state["body"]).decode("utf-8", "replace")).encode()
-            start = state.pop("start")
-            start["headers"] = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
-            start["headers"].append((b"content-length", str(len(body)).encode()))
-            await send(start)
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            return
-        await send(message)
+    Every other message is handed to `send` as it is, and the caller awaits `send`'s own
+    awaitable: no coroutine of ours per message (a stream sends one per chunk)."""
+    held: dict[str, Any] | None = None  # an error response's start, held until its body is complete
+    parts: list[bytes] = []
+
+    def wrapped(message: dict[str, Any]) -> Any:
+        nonlocal held
+        if held is None:
+            if (message["type"] == "http.response.start" and message["status"] >= 400
+                    and dict(message.get("headers") or []).get(b"content-type", b"").startswith(b"application/json")):
+                held = message
+                return _nothing()
+            return send(message)
+        if message["type"] != "http.response.body":
+            return send(message)
+        parts.append(message.get("body", b""))
+        if message.get("more_body"):
+            return _nothing()
+        start, held = held, None
+        return _send_scrubbed(send, start, b"".join(parts))
 
     return wrapped
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _send_scrubbed(send, start: dict[str, Any], body: bytes) -> None:
+    body = scrub(body.decode("utf-8", "replace")).encode()
+    start["headers"] = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
+    start["headers"].append((b"content-length", str(len(body)).encode()))
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 _ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
@@ -327,14 +346,13 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def ingress_app():
-    """Ray Serve LLM's FastAPI app (its middleware and error handlers) plus AdmissionGate and
-    ArrivalStamp, and a validation-error handler whose answer is always JSON-serializable."""
+    """Ray Serve LLM's FastAPI app (its middleware and error handlers) plus AdmissionGate, and a
+    validation-error handler whose answer is always JSON-serializable."""
     app = _ray_compat.ingress_fastapi_app()
     # Ray Serve LLM's handler echoes the offending input as `param`: bytes for a non-JSON body,
     # which it then fails to serialize (500). Ours names the field instead.
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(AdmissionGate)
-    app.add_middleware(ArrivalStamp)  # added last = runs first
+    app.add_middleware(AdmissionGate)  # added last = runs first
     return app
 
 
@@ -614,13 +632,14 @@ class CorralIngress(OpenAiIngress):
         # The arm's generator has nothing after its answer: close it now rather than leave it to
         # the event loop's async-generator finalizer (a task per request).
         await items.aclose()
-        content = head.model_dump()
-        response = JSONResponse(content=content)
+        # The JSON the stock ingress sends (`JSONResponse(content=first.model_dump())`: every field,
+        # compact), written by pydantic in one step instead of model_dump() and then json.dumps().
+        response = Response(content=head.model_dump_json(), media_type="application/json")
         response.raw_headers += _arm_headers(route, arm)
         # Id and usage for feedback, limits and metrics, from the response object itself.
         self._health.succeeded(arm)
-        usage = content.get("usage")
-        self._remember(content.get("id"), route, arm)
+        usage = _usage(head)
+        self._remember(getattr(head, "id", None), route, arm)
         self._keys.charge_tokens(key, (usage or {}).get("total_tokens") or 0, time.monotonic())
         self._metrics.record(route, arm, response.status_code, time.perf_counter() - start, None, None, usage)
         return response
@@ -773,7 +792,7 @@ async def _awaited(response) -> Any:
 
 
 def _sticky_key(body, request: Request) -> str | None:
-    return body.user or request.headers.get(SESSION_HEADER) or _api_key(request)
+    return body.user or _header(request, _SESSION_HEADER_KEY) or _api_key(request)
 
 
 def _stream_error_code(packet: str) -> int | None:
@@ -817,8 +836,28 @@ def _usage_only_options(body_cls: Any) -> Any:
     return options_cls(include_usage=True)
 
 
+def _usage(response: Any) -> dict[str, int | None] | None:
+    """A response object's token counts (vLLM's UsageInfo), as the metrics and limits read them;
+    None where it has none (a transcription's usage is audio seconds)."""
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return None
+    return {"prompt_tokens": getattr(usage, "prompt_tokens", None),
+            "completion_tokens": getattr(usage, "completion_tokens", None),
+            "total_tokens": getattr(usage, "total_tokens", None)}
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    """A request header's first value, read from the ASGI scope, where names are lower-case
+    (the ASGI spec); without building Starlette's Headers for one lookup."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def _api_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+    auth = _header(request, b"authorization") or ""
     return auth[7:] if auth.lower().startswith("bearer ") and len(auth) > 7 else None
 
 

@@ -316,6 +316,44 @@ def test_a_non_streamed_answer_records_its_usage_and_response_id():
     assert ingress._responses["chatcmpl-b"] == ("llama", "b") and ingress._in_flight.by_route == {}
 
 
+def test_a_non_streamed_answer_is_the_document_the_stock_ingress_sends():
+    """corral writes the answer with pydantic in one step (model_dump_json); the stock ingress
+    sends JSONResponse(content=first.model_dump()) (ray/llm/_internal/serve/core/ingress/ingress.py,
+    `_process_llm_request`): the same JSON document, non-ASCII text, escapes and floats included."""
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    answer = ChatCompletionResponse(
+        id="chatcmpl-u", model="a",
+        choices=[{"index": 0, "message": {"role": "assistant", "content": 'héllo — 你好 "q"\n\t'},
+                  "logprobs": {"content": [{"token": "h", "logprob": -0.1234567890123, "bytes": [104],
+                                            "top_logprobs": [{"token": "x", "logprob": -1e-05}]}]},
+                  "finish_reason": "stop"}],
+        usage={"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10})
+
+    class Fixed(Arm):
+        async def _run(self, body):
+            yield answer
+
+    cards = {"a": ModelCard(id="a", object="model", owned_by="t", permission=[], metadata={})}
+    stock = OpenAiIngress({"a": Fixed("a")}, cards)
+    ingress, _, rec = make_ingress()
+    ingress._default_serve_handles["a"] = Fixed("a")
+    ingress.__dict__.pop("_corral_kept_handles", None)
+
+    async def go():
+        theirs = await stock.chat(chat_body(model="a", stream=False), http_request())
+        ours = await ingress.chat(chat_body(model="a", stream=False), http_request())
+        return theirs, ours
+
+    theirs, ours = run(go())
+    assert ours.status_code == theirs.status_code == 200
+    assert ours.headers["content-type"] == theirs.headers["content-type"] == "application/json"
+    assert json.loads(ours.body) == json.loads(theirs.body) == answer.model_dump()
+    assert "你好" in ours.body.decode("utf-8")  # UTF-8, not \u escapes, as JSONResponse writes it
+    assert rec.details[0][3] == {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
+    assert ingress._responses["chatcmpl-u"] == ("a", "a")
+
+
 def test_the_error_rate_gate_counts_every_server_side_outcome():
     """The rollout's default error query selects what the ingress records for failed requests
     (PromQL label regexes are fully anchored, like re.fullmatch)."""
@@ -551,6 +589,32 @@ def test_the_gate_refuses_non_json_oversized_and_non_utf8_bodies():
     assert huge_headers.status_code == 431 and "32768" in huge_headers.json()["error"]["message"]
     scrubbed = client.post(url, json={**ok, "model": "boom"})
     assert scrubbed.json()["error"]["message"] == "boom in ErrorResponse"
+
+
+def test_the_gate_passes_streams_through_and_scrubs_an_error_body_sent_in_parts():
+    from corral.cluster.spec import AdmissionSpec
+
+    async def app(scope, receive, send):
+        await receive()
+        if scope["path"] == "/v1/chat/completions":  # a stream: three chunks, each its own message
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+            for part in (b"data: 1\n\n", b"data: ray.llm._internal.x.Kept\n\n", b"data: [DONE]\n\n"):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        body = b'{"error": {"message": "failed in vllm.v1.engine.exceptions.EngineDeadError"}}'
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body[:20], "more_body": True})
+        await send({"type": "http.response.body", "body": body[20:], "more_body": False})
+
+    client = TestClient(AdmissionGate(app, live=LiveAdmission(AdmissionSpec())))
+    streamed = client.post("/v1/chat/completions", json={"model": "m"})
+    # A success is passed on as it is, internal-looking text included: only error bodies are rewritten.
+    assert streamed.status_code == 200 and streamed.text == "data: 1\n\ndata: ray.llm._internal.x.Kept\n\ndata: [DONE]\n\n"
+    failed = client.post("/v1/completions", json={"model": "m"})
+    assert failed.status_code == 503 and failed.json() == {"error": {"message": "failed in EngineDeadError"}}
+    assert int(failed.headers["content-length"]) == len(failed.content)
 
 
 def test_scrub_keeps_only_the_class_name():

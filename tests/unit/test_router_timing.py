@@ -12,7 +12,7 @@ from corral.serving.ingress import (
     ITL_BUCKETS_S,
     LATENCY_BUCKETS_S,
     TTFT_BUCKETS_S,
-    ArrivalStamp,
+    AdmissionGate,
     _arrival,
     log_buckets,
 )
@@ -20,7 +20,7 @@ from corral.serving.ingress import (
 
 def test_arrival_is_stamped_before_the_handler_runs():
     app = FastAPI()
-    app.add_middleware(ArrivalStamp)
+    app.add_middleware(AdmissionGate)
 
     @app.post("/v1/chat/completions")
     async def handler(request: Request):

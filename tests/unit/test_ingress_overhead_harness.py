@@ -1,0 +1,63 @@
+"""The ingress-overhead benchmark's `app` view: each ingress as it is deployed, called as Serve's
+replica calls it. Its verdict means something only if the requests really go through each
+ingress's whole app (middleware included) and both answer the same stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from ray import serve
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import ingress_overhead as bench  # noqa: E402
+
+
+def _chat(model: str, stream: bool) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream,
+                       "user": "u-1"}).encode()
+
+
+def test_the_app_view_sends_requests_through_each_ingress_as_deployed(monkeypatch):
+    monkeypatch.setattr(serve, "get_replica_context", bench._replica_context)
+
+    async def go():
+        got = {}
+        for kind in ("stock", "corral"):
+            replica, model = await bench.build_replica(kind, tokens=3)
+            bench._serving(replica)
+            got[kind] = {
+                "stream": await bench.call_app(replica, _chat(model, True)),
+                "plain": await bench.call_app(replica, _chat(model, False)),
+                "text/plain": await bench.call_app(replica, _chat(model, False), content_type=b"text/plain"),
+                "unknown model": await bench.call_app(replica, _chat("nope", False)),
+            }
+        return got
+
+    got = asyncio.run(go())
+    for kind, answers in got.items():
+        status, body = answers["stream"]
+        events = [line for line in body.decode().split("\n\n") if line]
+        assert status == 200 and events[-1] == "data: [DONE]", kind
+        assert sum('"content":"tok"' in e for e in events) == 3, kind  # the stand-in's three tokens
+        status, body = answers["plain"]
+        assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3, kind
+        # Through the app, not the handler alone: an unknown model is the endpoint's own 404.
+        assert answers["unknown model"][0] == 404, kind
+    # corral's AdmissionGate is in the path (it refuses a non-JSON body before parsing); the
+    # stock app has no such gate and gets to body validation.
+    assert got["corral"]["text/plain"][0] == 415
+    assert got["stock"]["text/plain"][0] != 415
+    # corral's route answered the stand-in arm through its ingress.
+    assert json.loads(got["corral"]["plain"][1])["model"] == "arm"
+
+
+def test_a_level_pairs_the_two_ingresses_and_restores_serve():
+    real = serve.get_replica_context
+    out = asyncio.run(bench.level(concurrency=2, stream=True, rounds=2, requests=4, tokens=2, view="app"))
+    assert serve.get_replica_context is real
+    assert out["view"] == "app" and out["p50_latency_ratio_corral_vs_stock"]["pairs"] == 2
+    assert out["stock_p50_latency_s"] > 0
