@@ -19,9 +19,11 @@ yields: one SSE chunk per token for streams, a ChatCompletionResponse otherwise)
   parsing), so corral's additions weigh most.
 Not included in either, and the same for both: the HTTP proxy and the network, the Serve
 handle hop to the engine, and Ray's metrics export (`ray.util.metrics` calls run, with no Ray
-to export to). The heap built before measuring (Ray, vLLM, torch imports) is frozen
-(`gc.freeze()`, as vLLM's engine core does after start-up), so a full collection of it (~0.3 s
-here, once per ~1000 requests) does not land in one block and not the other.
+to export to). The heap built before measuring (Ray, vLLM, torch imports) is frozen, as Serve's
+replica freezes it once the replica is initialized (`gc.collect(); gc.freeze()`,
+ray/serve/_private/replica.py, under RAY_SERVE_FREEZE_GC_ON_STARTUP, on by default): unfrozen, a
+full collection of it (~0.3 s here, about once per 1000 requests) lands in one block and not the
+other.
 
 What each side does, so the ratio reads right:
 - corral does work the stock ingress does not: API-key and admission checks, the arm pick (the
@@ -306,7 +308,7 @@ async def _level(concurrency: int, stream: bool, rounds: int, requests: int, tok
     for ingress, model in apps.values():  # warm-up (imports, first-call caches)
         await block(ingress, model, concurrency, min(requests, 64), stream, view)
     gc.collect()
-    gc.freeze()  # see the module's docstring
+    gc.freeze()  # as Serve's replica does after its start-up (see the module's docstring)
     lat, tput, stock_p50 = [], [], []
     try:
         for r in range(rounds):
