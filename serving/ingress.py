@@ -875,18 +875,26 @@ def _response_id(packet: str) -> str | None:
     return None
 
 
+_JSON = json.JSONDecoder()
+
+
 def _split_usage(packet: str, keep: bool, usage: dict | None) -> tuple[str, dict | None]:
-    """Pull the usage out of SSE lines; drop the usage-only chunk unless the client asked for it."""
+    """Pull the usage out of SSE lines; drop the usage-only chunk unless the client asked for it.
+
+    In vLLM's compact chunk JSON the one usage key (top level) is written `"usage":{`, and a quote
+    inside a string value is escaped, so the first such text of a line starts its usage object:
+    only that object is parsed. A chunk with no choice (`"choices":[]`, or none) is usage only."""
     kept = []
     for line in packet.split("\n\n"):
-        if line.startswith("data: {") and '"usage":{' in line:
+        at = line.find('"usage":{') if line.startswith("data: {") else -1
+        if at >= 0:
             try:
-                chunk = json.loads(line[6:])
+                found, _ = _JSON.raw_decode(line, at + 8)
             except ValueError:
                 kept.append(line)
                 continue
-            usage = chunk.get("usage") or usage
-            if not keep and not chunk.get("choices"):
+            usage = found or usage
+            if not keep and '"choices":[{' not in line:
                 continue
         kept.append(line)
     return "\n\n".join(kept), usage

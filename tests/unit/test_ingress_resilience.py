@@ -278,6 +278,25 @@ def test_a_stream_records_ttft_itl_usage_and_its_response_id():
     assert ingress._responses["chatcmpl-a"] == ("llama", "a")  # for /v1/feedback
 
 
+def test_usage_is_read_from_the_usage_object_alone():
+    from corral.serving.ingress import _split_usage
+
+    tricky = "data: " + json.dumps({"id": "c", "choices": [{"index": 0, "delta": {"content": 'say "usage":{"x":1}'}}]},
+                                   separators=(",", ":")) + "\n\n"
+    packet = tricky + USAGE + "data: [DONE]\n\n"
+    text, usage = _split_usage(packet, keep=False, usage=None)
+    assert usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert text == tricky + "data: [DONE]\n\n"  # the usage-only chunk dropped, the rest as it was
+    assert _split_usage(packet, keep=True, usage=None)[0] == packet
+    # usage in a chunk that also has a choice (continuous usage): read, and the chunk kept
+    both = ('data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],'
+            '"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\n')
+    assert _split_usage(both, keep=False, usage=None) == (both, {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})
+    # a broken usage object: the line is passed on and the usage seen so far kept
+    broken = 'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,\n\n'
+    assert _split_usage(broken, keep=False, usage={"total_tokens": 9}) == (broken, {"total_tokens": 9})
+
+
 class OneBatchArm(CompactArm):
     """A short answer whose every chunk, usage included, comes in the engine's first batch."""
 
