@@ -120,7 +120,11 @@ class StandInArm:
     async def _run(self, body):
         # Each item comes back over the Serve handle in reality: one trip through the event loop.
         if body.stream:
-            for i, packet in enumerate(self.packets):
+            # vLLM sends the usage chunk only when the request asks for it (stream_options.include_usage);
+            # corral's ingress asks, for its metrics, and strips it again for a client that did not.
+            wants_usage = bool(body.stream_options and body.stream_options.include_usage)
+            packets = self.packets if wants_usage else self.packets[:-2] + self.packets[-1:]
+            for i, packet in enumerate(packets):
                 await asyncio.sleep(self.ttft_s if i == 0 else self.itl_s if i < self.tokens else 0)
                 yield [packet]  # one chunk per token: the per-chunk path at its most frequent
         else:

@@ -39,7 +39,7 @@ from corral.serving._ray_compat import (
 )
 from corral.serving.auth import Denied, InFlight, KeyRing
 from corral.serving.health import ArmHealth
-from corral.serving.shadow import Shadow
+from corral.serving.shadow import Shadow, with_usage
 from corral.serving.shadow import parse_config as parse_shadow
 from corral.serving.split import failover_weights, pick_arm
 
@@ -204,8 +204,8 @@ class AdmissionGate:
     (413) or not UTF-8 (400). It also removes internal module paths from every JSON error body
     the app sends.
 
-    On every request's path, so one pass over the headers and no copy of a body that arrives in
-    one message (what Serve's proxy sends for a request that fits its buffer)."""
+    On every request's path, so it reads the headers in one pass and hands a body that arrives in
+    one message (what Serve's proxy sends for a request that fits its buffer) on as it came."""
 
     def __init__(self, app, live: LiveAdmission | None = None) -> None:
         self.app = app
@@ -302,7 +302,9 @@ def _scrubbing(send: Any) -> Any:
         if message.get("more_body"):
             return _nothing()
         start, held = held, None
-        return _send_scrubbed(send, start, b"".join(parts))
+        body = b"".join(parts)
+        parts.clear()
+        return _send_scrubbed(send, start, body)
 
     return wrapped
 
@@ -559,7 +561,7 @@ class CorralIngress(OpenAiIngress):
         if body.stream:
             # Usage in the last chunk gives exact token counts for metrics; it is stripped again
             # below if the client did not ask for it.
-            body.stream_options = _with_usage(body)
+            body.stream_options = with_usage(body)
         start = _arrival(request)
         tried: set[str] = set()
         if arm is not None and arm != preferred:
@@ -807,14 +809,6 @@ def _stream_error_code(packet: str) -> int | None:
     return None
 
 
-def _with_usage(body: Any) -> Any:
-    """The request's stream_options with include_usage on (vLLM's own StreamOptions type)."""
-    if body.stream_options is not None:
-        return body.stream_options.model_copy(update={"include_usage": True})
-    body_cls: Any = type(body)
-    return _usage_only_options(body_cls)
-
-
 @functools.cache
 def _arm_headers(route: str, arm: str) -> tuple[tuple[bytes, bytes], ...]:
     """The response headers naming the arm and route (raw, as Starlette keeps them), built once per pair."""
@@ -828,23 +822,14 @@ def _token_fields(body_cls: Any) -> tuple[str, ...]:
     return tuple(f for f in _TOKEN_FIELDS if f in body_cls.model_fields)
 
 
-@functools.cache
-def _usage_only_options(body_cls: Any) -> Any:
-    """`stream_options` of include_usage alone, for a request class (built once; never modified)."""
-    annotation = body_cls.model_fields["stream_options"].annotation
-    options_cls = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return options_cls(include_usage=True)
-
-
 def _usage(response: Any) -> dict[str, int | None] | None:
     """A response object's token counts (vLLM's UsageInfo), as the metrics and limits read them;
     None where it has none (a transcription's usage is audio seconds)."""
     usage = getattr(response, "usage", None)
-    if usage is None:
-        return None
-    return {"prompt_tokens": getattr(usage, "prompt_tokens", None),
-            "completion_tokens": getattr(usage, "completion_tokens", None),
-            "total_tokens": getattr(usage, "total_tokens", None)}
+    counts = {"prompt_tokens": getattr(usage, "prompt_tokens", None),
+              "completion_tokens": getattr(usage, "completion_tokens", None),
+              "total_tokens": getattr(usage, "total_tokens", None)}
+    return counts if any(v is not None for v in counts.values()) else None
 
 
 def _header(request: Request, name: bytes) -> str | None:

@@ -28,6 +28,7 @@ request path to an arm) and the metrics object, so tests and benchmarks use stan
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import random
@@ -270,7 +271,7 @@ class Shadow:
             duplicate = body.model_copy(deep=True)
             duplicate.model = setting.arm
             if getattr(duplicate, "stream", False):
-                duplicate.stream_options = _with_usage(duplicate)  # exact token counts, as for users
+                duplicate.stream_options = with_usage(duplicate)  # exact token counts, as for users
             rule = setting.golden_rule(duplicate)
             task = asyncio.get_running_loop().create_task(self._run(route, setting, duplicate, call_method, rule))
         except Exception:
@@ -385,11 +386,19 @@ def _stream_usage(packet: str) -> dict | None:
     return usage
 
 
-def _with_usage(body: Any) -> Any:
-    """The copy's stream_options with include_usage on (vLLM's own StreamOptions type)."""
+def with_usage(body: Any) -> Any:
+    """A request's stream_options with include_usage on (vLLM's own StreamOptions type): exact
+    token counts in a stream's last chunk, for the ingress's metrics and a shadow copy's."""
     if body.stream_options is not None:
         return body.stream_options.model_copy(update={"include_usage": True})
-    annotation = type(body).model_fields["stream_options"].annotation
+    body_cls: Any = type(body)
+    return _usage_only_options(body_cls)
+
+
+@functools.cache
+def _usage_only_options(body_cls: Any) -> Any:
+    """`stream_options` of include_usage alone, for a request class (built once; never modified)."""
+    annotation = body_cls.model_fields["stream_options"].annotation
     options_cls = next(a for a in typing.get_args(annotation) if a is not type(None))
     return options_cls(include_usage=True)
 

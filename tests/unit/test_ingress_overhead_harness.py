@@ -43,6 +43,8 @@ def test_the_app_view_sends_requests_through_each_ingress_as_deployed(monkeypatc
         events = [line for line in body.decode().split("\n\n") if line]
         assert status == 200 and events[-1] == "data: [DONE]", kind
         assert sum('"content":"tok"' in e for e in events) == 3, kind  # the stand-in's three tokens
+        # The client did not ask for usage: neither sends it (corral asks the engine, then strips it).
+        assert not any('"usage"' in e for e in events), kind
         status, body = answers["plain"]
         assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3, kind
         # Through the app, not the handler alone: an unknown model is the endpoint's own 404.
@@ -61,3 +63,20 @@ def test_a_level_pairs_the_two_ingresses_and_restores_serve():
     assert serve.get_replica_context is real
     assert out["view"] == "app" and out["p50_latency_ratio_corral_vs_stock"]["pairs"] == 2
     assert out["stock_p50_latency_s"] > 0
+
+
+def test_the_stand_in_sends_the_usage_chunk_only_when_asked():
+    """As vLLM does (stream_options.include_usage); else the stock ingress would pass one more
+    event per stream to its client than corral, which strips the usage it asked for."""
+    from corral.serving._ray_compat import ChatCompletionRequest
+
+    arm = bench.StandInArm(tokens=2)
+
+    async def events(**extra):
+        body = ChatCompletionRequest(model="arm", messages=[{"role": "user", "content": "hi"}], stream=True, **extra)
+        return [packet async for (packet,) in arm.remote(body)]
+
+    plain = asyncio.run(events())
+    asked = asyncio.run(events(stream_options={"include_usage": True}))
+    assert plain[-1] == asked[-1] == "data: [DONE]\n\n"
+    assert len(asked) == len(plain) + 1 and '"usage"' in asked[-2] and not any('"usage"' in p for p in plain)

@@ -338,7 +338,10 @@ def test_a_non_streamed_answer_records_its_usage_and_response_id():
 def test_a_non_streamed_answer_is_the_document_the_stock_ingress_sends():
     """corral writes the answer with pydantic in one step (model_dump_json); the stock ingress
     sends JSONResponse(content=first.model_dump()) (ray/llm/_internal/serve/core/ingress/ingress.py,
-    `_process_llm_request`): the same JSON document, non-ASCII text, escapes and floats included."""
+    `_process_llm_request`): equal documents once parsed, non-ASCII text, escapes and floats
+    included. Not equal bytes: a float may be spelled differently (pydantic writes -0.00001
+    where json.dumps writes -1e-05), and a NaN, which JSONResponse refuses (allow_nan=False: a 500), pydantic
+    writes as null."""
     from ray.serve.llm.ingress import OpenAiIngress
 
     answer = ChatCompletionResponse(
