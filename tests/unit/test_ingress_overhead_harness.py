@@ -34,6 +34,7 @@ def test_the_app_view_sends_requests_through_each_ingress_as_deployed(monkeypatc
                 "plain": await bench.call_app(replica, _chat(model, False)),
                 "text/plain": await bench.call_app(replica, _chat(model, False), content_type=b"text/plain"),
                 "unknown model": await bench.call_app(replica, _chat("nope", False)),
+                "not utf-8": await bench.call_app(replica, _chat(model, False).replace(b"hi", b"h\xff")),
             }
         return got
 
@@ -52,6 +53,10 @@ def test_the_app_view_sends_requests_through_each_ingress_as_deployed(monkeypatc
     # corral's AdmissionGate is in the path (it refuses a non-JSON body before parsing); the
     # stock app has no such gate and gets to body validation.
     assert got["corral"]["text/plain"][0] == 415
+    # A body the gate refuses where the app reads it (past Ray Serve LLM's middleware): the
+    # OpenAI error format, not a 500 or FastAPI's {"detail": ...}.
+    status, body = got["corral"]["not utf-8"]
+    assert status == 400 and "not valid UTF-8" in json.loads(body)["error"]["message"]
     assert got["stock"]["text/plain"][0] != 415
     # corral's route answered the stand-in arm through its ingress.
     assert json.loads(got["corral"]["plain"][1])["model"] == "arm"
