@@ -78,7 +78,7 @@ VIEWS = ("app", "handler")
 ENGINES = {"instant": (0.0, 0.0), "x10": (0.020, 0.003), "x100": (0.002, 0.0003)}
 
 
-def _packets(tokens: int) -> list[str]:
+def _packets(tokens: int, with_usage: bool) -> list[str]:
     # Compact JSON, as vLLM writes its chunks (pydantic's model_dump_json), which is what corral's
     # stream reader looks for ('"choices":[{'); spaced JSON would skip its per-token clock reads.
     chunks = [
@@ -89,7 +89,7 @@ def _packets(tokens: int) -> list[str]:
     ]
     usage = ('data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"arm","choices":[],'
              f'"usage":{{"prompt_tokens":8,"completion_tokens":{tokens},"total_tokens":{tokens + 8}}}}}\n\n')
-    return chunks + [usage, "data: [DONE]\n\n"]
+    return chunks + ([usage] if with_usage else []) + ["data: [DONE]\n\n"]
 
 
 class StandInArm:
@@ -101,7 +101,8 @@ class StandInArm:
         from corral.serving._ray_compat import ChatCompletionResponse
 
         self.ttft_s, self.itl_s, self.tokens = ttft_s, itl_s, tokens
-        self.packets = _packets(tokens)
+        self.packets = _packets(tokens, with_usage=False)
+        self.packets_with_usage = _packets(tokens, with_usage=True)
         self.full = ChatCompletionResponse(
             id="chatcmpl-bench", model="arm",
             choices=[{"index": 0, "message": {"role": "assistant", "content": "tok " * tokens}, "finish_reason": "length"}],
@@ -109,6 +110,13 @@ class StandInArm:
 
     def options(self, **_):
         return self
+
+    def stream_packets(self, body) -> list[str]:
+        """A stream's SSE packets: the usage chunk only when the request asks for it, as vLLM
+        sends it (stream_options.include_usage). corral's ingress always asks, for its metrics,
+        and strips it again for a client that did not."""
+        asked = body.stream_options is not None and body.stream_options.include_usage
+        return self.packets_with_usage if asked else self.packets
 
     @property
     def chat(self):
@@ -120,11 +128,7 @@ class StandInArm:
     async def _run(self, body):
         # Each item comes back over the Serve handle in reality: one trip through the event loop.
         if body.stream:
-            # vLLM sends the usage chunk only when the request asks for it (stream_options.include_usage);
-            # corral's ingress asks, for its metrics, and strips it again for a client that did not.
-            wants_usage = bool(body.stream_options and body.stream_options.include_usage)
-            packets = self.packets if wants_usage else self.packets[:-2] + self.packets[-1:]
-            for i, packet in enumerate(packets):
+            for i, packet in enumerate(self.stream_packets(body)):
                 await asyncio.sleep(self.ttft_s if i == 0 else self.itl_s if i < self.tokens else 0)
                 yield [packet]  # one chunk per token: the per-chunk path at its most frequent
         else:

@@ -41,11 +41,11 @@ class SlowArm(StandInArm):
     async def _run(self, body):
         self.calls += 1
         if body.stream:
-            for packet in self.packets:
+            for packet in self.stream_packets(body):
                 await asyncio.sleep(self.delay_s)
                 yield [packet]
         else:
-            await asyncio.sleep(self.delay_s * len(self.packets))
+            await asyncio.sleep(self.delay_s * len(self.packets_with_usage))
             yield self.full
 
 

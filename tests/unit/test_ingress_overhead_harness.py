@@ -53,11 +53,11 @@ def test_the_app_view_sends_requests_through_each_ingress_as_deployed(monkeypatc
     # corral's AdmissionGate is in the path (it refuses a non-JSON body before parsing); the
     # stock app has no such gate and gets to body validation.
     assert got["corral"]["text/plain"][0] == 415
-    # A body the gate refuses where the app reads it (past Ray Serve LLM's middleware): the
-    # OpenAI error format, not a 500 or FastAPI's {"detail": ...}.
+    assert got["stock"]["text/plain"][0] != 415
+    # A body the gate refuses, answered through Ray Serve LLM's middleware in the OpenAI error
+    # format (not a 500 or FastAPI's {"detail": ...}).
     status, body = got["corral"]["not utf-8"]
     assert status == 400 and "not valid UTF-8" in json.loads(body)["error"]["message"]
-    assert got["stock"]["text/plain"][0] != 415
     # corral's route answered the stand-in arm through its ingress.
     assert json.loads(got["corral"]["plain"][1])["model"] == "arm"
 
@@ -85,3 +85,31 @@ def test_the_stand_in_sends_the_usage_chunk_only_when_asked():
     asked = asyncio.run(events(stream_options={"include_usage": True}))
     assert plain[-1] == asked[-1] == "data: [DONE]\n\n"
     assert len(asked) == len(plain) + 1 and '"usage"' in asked[-2] and not any('"usage"' in p for p in plain)
+
+
+def test_a_nan_in_an_answer_fails_the_stock_ingress_and_is_null_in_corrals(monkeypatch):
+    """The README's one difference in the non-streamed document: JSONResponse refuses a NaN
+    (allow_nan=False), so the stock ingress answers 500; pydantic's model_dump_json writes null."""
+    from corral.serving._ray_compat import ChatCompletionResponse
+
+    monkeypatch.setattr(serve, "get_replica_context", bench._replica_context)
+    answer = ChatCompletionResponse(
+        id="chatcmpl-nan", model="arm",
+        choices=[{"index": 0, "message": {"role": "assistant", "content": "a"}, "finish_reason": "stop",
+                  "logprobs": {"content": [{"token": "a", "logprob": float("nan"), "bytes": [97], "top_logprobs": []}]}}],
+        usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
+
+    async def go():
+        got = {}
+        for kind in ("stock", "corral"):
+            replica, model = await bench.build_replica(kind, tokens=1)
+            for arm in replica._default_serve_handles.values():
+                arm.full = answer
+            bench._serving(replica)
+            got[kind] = await bench.call_app(replica, _chat(model, False))
+        return got
+
+    got = asyncio.run(go())
+    assert got["stock"][0] == 500
+    status, body = got["corral"]
+    assert status == 200 and json.loads(body)["choices"][0]["logprobs"]["content"][0]["logprob"] is None
