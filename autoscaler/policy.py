@@ -239,16 +239,37 @@ def demand_replicas(signals: Signals, config: PolicyConfig, target: float, risin
     not reported, or fewer than one request was prefilled in `look_back_period_s` (the token rates
     then say nothing about a request's length)."""
     spec = config.spec
+    per_request_s = request_engine_s(signals, config, target)
+    if spec.backlog_drain_s <= 0 or per_request_s is None:
+        return None
+    arrivals = max(0.0, signals.requests_per_s or 0.0) + max(0.0, rising_per_s)
+    return (arrivals + waiting_requests(signals, config) / spec.backlog_drain_s) * per_request_s
+
+
+def request_engine_s(signals: Signals, config: PolicyConfig, target: float) -> float | None:
+    """A request's mean engine time on the engine model, from the reported work rates: its prompt
+    tokens' prefill and each of its answer tokens a `1 / target` share of a decode step of
+    `target` sequences. None without the engine model, with a rate not reported, or when fewer
+    than one request was prefilled in `look_back_period_s` (the rates then say nothing about a
+    request's length)."""
+    spec = config.spec
     rates = (signals.requests_per_s, signals.prompt_tokens_per_s, signals.output_tokens_per_s)
-    if spec.backlog_drain_s <= 0 or spec.engine_per_decode_seq_s <= 0 or any(r is None for r in rates):
+    if spec.engine_per_decode_seq_s <= 0 or any(r is None for r in rates):
         return None
     done, prompt_tokens, output_tokens = (max(0.0, r or 0.0) for r in rates)
     if done * spec.look_back_period_s < 1.0:
         return None
     decode_step_s = spec.engine_base_s + spec.engine_per_decode_seq_s * target
-    per_request_s = (prompt_tokens * spec.engine_per_prefill_token_s + output_tokens * decode_step_s / target) / done
-    arrivals = done + max(0.0, rising_per_s)
-    return (arrivals + waiting_requests(signals, config) / spec.backlog_drain_s) * per_request_s
+    return (prompt_tokens * spec.engine_per_prefill_token_s + output_tokens * decode_step_s / target) / done
+
+
+def backlog_replicas(signals: Signals, config: PolicyConfig, target: float) -> float | None:
+    """Backlog sizing (`waiting_drain_s`): the replicas that serve the waiting requests within
+    `waiting_drain_s`, each costing `request_engine_s`. None when off or that is unknown."""
+    per_request_s = request_engine_s(signals, config, target)
+    if config.spec.waiting_drain_s <= 0 or per_request_s is None:
+        return None
+    return waiting_requests(signals, config) / config.spec.waiting_drain_s * per_request_s
 
 
 def waiting_requests(signals: Signals, config: PolicyConfig) -> float:
@@ -313,6 +334,13 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0,
     load = math.ceil(expected / target - 1e-9)
     basis = f"{ongoing:.3g} requests in the system at {target:.3g} each"
     down = math.ceil(ongoing / (target * (1.0 - spec.downscale_hysteresis)) - 1e-9)
+    backlog = backlog_replicas(signals, config, target)
+    if backlog is not None:
+        waiting = waiting_requests(signals, config)
+        sized = max(0.0, expected - waiting) / target + backlog
+        load = math.ceil(sized - 1e-9)
+        basis = (f"{ongoing - waiting:.3g} requests in service at {target:.3g} each, {waiting:.3g} waiting "
+                 f"drained within {spec.waiting_drain_s:g}s")
     demand = demand_replicas(signals, config, target, rising_per_s)
     if demand is not None:
         load = math.ceil(demand - 1e-9)

@@ -16,6 +16,7 @@ from corral.autoscaler.policy import (
     PolicyState,
     Signals,
     assess,
+    backlog_replicas,
     decide,
     demand_replicas,
     itl_model_replicas,
@@ -23,6 +24,7 @@ from corral.autoscaler.policy import (
     model_replicas,
     packing_target,
     remember_peak,
+    request_engine_s,
     signals_from_context,
 )
 from corral.cluster.spec import parse_fleet
@@ -61,6 +63,7 @@ def configs(draw):
         itl_model_share=draw(st.one_of(st.just(0.0), st.floats(0, 1))),
         itl_model_horizon_s=draw(st.floats(0, 300)),
         backlog_drain_s=draw(st.one_of(st.just(0.0), st.floats(1, 600))),
+        waiting_drain_s=draw(st.one_of(st.just(0.0), st.floats(1, 600))),
         burst_memory_s=draw(st.one_of(st.just(0.0), st.floats(1, 1800))),
         burst_memory_share=draw(st.floats(0, 1)),
     )
@@ -263,6 +266,7 @@ def test_rollout_floor_lifts_replicas_immediately():
         ("policy", "fastest"),
         ("breach_upscale_proportional", "maybe"),
         ("backlog_drain_s", 0.5),
+        ("waiting_drain_s", 0.5),
         ("burst_memory_s", -1),
         ("burst_memory_share", 1.5),
     ],
@@ -564,6 +568,43 @@ def test_demand_sizing_costs_the_arriving_requests_and_drains_the_backlog():
     assert demand_replicas(replace_sig(sig, requests_per_s=0.04), cfg, 3.0, 0.0) is None
     assert demand_replicas(replace_sig(sig, requests_per_s=0.05), cfg, 3.0, 0.0) is not None
     assert assess(replace_sig(sig, requests_per_s=0.0), cfg).load_replicas == 7
+
+
+def test_backlog_sizing_packs_the_requests_in_service_and_drains_the_waiting_ones():
+    """With `waiting_drain_s` the requests in service (and the trend) ask for a replica per
+    `target` as before; the waiting ones (queued at the handles, or beyond the replicas' batch
+    slots) for their engine time over `waiting_drain_s` (a request's mean on the engine model).
+    Nothing waiting: the same replicas as without it."""
+    spec = AutoscalingSpec(target_ongoing_requests=3, waiting_drain_s=10, trend_horizon_s=30,
+                           downscale_hysteresis=0.0, slo_packing_itl_share=0.0, **ENGINE)
+    cfg = PolicyConfig(spec=spec, min_replicas=1, max_replicas=64, max_num_seqs=8)
+    off = PolicyConfig(spec=spec.model_copy(update={"waiting_drain_s": 0.0}), max_replicas=64, max_num_seqs=8)
+    sig = Signals(running_replicas=4, target_replicas=4, ongoing_requests=20.0,
+                  requests_per_s=5.0, prompt_tokens_per_s=250.0, output_tokens_per_s=40.0)
+    per_request = (250 * 0.004 + 40 * (0.1 + 0.05 * 3) / 3) / 5  # 0.8667 s, as demand sizing costs it
+    assert request_engine_s(sig, cfg, 3.0) == pytest.approx(per_request)
+    # Nothing waiting: 20 requests in service at 3 each, and the trend (0.1/s x 30 s) as before.
+    assert backlog_replicas(sig, cfg, 3.0) == 0.0
+    assert assess(sig, cfg, 0.1).load_replicas == assess(sig, off, 0.1).load_replicas == 8
+    # 30 queued at the handles and 2 beyond the 4 x 8 slots: 32 in service (11 replicas at 3 each),
+    # the 32 waiting drained within 10 s (32 / 10 x 0.8667 = 2.77 replicas), where packed at 3
+    # each they asked for 11 more.
+    backlog = replace_sig(sig, ongoing_requests=64.0, queued_requests=30.0)
+    assert backlog_replicas(backlog, cfg, 3.0) == pytest.approx(32 / 10 * per_request)
+    assert assess(backlog, cfg).load_replicas == math.ceil(32 / 3 + 32 / 10 * per_request) == 14
+    assert assess(backlog, off).load_replicas == 22
+    # The trend still counts at the batch target.
+    assert assess(backlog, cfg, 0.2).load_replicas == math.ceil((32 + 0.2 * 30) / 3 + 32 / 10 * per_request)
+    # A longer drain asks for fewer; without the engine model or the rates: packed, as when off.
+    slow = PolicyConfig(spec=spec.model_copy(update={"waiting_drain_s": 60.0}), max_replicas=64, max_num_seqs=8)
+    assert assess(backlog, slow).load_replicas == math.ceil(32 / 3 + 32 / 60 * per_request) == 12
+    no_model = PolicyConfig(spec=spec.model_copy(update={"engine_per_decode_seq_s": 0.0}), max_replicas=64,
+                            max_num_seqs=8)
+    assert backlog_replicas(backlog, no_model, 3.0) is None and assess(backlog, no_model).load_replicas == 22
+    assert assess(replace_sig(backlog, output_tokens_per_s=None), cfg).load_replicas == 22
+    assert assess(replace_sig(backlog, requests_per_s=0.04), cfg).load_replicas == 22
+    # Scale-down keeps counting every request in the system.
+    assert assess(backlog, cfg).down_replicas == assess(backlog, off).down_replicas
 
 
 def test_burst_memory_keeps_the_peak_the_load_asked_for_until_it_is_older_than_the_memory():
