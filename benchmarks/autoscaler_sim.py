@@ -29,6 +29,11 @@ judge candidates on several tuning draws, where a setting is chosen; references 
 seeds judge the chosen one on held-out draws. Per member, the mean over the reference draws
 decides: a candidate is kept only if it is better (attainment up at no more replica-seconds, or
 replica-seconds down at no less attainment, within 0.1 point / 1 %) on a member and worse on none.
+Beside it, per member, the paired verdict over the draws (`paired_over_draws`: 95% intervals of the
+attainment difference and the replica-seconds ratio, a side taken only where an interval lies past
+that tolerance), because a setting's figures move from draw to draw by more than most candidates
+change them (a one-second change of a delay moves single draws by several points).
+`--rejudge candidates.json` recomputes both verdicts from the draws a report holds.
 
 The goal (`corral.autoscaler.sim.evaluate`): SLO attainment >= min(99 %, oracle's - 0.5 point),
 replica-seconds <= 1.15x the oracle's, and better than Ray Serve's default policy. The oracle
@@ -48,6 +53,10 @@ from pathlib import Path
 TUNING = ("conversation-a", "mmpp-x3")
 """The tuning set: the members (at seed 0) on which each policy's setting is chosen."""
 TUNING_SEED, JUDGE_SEED = 0, 1
+RULE_TEXT = ("kept: better on a member and worse on none, by the draws' means (worse: attainment down more than "
+             "0.1 point or replica-seconds up more than 1%; better: the reverse); better_at_95 / worse_at_95: the "
+             "members where a 95% interval over the paired draws lies wholly beyond that tolerance on that side (better: "
+             "and the other interval not beyond it on the worse side)")
 
 
 def log(msg: str) -> None:
@@ -156,7 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidate-draws", default="tuning,judging", metavar="tuning,judging",
                     help="which draws the candidates run on, comma-separated: tuning (seed 0) and judging (the "
                          "reference's draws, with its oracle and Ray default: the goal's verdict); default both")
+    ap.add_argument("--rejudge", default=None, metavar="CANDIDATES_JSON",
+                    help="recompute the verdicts of a candidates.json of this benchmark from the draws it holds "
+                         "(no simulation) and print it; out_dir is not written")
     args = ap.parse_args(argv)
+    if args.rejudge:
+        print(json.dumps(rejudge(json.loads(Path(args.rejudge).read_text())), indent=1))
+        return 0
     warnings.simplefilter("ignore")
     import logging
 
@@ -262,6 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def rejudge(report: dict) -> dict:
+    """A candidates report's verdicts recomputed from its draws (the rule as it is now)."""
+    cands = {c: v["fields"] for c, v in report["candidates"].items()}
+    refs = [{"protocol": p} for p in report["reference_protocol"]]
+    return _candidates_report(cands, report["workloads"], refs) | {
+        k: v for k, v in report.items() if k not in ("candidates", "workloads", "rule", "reference_protocol",
+                                                    "benchmark", "goal", "seeds")}
+
+
 def _parse_candidate(text: str) -> tuple[str, dict[str, str]]:
     name, _, fields = text.partition(":")
     return name, dict(kv.split("=", 1) for kv in fields.split(",") if kv)
@@ -322,6 +346,29 @@ def _mean_of_draws(draws: list[dict]) -> dict:
             "goal_met": sum(bool(d["goal"]["met"]) for d in draws), "draws_judged": n}
 
 
+def paired_over_draws(current: list[dict], candidate: list[dict]) -> dict:
+    """A candidate against the current setting on the same draws, with 95% intervals over the draws:
+    the mean attainment difference (points, Student t) and the geometric mean replica-seconds ratio
+    (t on the logs). `verdict` is "worse" where either interval lies wholly beyond the mean rule's
+    tolerance on the worse side (attainment down more than 0.1 point, or replica-seconds up more
+    than 1%); "better" where one lies wholly beyond it on the better side and the other wholly
+    within it or better (attainment not down by 0.1 point, replica-seconds not up by 1%: non-inferior);
+    else None (a trade-off, or not told apart from the draws' spread; always None with one draw)."""
+    from corral.common.stats import geometric_mean_ci, mean_ci
+
+    att = mean_ci([100.0 * (c["slo_attainment"] - b["slo_attainment"]) for b, c in zip(current, candidate)])
+    cost = geometric_mean_ci([c["replica_seconds"] / b["replica_seconds"] for b, c in zip(current, candidate)])
+    verdict = None
+    if att.low is not None and cost.low is not None:
+        if att.high < -0.1 or cost.low > 1.01:
+            verdict = "worse"
+        elif (att.low > 0.1 and cost.high <= 1.01) or (cost.high < 0.99 and att.low >= -0.1):
+            verdict = "better"
+    return {"draws": att.n, "verdict": verdict,
+            "attainment_pt": [round(v, 3) if v is not None else None for v in (att.value, att.low, att.high)],
+            "replica_seconds_ratio": [round(v, 4) if v is not None else None for v in (cost.value, cost.low, cost.high)]}
+
+
 def _candidates_report(cands: dict, rows: dict, references: list[dict]) -> dict:
     from corral.autoscaler import sim as S
 
@@ -343,6 +390,11 @@ def _candidates_report(cands: dict, rows: dict, references: list[dict]) -> dict:
     for cname in cands:
         tuning, judging = compare(cname, "tuning"), compare(cname, "judging")
         judged = [r for r in rows.values() if "judging" in r["current"]]
+        paired = {name: paired_over_draws(r["current"]["judging"]["draws"], r[cname]["judging"]["draws"])
+                  for name, r in rows.items() if "judging" in r["current"]}
+        judging |= {"better_at_95": [n for n, p in paired.items() if p["verdict"] == "better"],
+                    "worse_at_95": [n for n, p in paired.items() if p["verdict"] == "worse"],
+                    "paired": paired}
         verdicts[cname] = {
             "fields": cands[cname], "tuning": tuning, "judging": judging,
             "kept": bool(judging["better_on"]) and not judging["worse_on"],
@@ -350,6 +402,7 @@ def _candidates_report(cands: dict, rows: dict, references: list[dict]) -> dict:
             "goal_met_judging_current": sum(r["current"]["judging"]["goal_met"] for r in judged),
             "draws_judged": sum(r["current"]["judging"]["draws_judged"] for r in judged)}
     return {"benchmark": "autoscaler_sim candidates", "goal": S.GOAL_TEXT,
+            "rule": RULE_TEXT,
             "reference_protocol": [ref["protocol"] for ref in references],
             "seeds": {"tuning": TUNING_SEED, "judging": "the reference's"}, "candidates": verdicts, "workloads": rows}
 

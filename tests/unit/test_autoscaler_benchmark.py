@@ -52,7 +52,14 @@ def test_candidates_are_judged_paired_against_the_reference_run(tmp_path, capsys
     # The knee of the measured curve is 3: the "same" candidate changes nothing, so it is not kept.
     assert row["same"] == row["current"]
     same = report["candidates"]["same"]
-    assert same["judging"] == same["tuning"] == {"better_on": [], "worse_on": []} and same["kept"] is False
+    assert same["tuning"] == {"better_on": [], "worse_on": []} and same["kept"] is False
+    assert {k: same["judging"][k] for k in ("better_on", "worse_on", "better_at_95", "worse_at_95")} == {
+        "better_on": [], "worse_on": [], "better_at_95": [], "worse_at_95": []}
+    # One draw gives no interval: no paired verdict.
+    assert same["judging"]["paired"]["decode-heavy"]["verdict"] is None
+    assert same["judging"]["paired"]["decode-heavy"]["draws"] == 1
+    # The verdicts recomputed from the draws the report holds are the report's own.
+    assert autoscaler_sim.rejudge(report)["candidates"] == report["candidates"]
     assert same["goal_met_judging"] == same["goal_met_judging_current"]
     with pytest.raises(SystemExit):
         autoscaler_sim.main([str(tmp_path / "bad"), *short, "--candidate", "x:downscale_hysteresis=0.1"])
@@ -162,3 +169,38 @@ def test_reactive_frontier_reads_the_grid_against_the_bar_and_the_cap():
     f = frontier(grid, 0.98, {"slo_attainment": 0.99, "replica_seconds_vs_oracle": 1.05})
     assert f["meets_bar_within_cap"] and f["best_within_cap"] == grid[1]
     assert f["cheapest_as_good_as_corral"] is None and f["corral_meets_bar"]  # corral beyond the grid's frontier
+
+
+def _draws(att: list[float], rs: list[float]) -> list[dict]:
+    return [{"slo_attainment": a, "replica_seconds": r} for a, r in zip(att, rs)]
+
+
+def test_paired_verdict_needs_an_interval_beyond_the_tolerance():
+    """A paired verdict over draws: worse where an interval lies wholly past the tolerance (0.1 point,
+    1%) on the worse side; better where one lies past it on the better side and the other is
+    non-inferior; otherwise none, however the means compare."""
+    base = _draws([0.95, 0.90, 0.98, 0.85], [1000, 2000, 1500, 3000])
+    same = autoscaler_sim.paired_over_draws(base, base)
+    assert same["verdict"] is None and same["attainment_pt"] == [0.0, 0.0, 0.0]
+    assert same["replica_seconds_ratio"] == [1.0, 1.0, 1.0] and same["draws"] == 4
+    # 0.5 point less on every draw (within 0.05): worse, though the cost is the same.
+    less = _draws([a - 0.005 + d for a, d in zip([0.95, 0.90, 0.98, 0.85], [0.0005, -0.0005, 0.0003, -0.0003])],
+                  [1000, 2000, 1500, 3000])
+    assert autoscaler_sim.paired_over_draws(base, less)["verdict"] == "worse"
+    # 5% fewer replica-seconds on every draw, attainment equal: better; with 0.5 point less: worse.
+    cheaper = _draws([0.95, 0.90, 0.98, 0.85], [950, 1910, 1420, 2850])
+    assert autoscaler_sim.paired_over_draws(base, cheaper)["verdict"] == "better"
+    cheaper_less = _draws([0.945, 0.895, 0.975, 0.845], [950, 1910, 1420, 2850])
+    assert autoscaler_sim.paired_over_draws(base, cheaper_less)["verdict"] == "worse"
+    # A trade-off (cheaper, attainment down 0.05-1 point, its interval straddling the tolerance): none.
+    trade = _draws([0.9495, 0.89, 0.9795, 0.849], [950, 1910, 1420, 2850])
+    assert autoscaler_sim.paired_over_draws(base, trade)["verdict"] is None
+    # Means that the mean rule calls better (+1 point on average), spread +-3 points: none.
+    noisy = _draws([0.98, 0.87, 1.0, 0.87], [1000, 2000, 1500, 3000])
+    p = autoscaler_sim.paired_over_draws(base, noisy)
+    assert p["attainment_pt"][0] == pytest.approx(1.0) and p["verdict"] is None
+    # Within the tolerance, however tight the interval (0.05 point less, 0.5% more): none.
+    slight = _draws([0.9495, 0.8995, 0.9795, 0.8495], [1005, 2010, 1507.5, 3015])
+    assert autoscaler_sim.paired_over_draws(base, slight)["verdict"] is None
+    # One draw: no interval.
+    assert autoscaler_sim.paired_over_draws(base[:1], cheaper[:1])["verdict"] is None
