@@ -233,11 +233,8 @@ def demand_replicas(signals: Signals, config: PolicyConfig, target: float, risin
     """Demand sizing (`backlog_drain_s`): the engine-seconds per second the arriving requests need
     on the engine model, with the waiting requests drained within `backlog_drain_s`. Requests
     arrive at the rate the replicas report prefilling plus `rising_per_s` (the growth of the
-    requests in the system: what arrives is served or waits), each with the mean prompt and
-    answer of the reported token rates. A prompt takes its tokens' engine time; an answer's
-    tokens a `1 / target` share of a decode step of `target` sequences. None when off, a rate is
-    not reported, or fewer than one request was prefilled in `look_back_period_s` (the token rates
-    then say nothing about a request's length)."""
+    requests in the system: what arrives is served or waits), each costing `request_engine_s`.
+    None when off or that is unknown."""
     spec = config.spec
     per_request_s = request_engine_s(signals, config, target)
     if spec.backlog_drain_s <= 0 or per_request_s is None:
@@ -334,12 +331,12 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0,
     load = math.ceil(expected / target - 1e-9)
     basis = f"{ongoing:.3g} requests in the system at {target:.3g} each"
     down = math.ceil(ongoing / (target * (1.0 - spec.downscale_hysteresis)) - 1e-9)
+    waiting = waiting_requests(signals, config)
     backlog = backlog_replicas(signals, config, target)
     if backlog is not None:
-        waiting = waiting_requests(signals, config)
         sized = max(0.0, expected - waiting) / target + backlog
         load = math.ceil(sized - 1e-9)
-        basis = (f"{ongoing - waiting:.3g} requests in service at {target:.3g} each, {waiting:.3g} waiting "
+        basis = (f"{max(0.0, ongoing - waiting):.3g} requests in service at {target:.3g} each, {waiting:.3g} waiting "
                  f"drained within {spec.waiting_drain_s:g}s")
     demand = demand_replicas(signals, config, target, rising_per_s)
     if demand is not None:
@@ -360,7 +357,7 @@ def assess(signals: Signals, config: PolicyConfig, rising_per_s: float = 0.0,
         now_need = itl_model_replicas(signals, config) or 0.0
         down = max(down, math.ceil(now_need / (1.0 - spec.downscale_hysteresis) - 1e-9))
 
-    waiting_per_replica = waiting_requests(signals, config) / max(running, 1)
+    waiting_per_replica = waiting / max(running, 1)
 
     breach = None
     over_slo = None  # p95 / SLO on a latency breach

@@ -53,10 +53,12 @@ from pathlib import Path
 TUNING = ("conversation-a", "mmpp-x3")
 """The tuning set: the members (at seed 0) on which each policy's setting is chosen."""
 TUNING_SEED, JUDGE_SEED = 0, 1
-RULE_TEXT = ("kept: better on a member and worse on none, by the draws' means (worse: attainment down more than "
-             "0.1 point or replica-seconds up more than 1%; better: the reverse); better_at_95 / worse_at_95: the "
-             "members where a 95% interval over the paired draws lies wholly beyond that tolerance on that side (better: "
-             "and the other interval not beyond it on the worse side)")
+TOLERANCE_PT, TOLERANCE_RATIO = 0.1, 0.01
+"""What counts as a change in attainment (points) and in replica-seconds (share), for both verdicts."""
+RULE_TEXT = (f"kept: better on a member and worse on none, by the draws' means (worse: attainment down more than "
+             f"{TOLERANCE_PT:g} point or replica-seconds up more than {TOLERANCE_RATIO:.0%}; better: the reverse); "
+             "better_at_95 / worse_at_95: the members where a 95% interval over the paired draws lies wholly beyond "
+             "that tolerance on that side (better: and the other interval not beyond it on the worse side)")
 
 
 def log(msg: str) -> None:
@@ -280,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 def rejudge(report: dict) -> dict:
     """A candidates report's verdicts recomputed from its draws (the rule as it is now)."""
     cands = {c: v["fields"] for c, v in report["candidates"].items()}
-    refs = [{"protocol": p} for p in report["reference_protocol"]]
-    return _candidates_report(cands, report["workloads"], refs) | {
-        k: v for k, v in report.items() if k not in ("candidates", "workloads", "rule", "reference_protocol",
-                                                    "benchmark", "goal", "seeds")}
+    return report | _candidates_report(cands, report["workloads"], report["reference_protocol"])
 
 
 def _parse_candidate(text: str) -> tuple[str, dict[str, str]]:
@@ -301,6 +300,7 @@ def candidates(texts: list[str], references: list[dict], fam, names: list[str], 
     from corral.autoscaler import sim as S
 
     cands = dict(_parse_candidate(t) for t in texts)
+    protocols = [ref["protocol"] for ref in references]
     base = {"current": {}}
     rows: dict[str, dict] = {}
     for name in names:
@@ -334,8 +334,8 @@ def candidates(texts: list[str], references: list[dict], fam, names: list[str], 
             log(f"{name} {draw} (seed {seed}): " + ", ".join(
                 f"{c} {e['slo_attainment']:.4f}/{e['replica_seconds']:.0f}" for c, e in last.items()))
         if progress is not None:
-            progress(_candidates_report(cands, rows, references))
-    return _candidates_report(cands, rows, references)
+            progress(_candidates_report(cands, rows, protocols))
+    return _candidates_report(cands, rows, protocols)
 
 
 def _mean_of_draws(draws: list[dict]) -> dict:
@@ -360,16 +360,17 @@ def paired_over_draws(current: list[dict], candidate: list[dict]) -> dict:
     cost = geometric_mean_ci([c["replica_seconds"] / b["replica_seconds"] for b, c in zip(current, candidate)])
     verdict = None
     if att.low is not None and cost.low is not None:
-        if att.high < -0.1 or cost.low > 1.01:
+        up, down = 1 + TOLERANCE_RATIO, 1 - TOLERANCE_RATIO
+        if att.high < -TOLERANCE_PT or cost.low > up:
             verdict = "worse"
-        elif (att.low > 0.1 and cost.high <= 1.01) or (cost.high < 0.99 and att.low >= -0.1):
+        elif (att.low > TOLERANCE_PT and cost.high <= up) or (cost.high < down and att.low >= -TOLERANCE_PT):
             verdict = "better"
     return {"draws": att.n, "verdict": verdict,
             "attainment_pt": [round(v, 3) if v is not None else None for v in (att.value, att.low, att.high)],
             "replica_seconds_ratio": [round(v, 4) if v is not None else None for v in (cost.value, cost.low, cost.high)]}
 
 
-def _candidates_report(cands: dict, rows: dict, references: list[dict]) -> dict:
+def _candidates_report(cands: dict, rows: dict, protocols: list[str]) -> dict:
     from corral.autoscaler import sim as S
 
     def compare(cname: str, draw: str) -> dict:
@@ -380,9 +381,9 @@ def _candidates_report(cands: dict, rows: dict, references: list[dict]) -> dict:
             a, b = r[cname][draw], r["current"][draw]
             d_att = a["slo_attainment"] - b["slo_attainment"]
             ratio = a["replica_seconds"] / b["replica_seconds"]
-            if d_att < -1e-3 or ratio > 1.01:
+            if d_att < -TOLERANCE_PT / 100 or ratio > 1 + TOLERANCE_RATIO:
                 worse.append(name)
-            elif d_att > 1e-3 or ratio < 0.99:
+            elif d_att > TOLERANCE_PT / 100 or ratio < 1 - TOLERANCE_RATIO:
                 better.append(name)
         return {"better_on": better, "worse_on": worse}
 
@@ -403,7 +404,7 @@ def _candidates_report(cands: dict, rows: dict, references: list[dict]) -> dict:
             "draws_judged": sum(r["current"]["judging"]["draws_judged"] for r in judged)}
     return {"benchmark": "autoscaler_sim candidates", "goal": S.GOAL_TEXT,
             "rule": RULE_TEXT,
-            "reference_protocol": [ref["protocol"] for ref in references],
+            "reference_protocol": protocols,
             "seeds": {"tuning": TUNING_SEED, "judging": "the reference's"}, "candidates": verdicts, "workloads": rows}
 
 
