@@ -50,7 +50,7 @@ class AutoscalingSpec(BaseModel):
     the latency-curve.json `corral plan capacity` writes). With it, the prompt tokens each
     replica holds that still wait for their prefill (reported by the replica) become a prefill
     backlog in seconds; see `prefill_backlog_ttft_share`. 0 = that signal is not used (the
-    default: on the simulated workload family it changed no decision, README)."""
+    default: on the simulated workload family it changed no decision, docs/autoscaler-family.md)."""
     prefill_backlog_ttft_share: float = 0.5
     """A prefill backlog per replica above this share of `ttft_p95_s` counts as prefill pressure
     and adds replicas without waiting `upscale_delay_s` (like a growing queue): a request that
@@ -64,7 +64,7 @@ class AutoscalingSpec(BaseModel):
     """When the most replicas the load asked for during the whole `downscale_delay_s` is at most
     this share of the current target (a burst has passed), scale down to that number in one step
     instead of by `downscale_max_fraction`. 0 = always shrink gradually (the default: on the
-    simulated workload family a direct drop lost attainment on 9 of 10 held-out members, README)."""
+    simulated workload family a direct drop lost attainment on 9 of 10 held-out members, docs/autoscaler-family.md)."""
     trend_horizon_s: float = 30.0
     """When adding replicas, provision for the load expected this far ahead along the
     recent rising trend (load grows while new replicas start). 0 = react to current load only."""
@@ -73,7 +73,7 @@ class AutoscalingSpec(BaseModel):
     replica already breaks the SLO for its users) or `mean` (their mean: a p95 over the few requests
     one replica finished in `look_back_period_s` is noisy, and the worst of many such is noisier).
     `worst` is the default: on the simulated workload family `mean` saved a quarter of the
-    replica-seconds on the smooth members for 1.3-2.2 points of attainment (README)."""
+    replica-seconds on the smooth members for 1.3-2.2 points of attainment (docs/autoscaler-family.md)."""
     engine_base_s: float = 0.0
     """The engine model's fixed cost of one engine step, seconds (`base_s` of the engine model in
     the latency-curve.json `corral plan capacity` writes). Used by `slo_packing_itl_share` and
@@ -92,7 +92,7 @@ class AutoscalingSpec(BaseModel):
     while the TTFT p95 is within this share of `ttft_p95_s` too. Acts only with the engine model
     (`engine_per_decode_seq_s` > 0). 0 = the fixed target. The default, 0.75, was chosen on the
     workload family's tuning draws (0.6 changed nothing, 0.9 lost attainment) and kept on the
-    held-out draws (fewer replica-seconds on one member, worse on none; README)."""
+    held-out draws (fewer replica-seconds on one member, worse on none; docs/autoscaler-family.md)."""
     model_sizing_utilisation: float = 0.0
     """Model-based sizing (as Dynamo's SLA planner sizes from profiled throughput): the replicas
     for the load are the engine-seconds per second the arm's work needs, divided by this share of
@@ -103,7 +103,7 @@ class AutoscalingSpec(BaseModel):
     `target_ongoing_requests` each.
     Fewer replicas (scale-down) keep the hysteresis band. 0 = size by requests in flight over
     `target_ongoing_requests` (the default: on the simulated workload family it was not better on
-    every held-out member, README)."""
+    every held-out member, docs/autoscaler-family.md)."""
     backlog_drain_s: float = 0.0
     """Demand sizing: size the arm for the requests arriving, not the requests in the system. The
     arrival rate is what the replicas report prefilling per second plus the growth of the requests
@@ -117,7 +117,7 @@ class AutoscalingSpec(BaseModel):
     have started. Acts only with the engine model, the work rates reported and at least one request
     prefilled in `look_back_period_s`; otherwise, and at 0, the arm is sized by requests in the system
     (0, off, is the default: on the simulated workload family it saved replica-seconds and lost
-    attainment on the bursty members, whose first burst then finds fewer replicas held; README).
+    attainment on the bursty members, whose first burst then finds fewer replicas held; docs/autoscaler-family.md).
     0 or at least 1 s."""
     waiting_drain_s: float = 0.0
     """Backlog sizing: the requests waiting for a batch slot (queued at the handles, or admitted by a
@@ -130,13 +130,13 @@ class AutoscalingSpec(BaseModel):
     where 7 served it). Acts only with the engine model, the work rates reported and at least one
     request prefilled in `look_back_period_s`; `backlog_drain_s` (demand sizing) replaces it when on.
     0 = off (the default: on the simulated workload family 10 s, chosen on the tuning draws, was
-    worse on three held-out members, README); otherwise at least 1 s."""
+    worse on three held-out members, docs/autoscaler-family.md); otherwise at least 1 s."""
     burst_memory_s: float = 0.0
     """Burst memory: keep at least `burst_memory_share` of the most replicas the load asked for
     within this many seconds. A burst shorter than a cold start is served by the replicas already
     running when it comes, so an arm that has seen one keeps what it needed for a while.
     0 = off (the default: on the simulated workload family it bought 1.7-8 points on five members and
-    cost the others replica-seconds or attainment, README)."""
+    cost the others replica-seconds or attainment, docs/autoscaler-family.md)."""
     burst_memory_share: float = 1.0
     """With `burst_memory_s`, the share of the remembered peak kept (0-1)."""
     itl_model_share: float = 0.0
@@ -154,7 +154,7 @@ class AutoscalingSpec(BaseModel):
     longer holds the fleet up by itself. Acts only with the engine model (`engine_per_decode_seq_s`
     > 0), the work rates reported and a share above `engine_base_s / itl_p95_s`. 0 = off (the
     default: on the simulated workload family 0.55, chosen on the tuning draws, was better on two
-    held-out members and worse on six, README)."""
+    held-out members and worse on six, docs/autoscaler-family.md)."""
     itl_model_horizon_s: float = 60.0
     """With `itl_model_share`, size for the work expected this far ahead along its rising trend
     (smoothed over `look_back_period_s`). The work reported is work done, which follows the
