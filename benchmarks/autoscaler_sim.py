@@ -19,6 +19,12 @@ writes one plot per workload (offered load; replicas vs load for each policy) to
     python benchmarks/autoscaler_sim.py OUT --seed 5 --no-plots        (another held-out draw of every member)
     python benchmarks/autoscaler_sim.py OUT --candidate NAME:FIELD=VALUE --candidate-draws judging
         --reference seed-0.json --reference seed-2.json ...          (a candidate on several draws)
+    python benchmarks/autoscaler_sim.py OUT --seed 5 --replica-mtbf-s 1800 --no-plots   (under replica faults)
+
+With `--replica-mtbf-s` every policy of a draw (the oracle's calibration included) meets the same
+fault process: serving replicas fail at random, their requests fail, and Serve replaces them
+(`SimConfig.replica_mtbf_s`); the report records the MTBF, and candidates judged against such a
+reference run under the same faults.
 
 Candidate policy changes (`--candidate NAME:FIELD=VALUE,...`, with `--reference` a
 result.json of this benchmark) are judged without re-running the oracle: each candidate and the
@@ -157,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ttft-slo-s", type=float, default=2.0)
     ap.add_argument("--itl-slo-s", type=float, default=0.4)
     ap.add_argument("--max-num-seqs", type=int, default=8)
+    ap.add_argument("--replica-mtbf-s", type=float, default=0.0,
+                    help="faults: mean time between failures of one serving replica, seconds (a failed replica's "
+                         "requests fail and Serve starts a replacement; the same fault process, seeded by --seed, "
+                         "for every policy of a draw); 0 = none")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--candidate", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                     help="judge a candidate setting against the current one (needs --reference)")
@@ -186,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the policy's per-decision log lines
     curve = S.LatencyCurve.load(args.curve or S.CURVES_DIR / "smollm2-135m-cpu1.json")
     knee = float(curve.knee())
+    if args.replica_mtbf_s < 0:
+        ap.error(f"--replica-mtbf-s must be >= 0 (0 = no faults), got {args.replica_mtbf_s:g}")
     sim = S.SimConfig(ttft_slo_s=args.ttft_slo_s, itl_slo_s=args.itl_slo_s, max_num_seqs=args.max_num_seqs,
-                      cold_start_s=args.cold_start_s, min_replicas=1, max_replicas=64)
+                      cold_start_s=args.cold_start_s, min_replicas=1, max_replicas=64,
+                      replica_mtbf_s=args.replica_mtbf_s, fault_seed=args.seed)
     overrides = dict(kv.split("=", 1) for kv in args.set)
     # The capacity plan's setting: the knee as batch target and the curve's engine model.
     engine = {"engine_base_s": curve.step.base_s, "engine_per_decode_seq_s": curve.step.per_decode_seq_s,
@@ -250,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "curve": curve.name, "knee_batch": knee, "cold_start_s": args.cold_start_s,
         "duration_s": args.duration_s, "max_num_seqs": args.max_num_seqs, "slo": {"ttft_s": args.ttft_slo_s, "itl_s": args.itl_slo_s},
         "spec_overrides": overrides,
+        **({"replica_mtbf_s": args.replica_mtbf_s} if args.replica_mtbf_s else {}),
         "protocol": ((f"one setting per policy: the cheapest batch target in {grid} meeting the attainment bar "
                       f"on every tuning member {tuning_names} (seed {TUNING_SEED})" if args.targets else
                       f"one setting for both policies: the capacity plan's batch target (the curve's knee, {knee:g}) "
@@ -305,18 +319,21 @@ def candidates(texts: list[str], references: list[dict], fam, names: list[str], 
     rows: dict[str, dict] = {}
     for name in names:
         rows[name] = {}
-        # (draw, seed, the reference's member or None): the tuning draw, then each reference's draw.
-        # The recorded trace is the same at every seed: one reference judges it.
+        # (draw, seed, the reference's member or None, its faults): the tuning draw, then each reference's
+        # draw, under the faults the reference ran with. The recorded trace is the same at every seed: one
+        # reference judges it.
         refs = references[:1] if fam[name].params.get("trace") is not None else references
-        runs = ([("tuning", TUNING_SEED, None)] if "tuning" in draws else []) + (
-            [("judging", ref["workloads"][name].get("seed", JUDGE_SEED), ref["workloads"][name]) for ref in refs]
+        runs = ([("tuning", TUNING_SEED, None, sim.replica_mtbf_s)] if "tuning" in draws else []) + (
+            [("judging", ref["workloads"][name].get("seed", JUDGE_SEED), ref["workloads"][name],
+              ref.get("replica_mtbf_s", 0.0)) for ref in refs]
             if "judging" in draws else [])
-        for draw, seed, ref in runs:
+        for draw, seed, ref, mtbf_s in runs:
             requests = fam[name].requests(seed)
             # The fleet every policy starts from: the reference oracle's first plan (headroom 1 on the tuning draw).
             headroom = ref["oracle_headroom"] if ref is not None else 1.0
             init = S.OraclePolicy(requests, curve, knee, sim.cold_start_s, headroom=headroom).initial()
-            msim = replace(sim, initial_replicas=min(max(init, sim.min_replicas), sim.max_replicas))
+            msim = replace(sim, initial_replicas=min(max(init, sim.min_replicas), sim.max_replicas),
+                           replica_mtbf_s=mtbf_s, fault_seed=seed)
             for cname, fields in (base | cands).items():
                 cspec = type(spec)(**{**spec.model_dump(), **fields})  # validated: a bad field is named
                 c = run_policy("corral", requests, curve, msim, cspec, knee).summary()

@@ -5,7 +5,8 @@ of the workload family), routes requests to replicas, runs each replica as a
 continuous-batching engine whose decode step time comes from a latency-vs-batch curve, and
 calls an autoscaling policy the way Serve's controller does: through the same
 `policy(ctx) -> (replicas, policy_state)` interface, with Ray's own wrapper functions (scaling
-factors, delays) applied on top. corral's policy runs here unchanged.
+factors, delays) applied on top. corral's policy runs here unchanged. Replicas may fail at
+random (`SimConfig.replica_mtbf_s`): their requests fail and Serve replaces them.
 
 Modules: `workload` (requests, trace), `family` (the generated workload family), `replica`
 (the engine model), `policies` (Serve's controller path, Ray's default, the oracle), `run`

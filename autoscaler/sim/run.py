@@ -17,6 +17,11 @@
   prompt lengths of the requests a replica holds that have no first token yet (waiting in its
   engine, or admitted with their prefill still running).
 
+* Faults (`replica_mtbf_s`): serving replicas fail at random (exponential lifetimes, seeded by
+  `fault_seed`, the same fault process for every policy). A failed replica stops at once; the
+  requests it holds fail (they count as missing the SLO), and Serve starts a replacement to keep
+  the target, which serves a cold start later (as Serve's deployment state replaces a dead replica).
+
 A request meets its SLO when its TTFT <= ttft_slo_s and its mean inter-token latency
 <= itl_slo_s.
 """
@@ -64,6 +69,14 @@ class SimConfig:
     """Controller period (Serve's is 0.1 s; decisions use windowed metrics either way)."""
     metrics_interval_s: float = 2.0
     look_back_period_s: float = 20.0
+    replica_mtbf_s: float = 0.0
+    """Mean time between failures of one serving replica, seconds (exponential); 0 = no faults."""
+    fault_seed: int = 0
+    """Seed of the fault process (which moments and which replicas)."""
+
+    def __post_init__(self) -> None:
+        if self.replica_mtbf_s < 0:
+            raise ValueError(f"replica_mtbf_s must be >= 0 (0 = no faults), got {self.replica_mtbf_s}")
 
     @property
     def max_ongoing_requests(self) -> int:
@@ -91,13 +104,22 @@ class SimResult:
     """Per request: mean inter-token latency, seconds."""
     feasible_attainment: float | None = None
     """Oracle runs (`calibrated_oracle`): what its most generous plan attained."""
+    replica_failures: int | None = None
+    """With faults (`SimConfig.replica_mtbf_s`): replicas that failed."""
+    failure_times_s: list[float] | None = None
+    """With faults: when each failed."""
+    failed_requests: int | None = None
+    """With faults: requests lost with a failed replica."""
 
     def summary(self) -> dict[str, Any]:
-        return {"slo_attainment": round(float(self.slo_attainment), 5),
-                "replica_seconds": round(float(self.replica_seconds), 1),
-                "scale_events": self.scale_events, "ttft_p95_s": round(self.ttft_p95_s, 3),
-                "itl_p95_s": round(self.itl_p95_s, 4), "mean_replicas": round(float(self.mean_replicas), 2),
-                "requests": self.requests}
+        out: dict[str, Any] = {"slo_attainment": round(float(self.slo_attainment), 5),
+                               "replica_seconds": round(float(self.replica_seconds), 1),
+                               "scale_events": self.scale_events, "ttft_p95_s": round(self.ttft_p95_s, 3),
+                               "itl_p95_s": round(self.itl_p95_s, 4),
+                               "mean_replicas": round(float(self.mean_replicas), 2), "requests": self.requests}
+        if self.replica_failures is not None:
+            out.update(replica_failures=self.replica_failures, failed_requests=self.failed_requests)
+        return out
 
 
 class _SimCtx:
@@ -140,6 +162,12 @@ class _Run:
         self.decisions: list[tuple[float, int, str]] = []
         self.tl: dict[str, list[float]] = {"t": [], "target": [], "ready": [], "ongoing": [], "queued": []}
         self.scale_events = 0
+        # Faults: candidate moments at the rate max_replicas / mtbf, each a failure of one of the serving
+        # replicas with probability serving / max_replicas (thinning: `serving / mtbf` per second exactly).
+        self.failed = np.zeros(n, dtype=bool)
+        self.failure_times: list[float] = []
+        self.fault_rng = np.random.default_rng(sim.fault_seed) if sim.replica_mtbf_s > 0 else None
+        self.next_fault = self.next_fault_after(0.0)
 
     # -- fleet
     def live(self) -> list[Replica]:
@@ -206,6 +234,25 @@ class _Run:
                     self.handle_queue.appendleft(rep.waiting.pop())
                 if rep.ongoing() == 0:
                     rep.stopped_s = now
+
+    def next_fault_after(self, now: float) -> float:
+        if self.fault_rng is None:
+            return math.inf
+        return now + float(self.fault_rng.exponential(self.sim.replica_mtbf_s / self.sim.max_replicas))
+
+    def fault(self, now: float) -> None:
+        """A candidate fault moment: one serving replica fails with probability serving / max_replicas."""
+        assert self.fault_rng is not None
+        accept, pick = self.fault_rng.uniform(), self.fault_rng.uniform()  # both drawn: one stream for all policies
+        serving = sorted((r for r in self.replicas if r.stopped_s is None and r.ready_s <= now), key=lambda r: r.rid)
+        if not serving or accept >= len(serving) / self.sim.max_replicas:
+            return
+        rep = serving[int(pick * len(serving))]
+        for i in [s.req for s in rep.running] + list(rep.waiting):
+            self.failed[i] = True
+        rep.running, rep.waiting = [], deque()
+        rep.stopped_s = now
+        self.failure_times.append(now)
 
     # -- controller
     def context(self, now: float) -> Any:
@@ -289,8 +336,11 @@ class _Run:
             ta = arrival[next_arrival] if next_arrival < n else math.inf
             comp_rep, tc = self.next_completion()
             tr = min((r.ready_s for r in self.replicas if r.stopped_s is None and r.ready_s > now), default=math.inf)
-            now = min(ta, tc, next_tick, next_sample, tr)
-            if now == tc and comp_rep is not None:
+            now = min(ta, tc, next_tick, next_sample, tr, self.next_fault)
+            if now == self.next_fault:
+                self.fault(now)
+                self.next_fault = self.next_fault_after(now)
+            elif now == tc and comp_rep is not None:
                 self.complete(comp_rep, now)
                 self.route(now)
             elif now == ta:
@@ -323,7 +373,10 @@ class _Run:
             policy=self.name, slo_attainment=float(ok.mean()) if n else 1.0, replica_seconds=replica_seconds,
             scale_events=self.scale_events, ttft_p95_s=p95(self.ttft) if n else 0.0,
             itl_p95_s=p95(self.itl) if n else 0.0, requests=n, mean_replicas=replica_seconds / max(stop_all, 1e-9),
-            timeline=self.tl, decisions=self.decisions, ok=ok, ttft=self.ttft, itl=self.itl)
+            timeline=self.tl, decisions=self.decisions, ok=ok, ttft=self.ttft, itl=self.itl,
+            replica_failures=len(self.failure_times) if self.fault_rng is not None else None,
+            failure_times_s=self.failure_times if self.fault_rng is not None else None,
+            failed_requests=int(self.failed.sum()) if self.fault_rng is not None else None)
 
 
 def simulate(requests: list[Request], policy: PolicyFn, serve_config: Any, sim: SimConfig, curve: LatencyCurve,

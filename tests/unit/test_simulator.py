@@ -245,3 +245,42 @@ def test_replica_agrees_with_the_step_by_step_replay(prompt_tokens, output_token
             assert sim_ttft <= rep_ttft * 1.02, (rate, q, sim_ttft, rep_ttft)
             assert rep_ttft - sim_ttft <= max(0.05 * rep_ttft, step_s), (rate, q, sim_ttft, rep_ttft)
             assert sim_itl == pytest.approx(rep_itl, rel=0.05), (rate, q, sim_itl, rep_itl)
+
+
+def test_replica_faults_lose_the_requests_held_and_serve_replaces_the_replica():
+    """Faults (`replica_mtbf_s`): serving replicas fail at `serving / mtbf` per second; a failed
+    replica's requests fail (counted as misses) and the target is kept by a replacement that serves
+    a cold start later. The same seed gives every policy the same fault process."""
+    # 4 replicas held for an hour, one request every 2 s of 2 s each (~1 in flight per 4 replicas).
+    reqs = [S.Request(float(t), 10, 201) for t in range(0, 3600, 2)]
+    cfg = S.serve_config(4, 4, 4, 8, 0, 0)
+    sim = S.SimConfig(initial_replicas=4, min_replicas=4, max_replicas=8, cold_start_s=60, replica_mtbf_s=1800,
+                      fault_seed=7)
+    res = S.simulate(reqs, _fixed(4), cfg, sim, FLAT, "faults")
+    # About 4 x 3600 / 1800 = 8 failures expected (Poisson; seeded: this draw has them within 2-16).
+    assert 2 <= res.replica_failures <= 16
+    # Each failure is replaced at the next controller tick: 4 serve again within a cold start (plus a tick).
+    ready = np.array(res.timeline["ready"])
+    assert ready.max() == 4 and ready.min() < 4
+    failed_at = np.array(res.failure_times_s)
+    assert len(failed_at) == res.replica_failures and (np.diff(failed_at) > 0).all()
+    for t, n in zip(res.timeline["t"], ready):
+        # Short by exactly the failures of the last cold start: a replacement is asked at the tick after
+        # a failure (ticks at whole seconds) and serves from that tick + 60 s.
+        assert n == 4 - int(((failed_at <= t) & (failed_at > t - 60)).sum()), t
+    # The requests lost with a failed replica are misses and the only ones (a 2 s request meets the SLO otherwise).
+    assert res.failed_requests >= 1
+    assert res.slo_attainment == pytest.approx(1 - res.failed_requests / len(reqs))
+    assert np.isnan(res.ttft).sum() == res.failed_requests
+    assert res.summary()["replica_failures"] == res.replica_failures
+    # Replica-seconds: each failed replica counted until it failed, its replacement from the next tick.
+    assert 4 * 3600 - res.replica_failures * sim.tick_s <= res.replica_seconds <= 4 * 3610
+    # The same process for another policy (same seed, same fleet): the same failures at the same moments.
+    again = S.simulate(reqs, _fixed(4), cfg, sim, FLAT, "faults")
+    assert again.replica_failures == res.replica_failures and again.failed_requests == res.failed_requests
+    # No faults: nothing fails, and the summary has no fault fields.
+    calm = S.simulate(reqs, _fixed(4), cfg, S.SimConfig(initial_replicas=4, min_replicas=4, max_replicas=8,
+                                                        cold_start_s=60), FLAT, "calm")
+    assert calm.slo_attainment == 1.0 and calm.replica_failures is None and "replica_failures" not in calm.summary()
+    with pytest.raises(ValueError, match="replica_mtbf_s"):
+        S.SimConfig(replica_mtbf_s=-1)
