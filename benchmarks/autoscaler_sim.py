@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     log(f"tuning on {tuning_names} (seed {TUNING_SEED})")
-    tuning = [Member(fam[n], TUNING_SEED, curve, sim, knee) for n in tuning_names]
+    tuning = [Member(fam[n], TUNING_SEED, curve, replace(sim, fault_seed=TUNING_SEED), knee) for n in tuning_names]
     chosen = {p: choose_target(p, tuning, curve, spec, grid) for p in ("corral", "ray_default")}
     targets = {p: c["chosen"] for p, c in chosen.items()}
 
@@ -321,8 +321,9 @@ def candidates(texts: list[str], references: list[dict], fam, names: list[str], 
         rows[name] = {}
         # (draw, seed, the reference's member or None, its faults): the tuning draw, then each reference's
         # draw, under the faults the reference ran with. The recorded trace is the same at every seed: one
-        # reference judges it.
-        refs = references[:1] if fam[name].params.get("trace") is not None else references
+        # reference judges it, unless the references had faults (another fault draw at each seed).
+        same_runs = fam[name].params.get("trace") is not None and not any(r.get("replica_mtbf_s") for r in references)
+        refs = references[:1] if same_runs else references
         runs = ([("tuning", TUNING_SEED, None, sim.replica_mtbf_s)] if "tuning" in draws else []) + (
             [("judging", ref["workloads"][name].get("seed", JUDGE_SEED), ref["workloads"][name],
               ref.get("replica_mtbf_s", 0.0)) for ref in refs]

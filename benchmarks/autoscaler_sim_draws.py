@@ -6,7 +6,8 @@ cold start), so a single draw cannot tell two settings apart. This reads result.
 `benchmarks/autoscaler_sim.py`, each made with another `--seed`, and prints per member: how many
 draws met the goal, and the mean and range of corral's attainment and replica-seconds against the
 oracle, beside Ray Serve's default policy. The recorded trace's halves are the same at every seed:
-they count once. Which draws are tuning draws and which are held out is the caller's choice (the
+they count once, unless the runs had replica faults (`--replica-mtbf-s`, seeded per draw). Which
+draws are tuning draws and which are held out is the caller's choice (the
 seeds listed per member), not the runs' `held_out` flag, which speaks of `--targets` only.
 
     python benchmarks/autoscaler_sim_draws.py RESULT.json [RESULT.json ...] [--markdown]
@@ -27,8 +28,8 @@ def summarize(references: list[dict]) -> dict:
     names = [n for n in references[0]["workloads"] if all(n in r["workloads"] for r in references)]
     for name in names:
         draws = [r["workloads"][name] for r in references]
-        if draws[0]["params"].get("trace") is not None:
-            draws = draws[:1]  # the recorded trace: every seed draws the same requests
+        if draws[0]["params"].get("trace") is not None and not any(r.get("replica_mtbf_s") for r in references):
+            draws = draws[:1]  # the recorded trace: every seed draws the same requests (and, without faults, runs)
 
         def spread(values: list[float], digits: int) -> dict:
             return {"mean": round(sum(values) / len(values), digits), "min": round(min(values), digits),

@@ -21,6 +21,12 @@
   `fault_seed`, the same fault process for every policy). A failed replica stops at once; the
   requests it holds fail (they count as missing the SLO), and Serve starts a replacement to keep
   the target, which serves a cold start later (as Serve's deployment state replaces a dead replica).
+  Replicas still starting do not fail; replicas finishing their requests after a scale-down do. The
+  fleet's failure rate is min(serving, max_replicas) / replica_mtbf_s (serving exceeds
+  max_replicas only while such replicas finish). The replacement is asked at the next controller
+  tick; Serve learns of a crashed replica from its health check (`ActorReplicaWrapper.check_health`
+  in `ray/serve/_private/deployment_state.py`, every `health_check_period_s`, 10 s by default), so
+  the simulated replacement may come up to that much earlier than Serve's.
 
 A request meets its SLO when its TTFT <= ttft_slo_s and its mean inter-token latency
 <= itl_slo_s.

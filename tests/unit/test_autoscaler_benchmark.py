@@ -119,6 +119,9 @@ def test_draws_summary_counts_each_draw_once_and_the_trace_once(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(refs[0]))
     with pytest.raises(SystemExit):  # the same draws twice would count one draw two times
         autoscaler_sim_draws.main([str(tmp_path / "r.json")] * 2)
+    # Under replica faults each seed is another fault draw, on the trace too: every draw counts.
+    faulted = autoscaler_sim_draws.summarize([{**r, "replica_mtbf_s": 600.0} for r in refs])
+    assert faulted["workloads"]["trace"]["draws"] == 3 and faulted["workloads"]["trace"]["seeds"] == [1, 5, 6]
 
 
 def test_losses_rerun_the_reference_draw_and_trace_the_reactive_frontier(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -275,9 +276,21 @@ def test_replica_faults_lose_the_requests_held_and_serve_replaces_the_replica():
     assert res.summary()["replica_failures"] == res.replica_failures
     # Replica-seconds: each failed replica counted until it failed, its replacement from the next tick.
     assert 4 * 3600 - res.replica_failures * sim.tick_s <= res.replica_seconds <= 4 * 3610
-    # The same process for another policy (same seed, same fleet): the same failures at the same moments.
+    # One fault process per seed, whatever the policy: the candidate moments (rate max_replicas / mtbf) are
+    # the same, and a failure happens at one of them with probability serving / max_replicas.
     again = S.simulate(reqs, _fixed(4), cfg, sim, FLAT, "faults")
-    assert again.replica_failures == res.replica_failures and again.failed_requests == res.failed_requests
+    assert again.failure_times_s == res.failure_times_s and again.failed_requests == res.failed_requests
+    rng, t, moments = np.random.default_rng(7), 0.0, []
+    while t < 3700:  # each moment: its gap, then the accept and pick draws
+        t += rng.exponential(1800 / 8)
+        accept, _ = rng.uniform(), rng.uniform()
+        moments.append((t, accept))
+    six = S.simulate(reqs, _fixed(6), S.serve_config(6, 6, 6, 8, 0, 0), replace(sim, initial_replicas=6,
+                     min_replicas=6), FLAT, "six")
+    at = dict(moments)
+    assert set(res.failure_times_s) <= set(at) and set(six.failure_times_s) <= set(at)
+    # A moment fails one of 4 serving replicas when accept < 4/8: there 6 serving fail one too (if all 6 serve).
+    assert all(at[f] < 4 / 8 for f in res.failure_times_s) and len(six.failure_times_s) > len(res.failure_times_s)
     # No faults: nothing fails, and the summary has no fault fields.
     calm = S.simulate(reqs, _fixed(4), cfg, S.SimConfig(initial_replicas=4, min_replicas=4, max_replicas=8,
                                                         cold_start_s=60), FLAT, "calm")
