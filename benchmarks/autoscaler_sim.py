@@ -196,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the policy's per-decision log lines
     curve = S.LatencyCurve.load(args.curve or S.CURVES_DIR / "smollm2-135m-cpu1.json")
     knee = float(curve.knee())
-    if args.replica_mtbf_s < 0:
-        ap.error(f"--replica-mtbf-s must be >= 0 (0 = no faults), got {args.replica_mtbf_s:g}")
-    sim = S.SimConfig(ttft_slo_s=args.ttft_slo_s, itl_slo_s=args.itl_slo_s, max_num_seqs=args.max_num_seqs,
-                      cold_start_s=args.cold_start_s, min_replicas=1, max_replicas=64,
-                      replica_mtbf_s=args.replica_mtbf_s, fault_seed=args.seed)
+    try:
+        sim = S.SimConfig(ttft_slo_s=args.ttft_slo_s, itl_slo_s=args.itl_slo_s, max_num_seqs=args.max_num_seqs,
+                          cold_start_s=args.cold_start_s, min_replicas=1, max_replicas=64,
+                          replica_mtbf_s=args.replica_mtbf_s, fault_seed=args.seed)
+    except ValueError as e:  # e.g. a negative --replica-mtbf-s, named by the simulator
+        ap.error(str(e))
     overrides = dict(kv.split("=", 1) for kv in args.set)
     # The capacity plan's setting: the knee as batch target and the curve's engine model.
     engine = {"engine_base_s": curve.step.base_s, "engine_per_decode_seq_s": curve.step.per_decode_seq_s,
@@ -311,6 +312,8 @@ def candidates(texts: list[str], references: list[dict], fam, names: list[str], 
     default; the tuning draws are seed `TUNING_SEED`. A candidate is kept only if it is better on
     the judging draws and worse on none (verdicts are on the judging draws; on the tuning draws
     alone the same comparison is reported)."""
+    from autoscaler_sim_draws import same_at_every_seed
+
     from corral.autoscaler import sim as S
 
     cands = dict(_parse_candidate(t) for t in texts)
@@ -322,8 +325,7 @@ def candidates(texts: list[str], references: list[dict], fam, names: list[str], 
         # (draw, seed, the reference's member or None, its faults): the tuning draw, then each reference's
         # draw, under the faults the reference ran with. The recorded trace is the same at every seed: one
         # reference judges it, unless the references had faults (another fault draw at each seed).
-        same_runs = fam[name].params.get("trace") is not None and not any(r.get("replica_mtbf_s") for r in references)
-        refs = references[:1] if same_runs else references
+        refs = references[:1] if same_at_every_seed(fam[name].params, references) else references
         runs = ([("tuning", TUNING_SEED, None, sim.replica_mtbf_s)] if "tuning" in draws else []) + (
             [("judging", ref["workloads"][name].get("seed", JUDGE_SEED), ref["workloads"][name],
               ref.get("replica_mtbf_s", 0.0)) for ref in refs]

@@ -21,6 +21,12 @@ import sys
 from pathlib import Path
 
 
+def same_at_every_seed(params: dict, references: list[dict]) -> bool:
+    """Whether a member's runs are the same at every seed of these references: the recorded trace
+    (its requests do not depend on the seed), unless the runs had replica faults (seeded per draw)."""
+    return params.get("trace") is not None and not any(r.get("replica_mtbf_s") for r in references)
+
+
 def summarize(references: list[dict]) -> dict:
     """Per member over the references' draws: goal met, better than Ray's default, and corral's and
     Ray's attainment and replica-seconds vs the oracle (mean, min, max)."""
@@ -28,8 +34,8 @@ def summarize(references: list[dict]) -> dict:
     names = [n for n in references[0]["workloads"] if all(n in r["workloads"] for r in references)]
     for name in names:
         draws = [r["workloads"][name] for r in references]
-        if draws[0]["params"].get("trace") is not None and not any(r.get("replica_mtbf_s") for r in references):
-            draws = draws[:1]  # the recorded trace: every seed draws the same requests (and, without faults, runs)
+        if same_at_every_seed(draws[0]["params"], references):
+            draws = draws[:1]
 
         def spread(values: list[float], digits: int) -> dict:
             return {"mean": round(sum(values) / len(values), digits), "min": round(min(values), digits),

@@ -110,12 +110,15 @@ class SimResult:
     """Per request: mean inter-token latency, seconds."""
     feasible_attainment: float | None = None
     """Oracle runs (`calibrated_oracle`): what its most generous plan attained."""
-    replica_failures: int | None = None
-    """With faults (`SimConfig.replica_mtbf_s`): replicas that failed."""
     failure_times_s: list[float] | None = None
-    """With faults: when each failed."""
+    """With faults (`SimConfig.replica_mtbf_s`): when each failed replica failed."""
     failed_requests: int | None = None
     """With faults: requests lost with a failed replica."""
+
+    @property
+    def replica_failures(self) -> int | None:
+        """With faults: replicas that failed."""
+        return None if self.failure_times_s is None else len(self.failure_times_s)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"slo_attainment": round(float(self.slo_attainment), 5),
@@ -169,9 +172,9 @@ class _Run:
         self.tl: dict[str, list[float]] = {"t": [], "target": [], "ready": [], "ongoing": [], "queued": []}
         self.scale_events = 0
         # Faults: candidate moments at the rate max_replicas / mtbf, each a failure of one of the serving
-        # replicas with probability serving / max_replicas (thinning: `serving / mtbf` per second exactly).
-        self.failed = np.zeros(n, dtype=bool)
+        # replicas with probability serving / max_replicas (thinning: min(serving, max_replicas) / mtbf).
         self.failure_times: list[float] = []
+        self.failed_requests = 0
         self.fault_rng = np.random.default_rng(sim.fault_seed) if sim.replica_mtbf_s > 0 else None
         self.next_fault = self.next_fault_after(0.0)
 
@@ -254,8 +257,7 @@ class _Run:
         if not serving or accept >= len(serving) / self.sim.max_replicas:
             return
         rep = serving[int(pick * len(serving))]
-        for i in [s.req for s in rep.running] + list(rep.waiting):
-            self.failed[i] = True
+        self.failed_requests += len(rep.running) + len(rep.waiting)
         rep.running, rep.waiting = [], deque()
         rep.stopped_s = now
         self.failure_times.append(now)
@@ -372,6 +374,7 @@ class _Run:
 
     def result(self, stop_all: float) -> SimResult:
         n, sim = len(self.requests), self.sim
+        faults = self.fault_rng is not None
         replica_seconds = sum((r.stopped_s if r.stopped_s is not None else stop_all) - r.asked_s for r in self.replicas)
         ok = (self.ttft <= sim.ttft_slo_s) & (self.itl <= sim.itl_slo_s)
         p95 = lambda a: percentile([float(x) for x in a if not math.isnan(x)], 95) or 0.0  # noqa: E731
@@ -380,9 +383,8 @@ class _Run:
             scale_events=self.scale_events, ttft_p95_s=p95(self.ttft) if n else 0.0,
             itl_p95_s=p95(self.itl) if n else 0.0, requests=n, mean_replicas=replica_seconds / max(stop_all, 1e-9),
             timeline=self.tl, decisions=self.decisions, ok=ok, ttft=self.ttft, itl=self.itl,
-            replica_failures=len(self.failure_times) if self.fault_rng is not None else None,
-            failure_times_s=self.failure_times if self.fault_rng is not None else None,
-            failed_requests=int(self.failed.sum()) if self.fault_rng is not None else None)
+            failure_times_s=self.failure_times if faults else None,
+            failed_requests=self.failed_requests if faults else None)
 
 
 def simulate(requests: list[Request], policy: PolicyFn, serve_config: Any, sim: SimConfig, curve: LatencyCurve,
